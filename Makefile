@@ -1,0 +1,29 @@
+# make demo: create .venv, install, run the whole pipeline on the bundled synthetic data.
+# make test: create .venv if needed, run unit and integration tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit integration bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/python -c "import torch, ray, faiss, pipeline" 
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pipeline run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration -q
+
+clean:
+	rm -rf runs data/demo data/smoke

@@ -1,0 +1,213 @@
+"""`pipeline <command>`: argument parsing and dispatch only. Config and paths are checked before any Ray work.
+
+    pipeline run [--config FILE] [--set KEY=VALUE ...]
+    pipeline train --config FILE [--set ...]
+    pipeline index --checkpoint DIR --data PATH --out DIR
+    pipeline evaluate --checkpoint DIR --data PATH --out DIR
+    pipeline search --index DIR (--text STR | --image FILE) [--k 10]
+    pipeline data synth --out DIR [--train N] [--val N] [--seed S]
+    pipeline data inspect PATH
+    pipeline keys [run|train|evaluate]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import ConfigError, EvalJobConfig, RunJobConfig, TrainJobConfig, describe_keys, load_config
+
+JOB_CONFIGS = {"run": RunJobConfig, "train": TrainJobConfig, "evaluate": EvalJobConfig}
+
+
+def default_config() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / "configs" / "demo.yaml").is_file():
+            return base / "configs" / "demo.yaml"
+    raise ConfigError("configs/demo.yaml not found; pass --config FILE")
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--config", required=required, help="YAML recipe (see configs/)" +
+                   ("" if required else "; default configs/demo.yaml"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key, e.g. --set train.epochs=3 (repeatable); "
+                        "`pipeline keys` lists them")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pipeline", description="Two-tower image-text retrieval on Ray: "
+                                 "Ray Data ingest, Ray Train contrastive training, FAISS retrieval, reports.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="data -> train -> index -> evaluate -> report, end to end")
+    _config_args(p, required=False)
+    p = sub.add_parser("train", help="train a two-tower model; prints the run directory and checkpoint")
+    _config_args(p, required=True)
+    for name, helptext in (("index", "embed a gallery and build a FAISS index"),
+                           ("evaluate", "retrieval evaluation of a checkpoint; writes the report")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (its newest checkpoint)")
+        p.add_argument("--data", required=True, help="eval shards: path, folder, glob or brace list")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override eval.* / scaling.* keys (`pipeline keys evaluate`)")
+        p.add_argument("--address", default=None, help="Ray cluster address")
+    p = sub.add_parser("search", help="query a built index with a caption or an image")
+    p.add_argument("--index", required=True, help="index folder written by `pipeline index` or `pipeline run`")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="caption query: returns the nearest images")
+    q.add_argument("--image", help="image file query: returns the nearest captions")
+    p.add_argument("--k", type=int, default=10, help="results to return (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write the synthetic compositional-scenes dataset (WebDataset shards)")
+    p.add_argument("--out", required=True, help="output folder; train/ and val/ are created in it")
+    p.add_argument("--train", type=int, default=8000, help="training images (default 8000)")
+    p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p = data.add_parser("inspect", help="count samples, show the schema, report unreadable samples")
+    p.add_argument("path", help="shards: path, folder, glob or brace list")
+    p.add_argument("--address", default=None, help="Ray cluster address")
+    p = sub.add_parser("keys", help="list every config key with its default and meaning")
+    p.add_argument("job", nargs="?", default="run", choices=sorted(JOB_CONFIGS))
+    return ap
+
+
+def cmd_run(args) -> None:
+    from pipeline import cluster, end_to_end
+
+    cfg = load_config(RunJobConfig, args.config or default_config(), args.overrides)
+    end_to_end.ensure_data(cfg)
+    _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
+    t0 = time.time()
+    where = cluster.connect(args.address)
+    print(f"[run] {cfg.run.name}: {'embedded local Ray' if where == 'local' else 'Ray cluster'}, "
+          f"{cfg.scaling.num_workers} workers, run directory {cfg.run.run_dir()}")
+    summary = end_to_end.run(cfg)
+    print(end_to_end.format_summary(summary))
+    print(f"total time {time.time() - t0:.0f} s")
+
+
+def cmd_train(args) -> None:
+    from pipeline import cluster, train
+
+    cfg = load_config(TrainJobConfig, args.config, args.overrides)
+    _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
+    cluster.connect(args.address)
+    res = train.run(cfg)
+    print(f"run directory: {res.run_dir}\ncheckpoint: {res.checkpoint}\nmetrics: {json.dumps(res.metrics)}")
+
+
+def cmd_index(args) -> None:
+    from pipeline import checkpoint, cluster
+    from pipeline.index import embed_dataset, write_index
+
+    cfg = load_config(EvalJobConfig, None, args.overrides)
+    ckpt = _require_checkpoint(args.checkpoint)
+    paths = _check_paths(args.data, "--data")
+    cluster.connect(args.address)
+    image_size = checkpoint.read_config(ckpt)["data"]["image_size"]
+    gallery = embed_dataset(str(ckpt), paths, image_size, cfg.scaling.num_workers, cfg.scaling.use_gpu,
+                            cfg.eval.batch_size)
+    meta = write_index(args.out, gallery, str(ckpt))
+    print(f"index: {args.out} ({meta['n_images']} images, {meta['n_captions']} captions, {meta['type']}, "
+          f"built in {meta['build_s']:.3f} s)")
+
+
+def cmd_evaluate(args) -> None:
+    from pipeline import cluster, evaluate
+    from pipeline.report import recall_table
+
+    cfg = load_config(EvalJobConfig, None, args.overrides)
+    ckpt = _require_checkpoint(args.checkpoint)
+    _check_paths(args.data, "--data")
+    cluster.connect(args.address)
+    rep = evaluate.run(str(ckpt), args.data, args.out, cfg.eval, cfg.scaling)
+    print(recall_table(rep) + f"\n\nreport: {Path(args.out) / 'report.md'} (+ report.json)")
+
+
+def cmd_search(args) -> None:
+    from pipeline.index import search
+
+    image = None
+    if args.image:
+        from PIL import Image
+
+        if not Path(args.image).is_file():
+            raise ConfigError(f"--image {args.image} does not exist")
+        image = Image.open(args.image)
+    hits = search(args.index, text=args.text, image=image, k=args.k)
+    if args.json:
+        print(json.dumps(hits, indent=2))
+        return
+    for h in hits:
+        what = h.get("key") or f"{h['caption']}  [{h['image']}]"
+        print(f"{h['rank']:>3}  {h['score']:.3f}  {what}")
+
+
+def cmd_data(args) -> None:
+    if args.data_command == "synth":
+        from pipeline.data.synthetic import write_dataset
+
+        if args.train < 1 or args.val < 1:
+            raise ConfigError("--train and --val must be positive")
+        paths = write_dataset(args.out, args.train, args.val, args.seed)
+        print(f"wrote {args.train} train samples in {len(paths['train'])} shards to {Path(args.out) / 'train'}\n"
+              f"wrote {args.val} val samples in {len(paths['val'])} shards to {Path(args.out) / 'val'}")
+        return
+    from pipeline import cluster
+    from pipeline.data.inspect import inspect_shards
+
+    paths = _check_paths(args.path, "PATH")
+    cluster.connect(args.address)
+    print(inspect_shards(paths))
+
+
+def cmd_keys(args) -> None:
+    rows = describe_keys(JOB_CONFIGS[args.job])
+    width = max(len(k) for k, _, _ in rows)
+    for key, help_text, default in rows:
+        print(f"{key:<{width}}  {json.dumps(default):<14}  {help_text}")
+
+
+def _check_paths(*pairs: str) -> list[str]:
+    from pipeline.data.ingest import expand_paths
+
+    out: list[str] = []
+    for spec, key in zip(pairs[::2], pairs[1::2]):
+        out = expand_paths(spec, key)
+    return out
+
+
+def _require_checkpoint(path: str) -> Path:
+    from pipeline.checkpoint import find_latest
+
+    ckpt = find_latest(path)
+    if ckpt is None:
+        raise ConfigError(f"--checkpoint {path}: no checkpoint there (expected model.pt, tokenizer.json, "
+                          "config.json, state.json, or a run dir with checkpoints/epoch_*)")
+    return ckpt
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "index": cmd_index, "evaluate": cmd_evaluate,
+            "search": cmd_search, "data": cmd_data, "keys": cmd_keys}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Inference side of a trained checkpoint: PIL images and strings in, L2-normalised float32 vectors out.
+
+    enc = pipeline.load("runs/demo")            # a run dir or one checkpoint dir
+    img = enc.encode_image([PIL.Image.open("x.jpg")])   # (1, D)
+    txt = enc.encode_text(["a red circle left of a blue square"])  # (1, D)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import checkpoint
+from pipeline.config import ModelConfig, build
+from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.transforms import resize_image
+from pipeline.models import TwoTower, build_model
+
+
+class Encoder:
+    def __init__(self, model: TwoTower, tokenizer: Tokenizer, image_size: int, device: str | torch.device = "cpu",
+                 batch_size: int = 256):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    @torch.no_grad()
+    def encode_pixels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N,3,S,S) uint8 -> (N,D) float32 on the CPU."""
+        out = [self.model.encode_image(torch.as_tensor(images[s:s + self.batch_size]).to(self.device)).float().cpu()
+               for s in range(0, len(images), self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
+
+    def encode_image(self, images: list) -> torch.Tensor:
+        """List of PIL images -> (N,D) L2-normalised float32."""
+        pixels = np.stack([resize_image(im.convert("RGB"), self.image_size) for im in images]) if images else \
+            np.zeros((0, 3, self.image_size, self.image_size), np.uint8)
+        return self.encode_pixels(pixels)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """List of captions -> (N,D) L2-normalised float32."""
+        out = []
+        for s in range(0, len(texts), self.batch_size):
+            tokens = torch.from_numpy(self.tokenizer.encode_batch(list(texts[s:s + self.batch_size])))
+            out.append(self.model.encode_text(tokens.to(self.device)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
+
+
+def load(path: str | Path, device: str = "cpu") -> Encoder:
+    """A checkpoint dir, or a run dir (its newest checkpoint) -> Encoder."""
+    ckpt = checkpoint.find_latest(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint under {path}; expected model.pt, tokenizer.json, config.json")
+    cfg = checkpoint.read_config(ckpt)
+    tokenizer = checkpoint.read_tokenizer(ckpt)
+    model = build_model(build(ModelConfig, cfg["model"]), len(tokenizer))
+    checkpoint.load_weights(ckpt, model)
+    enc = Encoder(model, tokenizer, cfg["data"]["image_size"], device)
+    enc.checkpoint = str(ckpt)
+    return enc
+
+
+@dataclass
+class Gallery:
+    """Embedded evaluation set: every image once, every caption once, and which image each caption is of."""
+    image_emb: torch.Tensor  # (N, D)
+    text_emb: torch.Tensor  # (M, D)
+    text_to_image: torch.Tensor  # (M,) int64 index into the images
+    keys: list[str]  # (N,) sample keys
+    captions: list[str]  # (M,)
+
+
+def embed_gallery(encode_pixels, encode_text, batches) -> Gallery:
+    """Eval batches {'key', 'image', 'captions' (JSON list)} -> Gallery. The two encoders are callables so
+    the same code serves a live training model and a loaded checkpoint."""
+    img, keys, caps, owner = [], [], [], []
+    for batch in batches:
+        img.append(encode_pixels(batch["image"]))
+        for k, c in zip(batch["key"], batch["captions"]):
+            lst = json.loads(c)
+            owner += [len(keys)] * len(lst)
+            keys.append(str(k))
+            caps += lst
+    txt = [encode_text(caps[s:s + 1024]) for s in range(0, len(caps), 1024)]
+    d = img[0].shape[1] if img else 0
+    return Gallery(torch.cat(img) if img else torch.zeros(0, d), torch.cat(txt) if txt else torch.zeros(0, d),
+                   torch.tensor(owner, dtype=torch.long), keys, caps)

@@ -1,0 +1,64 @@
+"""Pure retrieval metrics over embeddings (NumPy/PyTorch, no Ray).
+
+i2t: an image query hits at K when any of its captions is among the top K texts.
+t2i: a caption query hits at K when its image is among the top K images. Ranks are 1-based.
+Recalls are percentages. The chunked versions bound memory to chunk x N and are tested against naive loops.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def t2i_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
+              chunk: int = 1024) -> torch.Tensor:
+    """image_emb (N,D), text_emb (M,D), text_to_image (M,) image index of each caption -> (M,) 1-based rank
+    of each caption's image among all images."""
+    ranks = torch.empty(text_emb.shape[0], dtype=torch.long)
+    for s in range(0, text_emb.shape[0], chunk):
+        sims = text_emb[s:s + chunk] @ image_emb.T  # (c, N)
+        own = sims.gather(1, text_to_image[s:s + chunk, None])  # (c, 1)
+        ranks[s:s + chunk] = (sims > own).sum(1) + 1  # ties resolved in the query's favour
+    return ranks
+
+
+def i2t_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
+              chunk: int = 1024) -> torch.Tensor:
+    """-> (N,) 1-based rank of the best-ranked ground-truth caption of each image among all captions."""
+    n = image_emb.shape[0]
+    ranks = torch.empty(n, dtype=torch.long)
+    for s in range(0, n, chunk):
+        sims = image_emb[s:s + chunk] @ text_emb.T  # (c, M)
+        is_gt = text_to_image[None, :] == torch.arange(s, min(s + chunk, n))[:, None]  # (c, M)
+        best_gt = sims.masked_fill(~is_gt, float("-inf")).max(1).values  # (c,)
+        ranks[s:s + chunk] = (sims > best_gt[:, None]).sum(1) + 1
+    return ranks
+
+
+def summarize_ranks(ranks: torch.Tensor | np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    """1-based ranks -> {'R@1': %, ..., 'medr': median rank, 'meanr': mean rank}."""
+    r = np.asarray(ranks, dtype=np.float64)
+    out = {f"R@{k}": float(100.0 * (r <= k).mean()) for k in ks}
+    out["medr"] = float(np.floor(np.median(r)))
+    out["meanr"] = float(r.mean())
+    return out
+
+
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
+                      ks=(1, 5, 10), chunk: int = 1024) -> dict:
+    """The contract's report block: {'i2t': {...}, 't2i': {...}, 'rsum', 'n_images', 'n_captions'}."""
+    i2t = summarize_ranks(i2t_ranks(image_emb, text_emb, text_to_image, chunk), ks)
+    t2i = summarize_ranks(t2i_ranks(image_emb, text_emb, text_to_image, chunk), ks)
+    rsum = sum(i2t[f"R@{k}"] + t2i[f"R@{k}"] for k in ks)
+    return {"i2t": i2t, "t2i": t2i, "rsum": rsum, "n_images": int(image_emb.shape[0]),
+            "n_captions": int(text_emb.shape[0])}
+
+
+def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
+    """{'i2t': {'R@1': ..}, 'rsum': ..} -> {'val/i2t_R@1': .., 'val/rsum': ..}: stable, namespaced keys."""
+    out = {}
+    for direction in ("i2t", "t2i"):
+        for k, v in metrics[direction].items():
+            out[f"{prefix}/{direction}_{k}"] = v
+    out[f"{prefix}/rsum"] = metrics["rsum"]
+    return out

@@ -1,0 +1,48 @@
+"""The two-tower model: image tower and text tower, each projected into one L2-normalised space.
+
+Knows nothing of distribution; the loss (and its temperature) lives in `pipeline.losses`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.models.image import build_image_tower
+from pipeline.models.text import build_text_tower
+
+# ImageNet statistics: what torchvision ResNet weights expect, harmless for towers trained from scratch.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, image_tower: nn.Module, text_tower: nn.Module, embed_dim: int):
+        super().__init__()
+        self.image_tower = image_tower
+        self.text_tower = text_tower
+        self.image_proj = nn.Linear(image_tower.out_dim, embed_dim)
+        self.text_proj = nn.Linear(text_tower.out_dim, embed_dim)
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        self.embed_dim = embed_dim
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) uint8 pixels (or floats in [0,1]) -> (B,D) unit vectors."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        x = (x - self.mean) / self.std
+        return F.normalize(self.image_proj(self.image_tower(x)), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B,L) int64 word ids, 0 = padding -> (B,D) unit vectors."""
+        return F.normalize(self.text_proj(self.text_tower(tokens)), dim=-1)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_image(images), self.encode_text(tokens)
+
+
+def build_model(cfg, vocab_size: int) -> TwoTower:
+    """cfg: a `ModelConfig` section (or anything with the same attributes)."""
+    image = build_image_tower(cfg.image.arch, cfg.image.width, cfg.image.weights)
+    text = build_text_tower(cfg.text.arch, vocab_size, cfg.text.word_dim, cfg.text.hidden)
+    return TwoTower(image, text, cfg.embed_dim)

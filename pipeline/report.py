@@ -1,0 +1,76 @@
+"""report.json (the contract's fields), report.md and plots: formatting only, no computation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+INDEX_KEYS = ("type", "recall@10_vs_exact", "build_s", "qps")
+
+
+def recall_table(metrics: dict) -> str:
+    ks = [k for k in metrics["i2t"] if k.startswith("R@")]
+    head = "| direction | " + " | ".join(ks) + " | medr | meanr |"
+    rule = "|---" * (len(ks) + 3) + "|"
+    rows = [f"| {name} | " + " | ".join(f"{metrics[d][k]:.1f}" for k in ks)
+            + f" | {metrics[d]['medr']:.0f} | {metrics[d]['meanr']:.1f} |"
+            for d, name in (("i2t", "image → text"), ("t2i", "text → image"))]
+    return "\n".join([head, rule, *rows]) + f"\n\nrsum = {metrics['rsum']:.1f} over {metrics['n_images']} images " \
+                                            f"and {metrics['n_captions']} captions"
+
+
+def plot_history(history: list, path: Path) -> bool:
+    """Training loss and validation rsum per epoch (epoch 0 = the untrained model)."""
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    tr = [h for h in history if "train/loss" in h]
+    a.plot([h["epoch"] for h in tr], [h["train/loss"] for h in tr], marker="o")
+    a.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    va = [h for h in history if "val/rsum" in h]
+    b.plot([h["epoch"] for h in va], [h["val/rsum"] for h in va], marker="o", color="C1")
+    b.set(xlabel="epoch", ylabel="rsum", title="validation rsum (epoch 0: untrained)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, config: dict,
+                 history: list | None = None, data: dict | None = None) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    examples = metrics.get("examples", [])
+    report = {
+        "i2t": metrics["i2t"], "t2i": metrics["t2i"], "rsum": metrics["rsum"],
+        "n_images": metrics["n_images"], "n_captions": metrics["n_captions"],
+        "index": {k: index_meta.get(k) for k in INDEX_KEYS},
+        "checkpoint": checkpoint, "config": config,
+        "history": history or [], "data": data or {}, "examples": examples,
+    }
+    untrained = next((h for h in report["history"] if h.get("epoch") == 0 and "val/rsum" in h), None)
+    if untrained:
+        report["untrained_rsum"] = untrained["val/rsum"]
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    has_plot = plot_history(report["history"], out / "plots" / "training.png")
+    lines = ["# Retrieval report", "", f"Checkpoint: `{checkpoint}`", "", recall_table(metrics), ""]
+    if untrained:
+        lines += [f"Untrained model (same architecture, epoch 0): rsum = {untrained['val/rsum']:.1f}", ""]
+    idx = report["index"]
+    lines += ["## Index", "", f"{idx['type']} index, recall@10 vs exact {idx['recall@10_vs_exact']}, "
+              f"built in {idx['build_s']:.3f} s, {idx['qps']:.0f} queries/s", ""]
+    if has_plot:
+        lines += ["## Training", "", "![training](plots/training.png)", ""]
+    if report["data"]:
+        lines += ["## Data", "", "```", json.dumps(report["data"], indent=2), "```", ""]
+    if examples:
+        lines += ["## Example queries (text → image, ✓ = the caption's own image)", ""]
+        for ex in examples:
+            hits = ", ".join(f"{t['key']}{' ✓' if t['hit'] else ''} ({t['score']:.2f})" for t in ex["top"])
+            lines += [f"- *{ex['query']}* → {hits}"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return report
