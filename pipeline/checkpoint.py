@@ -33,12 +33,21 @@ def write_checkpoint(path: Path, *, model, loss, optimizer, scheduler, tokenizer
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / "optimizer.pt")
     tokenizer.save(path / "tokenizer.json")
     (path / "config.json").write_text(json.dumps(config, indent=2))
-    # state.json last: a directory with it is complete.
-    (path / "state.json").write_text(json.dumps(state, indent=2))
+    # state.json last, with the size of every other file: a copy cut short (a crash during upload) shows up
+    # as a size mismatch and is passed over when looking for the checkpoint to resume from.
+    files = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file() and p.name != "state.json"}
+    (path / "state.json").write_text(json.dumps({**state, "files": files}, indent=2))
 
 
 def is_checkpoint(path: Path) -> bool:
-    return all((path / f).is_file() for f in REQUIRED)
+    """Complete: every required file there, and every file the manifest lists at its recorded size."""
+    if not all((path / f).is_file() for f in REQUIRED):
+        return False
+    try:
+        files = json.loads((path / "state.json").read_text()).get("files", {})
+    except ValueError:
+        return False
+    return all((path / name).is_file() and (path / name).stat().st_size == size for name, size in files.items())
 
 
 def find_latest(path: str | Path) -> Path | None:

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import ConfigError, EvalJobConfig, RunJobConfig, TrainJobConfig, describe_keys, load_config
+from pipeline.config import (ConfigError, EvalJobConfig, RunJobConfig, TrainJobConfig, describe_keys,
+                             load_config, narrow)
 
 JOB_CONFIGS = {"run": RunJobConfig, "train": TrainJobConfig, "evaluate": EvalJobConfig}
 
@@ -94,7 +95,8 @@ def cmd_run(args) -> None:
 def cmd_train(args) -> None:
     from pipeline import cluster, train
 
-    cfg = load_config(TrainJobConfig, args.config, args.overrides)
+    # Recipes are shared with `pipeline run`: read the whole schema, keep the training sections.
+    cfg = narrow(load_config(RunJobConfig, args.config, args.overrides), TrainJobConfig)
     _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
     cluster.connect(args.address)
     res = train.run(cfg)

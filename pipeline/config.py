@@ -6,6 +6,7 @@ Tune trials. Every field carries a one-line `help` that also feeds `pipeline key
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import typing
@@ -279,7 +280,7 @@ def build(cls: type, raw: dict | None, prefix: str = "") -> Any:
     if unknown:
         where = prefix.rstrip(".") or "the config"
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!r} in {where}; valid keys: {', '.join(valid_keys(cls, prefix))}"
+            f"unknown key {prefix + unknown[0]!r} in {where}; valid keys: {', '.join(valid_keys(cls, prefix))}"
         )
     kwargs = {}
     for name, typ in types.items():
@@ -313,7 +314,7 @@ def apply_overrides(raw: dict, overrides: dict[str, Any], cls: type) -> dict:
     out = json.loads(json.dumps(raw))  # deep copy of plain data
     for key, value in overrides.items():
         if key not in keys:
-            close = [k for k in sorted(keys) if k.split(".")[-1] == key.split(".")[-1]]
+            close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.75)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"unknown key {key!r}{hint}; valid keys: {', '.join(sorted(keys))}")
         node = out
@@ -340,6 +341,11 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         overrides = dict(parse_override(o) for o in overrides)
     raw = apply_overrides(raw, overrides or {}, cls)
     return build(cls, raw)
+
+
+def narrow(cfg: Any, cls: type) -> Any:
+    """The sections of `cfg` that job config `cls` has: one recipe serves `run` and `train` alike."""
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
 
 def to_dict(cfg: Any) -> dict:

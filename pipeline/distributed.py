@@ -72,13 +72,6 @@ class WorkerContext:
 
         return ray.train.torch.prepare_model(module)
 
-    def latest_checkpoint_dir(self) -> Callable | None:
-        """A context manager yielding the restored checkpoint's local directory, or None on a fresh run."""
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        return None if ckpt is None else ckpt.as_directory
-
     def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None,
                name: str | None = None) -> None:
         """Every worker calls this the same number of times; only rank 0 writes and uploads a checkpoint."""

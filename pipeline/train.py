@@ -5,9 +5,9 @@ embeds its shard of the global batch, all-gathers embeddings with gradients, and
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +16,20 @@ import torch
 from torch import nn
 
 from pipeline import checkpoint
-from pipeline.config import TrainJobConfig, build, to_dict
+from pipeline.config import TrainJobConfig, build, narrow, to_dict
 from pipeline.data.tokenizer import Tokenizer
 from pipeline.distributed import WorkerContext, all_gather_with_grad, all_reduce_mean, all_reduce_min
 from pipeline.encoder import embed_gallery
 from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics, retrieval_metrics
 from pipeline.models import build_model
+
+
+def say(line: str) -> None:
+    """One progress line to the driver. Ray Train patches `print` into its logger, which echoes each line
+    twice; writing to stdout directly echoes it once."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class ContrastiveObjective(nn.Module):
@@ -119,18 +126,17 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     opt = make_optimizer(objective, cfg.train)
     sched = make_scheduler(opt, cfg.train.warmup_steps, steps_per_epoch * cfg.train.epochs)
     state = {"epoch": 0, "step": 0, "n_train": loop_cfg["n_train"], "history": []}
-    restored = ctx.latest_checkpoint_dir()
-    if restored is not None:
-        with restored() as d:
-            checkpoint.load_weights(Path(d), model, loss, opt, sched)
-            state = checkpoint.read_state(Path(d))
+    if loop_cfg.get("resume_from"):
+        resume = Path(loop_cfg["resume_from"])
+        checkpoint.load_weights(resume, model, loss, opt, sched)
+        state = checkpoint.read_state(resume)
     objective = ctx.prepare_model(objective)
     metrics_log = Path(loop_cfg["metrics_path"]) if loop_cfg.get("metrics_path") else None
 
     def log(record: dict, progress: str) -> None:
-        print(f"[train] epoch {record['epoch']}/{cfg.train.epochs} step {progress} loss {record['train/loss']:.4f} "
+        say(f"[train] epoch {record['epoch']}/{cfg.train.epochs} step {progress} loss {record['train/loss']:.4f} "
               f"scale {record['train/logit_scale'] or 0:.1f} {record['train/samples_per_s']:.0f} samples/s "
-              f"data-wait {100 * record['train/data_wait_share']:.0f}%", flush=True)
+              f"data-wait {100 * record['train/data_wait_share']:.0f}%")
         if metrics_log is not None:
             with metrics_log.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -138,15 +144,15 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if state["epoch"] == 0 and ctx.is_main and not state["history"]:
         untrained = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device)
         state["history"].append({"epoch": 0, **flat_metrics(untrained, "val")})
-        print(f"[train] untrained model: val rsum {untrained['rsum']:.1f}", flush=True)
+        say(f"[train] untrained model: val rsum {untrained['rsum']:.1f}")
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
         step, mean_loss = train_epoch(objective, opt, sched, ctx, cfg, epoch, state["step"], steps_per_epoch, log)
         metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss}
         if ctx.is_main:
             val = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device)
             metrics |= flat_metrics(val, "val")
-            print(f"[train] epoch {epoch}: loss {mean_loss:.4f} val rsum {val['rsum']:.1f} "
-                  f"i2t R@1 {val['i2t']['R@1']:.1f} t2i R@1 {val['t2i']['R@1']:.1f}", flush=True)
+            say(f"[train] epoch {epoch}: loss {mean_loss:.4f} val rsum {val['rsum']:.1f} "
+                f"i2t R@1 {val['i2t']['R@1']:.1f} t2i R@1 {val['t2i']['R@1']:.1f}")
         state = {**state, "epoch": epoch, "step": step, "metrics": metrics,
                  "history": state["history"] + [metrics]}
         ctx.report(metrics, lambda path: checkpoint.write_checkpoint(
@@ -177,8 +183,7 @@ def run(cfg: TrainJobConfig) -> TrainResult:
     run_dir = Path(cfg.run.run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    train_cfg = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainJobConfig)}
-    cfg = TrainJobConfig(**train_cfg)  # a RunJobConfig's extra sections stay on the driver
+    cfg = narrow(cfg, TrainJobConfig)  # a RunJobConfig's extra sections stay on the driver
     train_paths = ingest.expand_paths(cfg.data.train, "data.train")
     val_paths = ingest.expand_paths(cfg.data.val, "data.val")
 
@@ -197,10 +202,15 @@ def run(cfg: TrainJobConfig) -> TrainResult:
     counter = ingest.skip_counter()
     datasets = {"train": ingest.train_dataset(train_paths, tokenizer, cfg.data, cfg.train.seed, counter),
                 "val": ingest.eval_dataset(val_paths, cfg.data.image_size, counter)}
+    for ds in datasets.values():  # bars drawn inside workers garble the progress lines; those stay
+        ds.context.enable_progress_bars = False
     trainer = TorchTrainer(
         train_loop_per_worker,
+        # The driver picks the checkpoint to resume from (the newest complete one on disk) rather than Ray's
+        # own run snapshot, which lags behind a checkpoint that was uploaded just before a crash.
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer.to_dict(), "n_train": n_train,
-                           "metrics_path": str(run_dir / "metrics.jsonl")},
+                           "metrics_path": str(run_dir / "metrics.jsonl"),
+                           "resume_from": str(latest) if latest else None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),

@@ -24,16 +24,17 @@ _ALT = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
 def expand_braces(spec: str) -> list[str]:
     """'a/{00..02}.tar' -> ['a/00.tar', 'a/01.tar', 'a/02.tar']; '{x,y}.tar' -> ['x.tar', 'y.tar']."""
-    m = _RANGE.search(spec)
-    if m:
+    found = [m for m in (_RANGE.search(spec), _ALT.search(spec)) if m]
+    if not found:
+        return [spec]
+    m = min(found, key=lambda m: m.start())  # leftmost brace varies slowest, like the shell
+    if m.re is _RANGE:
         lo, hi = m.group(1), m.group(2)
         width = len(lo) if lo.startswith("0") else 0
-        return [p for i in range(int(lo), int(hi) + 1)
-                for p in expand_braces(spec[:m.start()] + str(i).zfill(width) + spec[m.end():])]
-    m = _ALT.search(spec)
-    if m:
-        return [p for alt in m.group(1).split(",") for p in expand_braces(spec[:m.start()] + alt + spec[m.end():])]
-    return [spec]
+        alts = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        alts = m.group(1).split(",")
+    return [p for alt in alts for p in expand_braces(spec[:m.start()] + alt + spec[m.end():])]
 
 
 def _split_specs(spec: str) -> list[str]:

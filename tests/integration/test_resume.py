@@ -1,0 +1,38 @@
+"""A training driver killed mid-run resumes from its last checkpoint when run again with the same name."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from pipeline.cli import main
+
+from .conftest import ROOT, smoke_args
+
+EPOCHS = 4
+
+
+def test_resume_after_interruption(ray_cluster, smoke_data, tmp_path, capsys):
+    args = smoke_args(smoke_data, tmp_path, "resume", "--set", f"train.epochs={EPOCHS}",
+                      "--set", f"run.keep_checkpoints={EPOCHS}")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, "--address", ray_cluster],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = tmp_path / "resume" / "checkpoints" / "epoch_0001" / "state.json"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the interruption: the driver dies mid-training
+    proc.wait()
+    assert first.exists(), "the first run never wrote a checkpoint"
+    done_before = sorted(p.name for p in first.parent.parent.glob("epoch_*") if (p / "state.json").exists())
+    assert f"epoch_{EPOCHS:04d}" not in done_before, "the run finished before it could be interrupted"
+    epoch1 = json.loads(first.read_text())["metrics"]
+
+    assert main(["train", *args]) == 0
+    out = capsys.readouterr().out
+    final = json.loads((tmp_path / "resume" / "checkpoints" / f"epoch_{EPOCHS:04d}" / "state.json").read_text())
+    epochs = [h["epoch"] for h in final["history"]]
+    assert epochs == list(range(EPOCHS + 1)), epochs  # each epoch once, none retrained, none skipped
+    assert final["history"][1] == epoch1  # epoch 1 comes from the interrupted run, untouched
+    assert "checkpoint" in out and f"epoch_{EPOCHS:04d}" in out

@@ -1,0 +1,80 @@
+import pytest
+
+from pipeline.config import (ConfigError, RunJobConfig, TrainJobConfig, describe_keys, flatten, load_config,
+                             parse_override, to_dict, valid_keys)
+
+BASE = ["data.train=a", "data.val=b"]
+
+
+def test_contract_keys_exist():
+    keys = set(valid_keys(RunJobConfig))
+    for k in ["data.train", "data.val", "model.embed_dim", "model.image.arch", "model.text.arch", "loss.name",
+              "loss.temperature", "loss.learn_temperature", "loss.margin", "train.batch_size", "train.epochs",
+              "train.lr", "scaling.num_workers", "scaling.use_gpu", "run.name", "run.storage_path"]:
+        assert k in keys
+
+
+def test_yaml_then_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {train: x, val: y}\ntrain: {epochs: 3, lr: 0.01}\nmodel: {image: {arch: resnet18}}\n")
+    cfg = load_config(TrainJobConfig, p, ["train.epochs=7", "loss.temperature=0.05", "scaling.use_gpu=false"])
+    assert cfg.train.epochs == 7 and cfg.train.lr == 0.01
+    assert cfg.loss.temperature == 0.05 and cfg.model.image.arch == "resnet18"
+    assert cfg.scaling.use_gpu is False
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainJobConfig, None, BASE + ["train.epoch=3"])
+    assert "train.epoch" in str(e.value) and "train.epochs" in str(e.value)
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {train: x, val: y, bogus: 1}\n")
+    with pytest.raises(ConfigError, match="data.bogus.*valid keys"):
+        load_config(TrainJobConfig, p)
+
+
+def test_batch_not_divisible_names_fix():
+    with pytest.raises(ConfigError, match="not divisible by scaling.num_workers=3"):
+        load_config(TrainJobConfig, None, BASE + ["train.batch_size=256", "scaling.num_workers=3"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.epochs=abc", "not an integer"), ("train.epochs=1.5", "not an integer"),
+    ("loss.temperature=100", "temperature"), ("loss.name=nope", "choose one of"),
+    ("model.text.arch=lstmx", "choose one of"), ("scaling.use_gpu=maybe", "boolean"),
+])
+def test_bad_values(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(TrainJobConfig, None, BASE + [override])
+
+
+def test_missing_data_path_is_an_error():
+    with pytest.raises(ConfigError, match="data.train is empty"):
+        load_config(TrainJobConfig, None, [])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(TrainJobConfig, "/no/such.yaml")
+
+
+def test_parse_override_types():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a.b=[1, 5]") == ("a.b", [1, 5])
+    assert parse_override("a.b=s3://x/y") == ("a.b", "s3://x/y")
+    with pytest.raises(ConfigError):
+        parse_override("nokey")
+
+
+def test_roundtrip_and_local_batch():
+    cfg = load_config(RunJobConfig, None, BASE + ["train.batch_size=64", "scaling.num_workers=4"])
+    assert cfg.local_batch_size() == 16
+    flat = flatten(to_dict(cfg))
+    assert flat["train.batch_size"] == 64 and set(flat) == set(valid_keys(RunJobConfig))
+
+
+def test_every_key_documented():
+    assert all(help_text for _, help_text, _ in describe_keys(RunJobConfig))

@@ -1,0 +1,51 @@
+import numpy as np
+import torch
+
+from pipeline.metrics import i2t_ranks, retrieval_metrics, summarize_ranks, t2i_ranks
+
+
+def naive_ranks(img, txt, owner):
+    """Slow and obvious: sort every row, find the first ground truth."""
+    n, m = img.shape[0], txt.shape[0]
+    sims = img @ txt.T
+    i2t = []
+    for i in range(n):
+        order = sorted(range(m), key=lambda j: -float(sims[i, j]))
+        i2t.append(1 + min(order.index(j) for j in range(m) if owner[j] == i))
+    t2i = []
+    for j in range(m):
+        order = sorted(range(n), key=lambda i: -float(sims[i, j]))
+        t2i.append(1 + order.index(int(owner[j])))
+    return np.array(i2t), np.array(t2i)
+
+
+def test_chunked_ranks_match_naive_loop():
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(37, 8, generator=g), dim=1)
+    owner = torch.randint(0, 37, (90,), generator=g)
+    owner[:37] = torch.arange(37)  # every image has at least one caption
+    txt = torch.nn.functional.normalize(img[owner] + 0.8 * torch.randn(90, 8, generator=g), dim=1)
+    ref_i2t, ref_t2i = naive_ranks(img, txt, owner)
+    for chunk in (1, 7, 1000):
+        assert i2t_ranks(img, txt, owner, chunk).tolist() == ref_i2t.tolist()
+        assert t2i_ranks(img, txt, owner, chunk).tolist() == ref_t2i.tolist()
+
+
+def test_hand_worked_case():
+    # 2 images, 3 captions: caption 0,1 of image 0; caption 2 of image 1.
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
+    owner = torch.tensor([0, 0, 1])
+    # image 0 scores captions (0, .6, 1): best own caption (.6) is 2nd -> rank 2
+    # image 1 scores captions (1, .8, 0): its caption (0) is 3rd -> rank 3
+    assert i2t_ranks(img, txt, owner).tolist() == [2, 3]
+    # caption 0 -> images (0, 1): own image 0 ranks 2; caption 1 -> (.6, .8): 2; caption 2 -> (1, 0): 2
+    assert t2i_ranks(img, txt, owner).tolist() == [2, 2, 2]
+    m = retrieval_metrics(img, txt, owner)
+    assert m["i2t"]["R@1"] == 0.0 and m["i2t"]["R@5"] == 100.0 and m["t2i"]["medr"] == 2
+    assert m["rsum"] == 0 + 100 + 100 + 0 + 100 + 100 and m["n_images"] == 2 and m["n_captions"] == 3
+
+
+def test_summarize_ranks():
+    s = summarize_ranks(np.array([1, 2, 6, 11]))
+    assert s == {"R@1": 25.0, "R@5": 50.0, "R@10": 75.0, "medr": 4.0, "meanr": 5.0}
