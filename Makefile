@@ -1,16 +1,19 @@
 # make demo: create .venv, install, run the whole pipeline on the bundled synthetic data.
 # make test: create .venv if needed, run unit and integration tests.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration bench clean
+.PHONY: demo test unit integration clean
 
+# pip's "Location ... is ignored" lines come from this machine's local index mirrors; they are noise.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true
-	$(BIN)/python -c "import torch, ray, faiss, pipeline" 
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(BIN)/python -c "import torch, torchvision, ray, faiss, pipeline"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -176,11 +176,13 @@ def cmd_keys(args) -> None:
 
 
 def _check_paths(*pairs: str) -> list[str]:
-    from pipeline.data.ingest import expand_paths
+    """Each (spec, key) pair must match non-empty shards. -> the paths of the last pair."""
+    from pipeline.data.ingest import check_not_empty, expand_paths
 
     out: list[str] = []
     for spec, key in zip(pairs[::2], pairs[1::2]):
         out = expand_paths(spec, key)
+        check_not_empty(out, key)
     return out
 
 

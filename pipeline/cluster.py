@@ -25,7 +25,9 @@ def connect(address: str | None = None, quiet: bool = True) -> str:
         ray.init(address=address, **kwargs)
         return "cluster"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=local_cpus(), include_dashboard=False, **kwargs)
+    # The dashboard process also serves the state API that Ray Train polls; without it Train logs a warning
+    # every few seconds.
+    ray.init(num_cpus=local_cpus(), **kwargs)
     _quiet_data()
     return "local"
 

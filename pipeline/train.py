@@ -189,8 +189,12 @@ def run(cfg: TrainJobConfig) -> TrainResult:
 
     latest = checkpoint.find_latest(run_dir)
     if latest is not None:  # the vocabulary must be the one the weights were trained with
-        tokenizer, n_train = checkpoint.read_tokenizer(latest), checkpoint.read_state(latest)["n_train"]
-        print(f"[train] resuming {cfg.run.name} from {latest}")
+        state = checkpoint.read_state(latest)
+        if state["epoch"] >= cfg.train.epochs:
+            print(f"[train] {cfg.run.name} already trained {state['epoch']} epochs: using {latest}")
+            return TrainResult(run_dir, latest, state.get("metrics", {}), state.get("history", []), {}, str(latest))
+        tokenizer, n_train = checkpoint.read_tokenizer(latest), state["n_train"]
+        print(f"[train] resuming {cfg.run.name} from {latest} (epoch {state['epoch']} of {cfg.train.epochs})")
     else:
         tokenizer, n_train = ingest.build_vocabulary(train_paths, cfg.data)
     if n_train < cfg.train.batch_size:

@@ -85,6 +85,23 @@ def expand_paths(spec: str, key: str = "data path") -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def check_not_empty(paths: list[str], key: str) -> None:
+    """Local shards only: fail before any Ray work when not one of them holds a single tar member."""
+    import tarfile
+
+    if any(p.startswith("s3://") for p in paths):
+        return  # listing members costs a read per shard on S3; the vocabulary pass reports emptiness there
+    for p in paths:
+        try:
+            with tarfile.open(p, "r|*") as tar:
+                if next(iter(tar), None) is not None:
+                    return
+        except (tarfile.TarError, OSError, EOFError):
+            continue  # unreadable shards are the data checks' business; keep looking for a usable one
+    raise ConfigError(f"{key}: the {len(paths)} shard(s) it matches hold no samples; point it at non-empty "
+                      "WebDataset .tar shards")
+
+
 # ------------------------------------------------------------------------------------------ Ray Data
 
 

@@ -17,7 +17,7 @@ def ray_cluster():
     from pipeline.cluster import local_cpus
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=local_cpus(), log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -34,11 +34,18 @@ def _cli(args, cwd):
     (["--set", "train.epoch=2"], "unknown key 'train.epoch' (did you mean train.epochs?)"),
     (["--set", "data.train=/no/such/dir"], "data.train: /no/such/dir does not exist"),
     (["--set", "train.batch_size=255"], "not divisible by scaling.num_workers=2"),
+    (["--set", "data.train={tmp}/empty"], "data.train: the 1 shard(s) it matches hold no samples"),
 ])
 def test_bad_input_is_one_line_before_ray(tmp_path, extra, needle):
+    import tarfile
+
     cfg = tmp_path / "c.yaml"
     (tmp_path / "t").mkdir()
-    (tmp_path / "t" / "0.tar").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    tarfile.open(tmp_path / "empty" / "0.tar", "w").close()
+    with tarfile.open(tmp_path / "t" / "0.tar", "w") as tar:
+        tar.add(cfg.parent / "empty" / "0.tar", arcname="k.txt")
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
     cfg.write_text(f"data: {{train: {tmp_path}/t, val: {tmp_path}/t}}\n")
     out = _cli(["train", "--config", str(cfg), *extra], tmp_path)
     assert out.returncode == 2

@@ -78,3 +78,11 @@ def test_roundtrip_and_local_batch():
 
 def test_every_key_documented():
     assert all(help_text for _, help_text, _ in describe_keys(RunJobConfig))
+
+
+def test_readme_documents_every_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [k for k, _, _ in describe_keys(RunJobConfig) if f"`{k}`" not in readme]
+    assert not missing, f"README config table lacks {missing}; regenerate it from `pipeline keys`"
