@@ -102,17 +102,32 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = _f("infonce", "contrastive objective; see `pipeline.losses.LOSSES`")
-    temperature: float = _f(0.07, "softmax temperature tau (logit scale = 1/tau) at the start of training")
-    learn_temperature: bool = _f(True, "learn the logit scale (clamped at 100) instead of fixing it")
-    margin: float = _f(0.2, "margin of the hinge losses")
+    name: str = _f("infonce", "objective: infonce | siglip | vse | vse++ | contrastive | triplet | npair | dcca")
+    temperature: float | None = _f(None, "infonce/siglip: initial temperature tau, logit scale 1/tau "
+                                         "(empty: 0.07 for infonce, 0.1 for siglip)")
+    learn_temperature: bool | None = _f(None, "infonce/siglip: learn the logit scale (clamped at 100); empty: true")
+    label_smoothing: float | None = _f(None, "infonce: label smoothing of both cross-entropies; empty: 0")
+    bias_init: float | None = _f(None, "siglip: initial logit bias; empty: -10")
+    margin: float | None = _f(None, "vse/vse++/triplet: hinge margin (empty: 0.2); contrastive: distance margin "
+                                    "(empty: 1.0)")
+    mining: str | None = _f(None, "triplet: negatives hardest | semi-hard | all; empty: semi-hard")
+    top_k: int | None = _f(None, "dcca: canonical correlations summed; empty or 0: all")
+    r1: float | None = _f(None, "dcca: ridge on the image covariance; empty: 1e-3")
+    r2: float | None = _f(None, "dcca: ridge on the text covariance; empty: 1e-3")
 
     def __post_init__(self) -> None:
-        from pipeline.losses import LOSSES
+        from pipeline.losses import LOSSES, build_loss, loss_params
 
         _check(self.name in LOSSES, f"loss.name={self.name!r}; choose one of {sorted(LOSSES)}")
-        _check(0.001 <= self.temperature <= 10, f"loss.temperature={self.temperature} must lie in [0.001, 10]")
-        _check(self.margin >= 0, "loss.margin must be non-negative")
+        takes = loss_params(self.name)
+        for f in dataclasses.fields(self):
+            if f.name != "name" and getattr(self, f.name) is not None and f.name not in takes:
+                raise ConfigError(f"loss.{f.name} is set but loss {self.name!r} takes no {f.name}; "
+                                  f"it takes {['loss.' + t for t in takes] or 'no parameters'}")
+        try:
+            build_loss(self)  # range checks live with the losses; surface them as config errors
+        except ValueError as e:
+            raise ConfigError(f"loss {self.name!r}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,8 @@ class TrainConfig:
     weight_decay: float = _f(0.05, "AdamW weight decay (not applied to biases, norms, embeddings, scales)")
     warmup_steps: int = _f(50, "linear warmup steps before cosine decay")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this value; 0 turns clipping off")
+    micro_batch_size: int = _f(0, "gradient caching: embed and backpropagate the local batch in chunks of this "
+                                  "size (0: off); the loss still sees the whole global batch")
     seed: int = _f(0, "seed for model init and augmentation")
     log_every: int = _f(20, "print a progress line every this many steps")
 
@@ -131,6 +148,7 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs must be at least 1")
         _check(self.lr > 0, "train.lr must be positive")
         _check(self.warmup_steps >= 0 and self.grad_clip >= 0, "train.warmup_steps, train.grad_clip >= 0")
+        _check(self.micro_batch_size >= 0, "train.micro_batch_size must be >= 0 (0 turns gradient caching off)")
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,12 @@ class TrainJobConfig:
             f"train.batch_size={self.train.batch_size} is not divisible by scaling.num_workers={n}; "
             f"use a multiple of {n}, e.g. {max(n, self.train.batch_size // n * n)}",
         )
+        if self.loss.name == "dcca":
+            _check(self.train.batch_size > self.model.embed_dim,
+                   f"loss dcca needs train.batch_size > model.embed_dim ({self.train.batch_size} <= "
+                   f"{self.model.embed_dim}): the covariances would be singular; raise the batch or lower the dim")
+            _check((self.loss.top_k or 0) <= self.model.embed_dim,
+                   f"loss.top_k={self.loss.top_k} exceeds model.embed_dim={self.model.embed_dim}")
 
     def local_batch_size(self) -> int:
         return self.train.batch_size // self.scaling.num_workers
@@ -239,6 +263,11 @@ def describe_keys(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
+    args = typing.get_args(typ)
+    if type(None) in args:  # `X | None`: empty means "the component's own default"
+        if value is None or value == "":
+            return None
+        typ = next(a for a in args if a is not type(None))
     if typ is bool:
         if isinstance(value, bool):
             return value

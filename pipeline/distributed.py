@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,10 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     import torch.distributed.nn.functional as dist_fn
 
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the autograd-aware one
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = dist_fn.all_gather(x)
+    return torch.cat(parts, dim=0)
 
 
 def all_reduce_min(value: int, device: torch.device) -> int:

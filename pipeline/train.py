@@ -18,11 +18,12 @@ from torch import nn
 from pipeline import checkpoint
 from pipeline.config import TrainJobConfig, build, narrow, to_dict
 from pipeline.data.tokenizer import Tokenizer
-from pipeline.distributed import WorkerContext, all_gather_with_grad, all_reduce_mean, all_reduce_min
+from pipeline.distributed import WorkerContext, all_reduce_mean, all_reduce_min
 from pipeline.encoder import embed_gallery
 from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics, retrieval_metrics
 from pipeline.models import build_model
+from pipeline.objective import ContrastiveObjective, backward_step
 
 
 def say(line: str) -> None:
@@ -30,19 +31,6 @@ def say(line: str) -> None:
     twice; writing to stdout directly echoes it once."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-class ContrastiveObjective(nn.Module):
-    """Model + loss in one module, so DDP averages the loss's own parameters (the logit scale) too."""
-
-    def __init__(self, model: nn.Module, loss: nn.Module):
-        super().__init__()
-        self.model, self.loss = model, loss
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, rank: int) -> torch.Tensor:
-        img, txt = self.model(images, tokens)  # (b, D), (b, D)
-        img_all, txt_all = all_gather_with_grad(img), all_gather_with_grad(txt)  # (B, D)
-        return self.loss(img, txt, image_all=img_all, text_all=txt_all, offset=rank * img.shape[0])
 
 
 def make_optimizer(module: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -77,6 +65,15 @@ def validate(model, tokenizer: Tokenizer, shard, device, eval_batch: int = 256) 
     return retrieval_metrics(gallery.image_emb, gallery.text_emb, gallery.text_to_image)
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on GPU; on CPU the process's peak resident set (what the OS had to give it)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def _batches(shard, cfg: TrainJobConfig, device):
     return iter(shard.iter_torch_batches(
         batch_size=cfg.local_batch_size(), drop_last=True, device=device, prefetch_batches=4,
@@ -95,9 +92,8 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
         t_wait += time.perf_counter() - t0
         if all_reduce_min(int(batch is not None), ctx.device) == 0:
             break
-        loss = objective(batch["image"], batch["tokens"], ctx.rank)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = backward_step(objective, batch["image"], batch["tokens"], ctx.rank, cfg.train.micro_batch_size)
         if cfg.train.grad_clip > 0:
             nn.utils.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
         opt.step()
@@ -111,7 +107,8 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
                  "train/logit_scale": float(loss_module.scale().item()) if hasattr(loss_module, "scale") else None,
                  "train/lr": sched.get_last_lr()[0],
                  "train/samples_per_s": n * cfg.train.batch_size / elapsed,
-                 "train/data_wait_share": t_wait / elapsed}, f"{n}/{steps_per_epoch}")
+                 "train/data_wait_share": t_wait / elapsed,
+                 "train/peak_mem_mb": peak_memory_mb(ctx.device)}, f"{n}/{steps_per_epoch}")
     return step, (sum(losses) / len(losses) if losses else float("nan"))
 
 
@@ -136,7 +133,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     def log(record: dict, progress: str) -> None:
         say(f"[train] epoch {record['epoch']}/{cfg.train.epochs} step {progress} loss {record['train/loss']:.4f} "
               f"scale {record['train/logit_scale'] or 0:.1f} {record['train/samples_per_s']:.0f} samples/s "
-              f"data-wait {100 * record['train/data_wait_share']:.0f}%")
+              f"data-wait {100 * record['train/data_wait_share']:.0f}% peak-mem {record['train/peak_mem_mb']:.0f} MB")
         if metrics_log is not None:
             with metrics_log.open("a") as f:
                 f.write(json.dumps(record) + "\n")

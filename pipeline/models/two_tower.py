@@ -27,18 +27,27 @@ class TwoTower(nn.Module):
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
         self.embed_dim = embed_dim
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) uint8 pixels (or floats in [0,1]) -> (B,D) unit vectors."""
+    def project_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) uint8 pixels (or floats in [0,1]) -> (B,D) projections, not normalised (deep CCA)."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
         x = (x - self.mean) / self.std
-        return F.normalize(self.image_proj(self.image_tower(x)), dim=-1)
+        return self.image_proj(self.image_tower(x))
+
+    def project_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B,L) int64 word ids, 0 = padding -> (B,D) projections, not normalised."""
+        return self.text_proj(self.text_tower(tokens))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) uint8 pixels (or floats in [0,1]) -> (B,D) unit vectors."""
+        return F.normalize(self.project_image(images), dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B,L) int64 word ids, 0 = padding -> (B,D) unit vectors."""
-        return F.normalize(self.text_proj(self.text_tower(tokens)), dim=-1)
+        return F.normalize(self.project_text(tokens), dim=-1)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_image(images), self.encode_text(tokens)
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, normalize: bool = True):
+        img, txt = self.project_image(images), self.project_text(tokens)  # (B, D) each
+        return (F.normalize(img, dim=-1), F.normalize(txt, dim=-1)) if normalize else (img, txt)
 
 
 def build_model(cfg, vocab_size: int) -> TwoTower:

@@ -1,6 +1,7 @@
-"""Distributed InfoNCE on N gloo processes equals single-process autograd on the concatenated batch:
-the loss value, the gradients of every worker's inputs, and (after DDP's averaging) every parameter gradient,
-the learned logit scale included. Runs the real train-step module (`ContrastiveObjective`)."""
+"""Every loss on N gloo processes equals single-process autograd on the concatenated global batch: the loss
+value, the gradients of every worker's inputs and, after DDP's averaging, every parameter gradient (the
+loss's own temperature and bias included). Gradient caching (micro-batches) gives the same parameter
+gradients. Runs the real train-step module (`ContrastiveObjective`, `backward_step`)."""
 import os
 
 import pytest
@@ -13,61 +14,87 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.distributed import all_reduce_mean
 from pipeline.losses import build_loss
-from pipeline.train import ContrastiveObjective
+from pipeline.objective import ContrastiveObjective, backward_step
 
 B, D_IN, D = 12, 7, 5
+LOSSES = [("infonce", {"temperature": 0.1}), ("infonce", {"temperature": 0.2, "label_smoothing": 0.1}),
+          ("siglip", {"bias_init": -2.0}), ("vse", {}), ("vse++", {}), ("contrastive", {}),
+          ("triplet", {"mining": "hardest"}), ("triplet", {"mining": "semi-hard"}), ("triplet", {"mining": "all"}),
+          ("npair", {}), ("dcca", {"top_k": 3})]
+MICRO = 2
 
 
 class TinyTowers(nn.Module):
+    """Per-sample towers (no BatchNorm), so micro-batching changes nothing but memory."""
+
     def __init__(self):
         super().__init__()
         self.img = nn.Linear(D_IN, D)
         self.txt = nn.Linear(D_IN, D)
 
-    def forward(self, x, y):  # (b, D_IN) each -> unit vectors (b, D)
-        return F.normalize(self.img(x), dim=-1), F.normalize(self.txt(y), dim=-1)
+    def forward(self, x, y, normalize=True):  # (b, D_IN) each -> (b, D)
+        a, b = self.img(x), self.txt(y)
+        return (F.normalize(a, dim=-1), F.normalize(b, dim=-1)) if normalize else (a, b)
 
 
-def _setup():
+def _setup(name, params):
     torch.manual_seed(0)
-    objective = ContrastiveObjective(TinyTowers(), build_loss("infonce", temperature=0.1)).double()
+    objective = ContrastiveObjective(TinyTowers(), build_loss(name, **params)).double()
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(B, D_IN, generator=g, dtype=torch.float64), torch.randn(B, D_IN, generator=g,
-                                                                                dtype=torch.float64)
+    x = torch.randn(B, D_IN, generator=g, dtype=torch.float64)
+    y = torch.randn(B, D_IN, generator=g, dtype=torch.float64)
     return objective, x, y
+
+
+def _grads(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
 def _worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    objective, x, y = _setup()
-    ddp = DistributedDataParallel(objective)
     b = B // world
-    xl = x[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-    yl = y[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-    loss = ddp(xl, yl, rank)
-    loss.backward()
-    torch.save({"loss": all_reduce_mean(loss.detach()), "x_grad": xl.grad, "y_grad": yl.grad,
-                "params": {n: p.grad for n, p in objective.named_parameters()}}, os.path.join(out_dir, f"{rank}.pt"))
+    results = []
+    for name, params in LOSSES:
+        objective, x, y = _setup(name, params)
+        ddp = DistributedDataParallel(objective)
+        xl = x[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+        yl = y[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+        loss = backward_step(ddp, xl, yl, rank)
+        plain = {"loss": all_reduce_mean(loss), "x_grad": xl.grad, "y_grad": yl.grad, "params": _grads(objective)}
+        objective.zero_grad(set_to_none=True)
+        cached_loss = backward_step(ddp, x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b], rank, MICRO)
+        results.append({**plain, "cached_loss": all_reduce_mean(cached_loss), "cached": _grads(objective)})
+    torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_distributed_infonce_matches_single_process(tmp_path, world):
+def test_every_loss_is_exact_across_workers(tmp_path, world):
     mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
-    objective, x, y = _setup()
-    x.requires_grad_(True)
-    y.requires_grad_(True)
-    ref = objective(x, y, 0)
-    ref.backward()
+    got = [torch.load(tmp_path / f"{r}.pt") for r in range(world)]
     b = B // world
-    for rank in range(world):
-        got = torch.load(tmp_path / f"{rank}.pt")
-        torch.testing.assert_close(got["loss"], ref.detach(), rtol=1e-5, atol=0)
-        # A worker's input gradient carries every worker's loss (the all-gather's backward sums them); each
-        # worker's loss is a mean over its own rows, so that sum is `world` times the global mean's gradient.
-        torch.testing.assert_close(got["x_grad"] / world, x.grad[rank * b:(rank + 1) * b], rtol=1e-5, atol=1e-12)
-        torch.testing.assert_close(got["y_grad"] / world, y.grad[rank * b:(rank + 1) * b], rtol=1e-5, atol=1e-12)
-        # After DDP's averaging, the update every worker applies is the single-process one, not 1/N of it.
-        for name, p in objective.named_parameters():
-            torch.testing.assert_close(got["params"][name], p.grad, rtol=1e-5, atol=1e-12, msg=name)
-    assert objective.loss.logit_scale.grad is not None and objective.loss.logit_scale.grad.abs() > 0
+    for i, (name, params) in enumerate(LOSSES):
+        objective, x, y = _setup(name, params)
+        x.requires_grad_(True)
+        y.requires_grad_(True)
+        ref = objective(x, y, 0)
+        ref.backward()
+        ref_params = _grads(objective)
+        assert ref_params, name
+        for rank in range(world):
+            r = got[rank][i]
+            tag = f"{name}{params} rank {rank}/{world}"
+            torch.testing.assert_close(r["loss"], ref.detach(), rtol=1e-5, atol=1e-10, msg=tag)
+            torch.testing.assert_close(r["cached_loss"], ref.detach(), rtol=1e-5, atol=1e-10, msg=tag)
+            # A worker's inputs receive every worker's share of the gradient (the all-gather's backward sums
+            # them); each worker's loss is a mean over its rows, so that sum is `world` x the global one.
+            sl = slice(rank * b, (rank + 1) * b)
+            torch.testing.assert_close(r["x_grad"] / world, x.grad[sl], rtol=1e-5, atol=1e-10, msg=tag)
+            torch.testing.assert_close(r["y_grad"] / world, y.grad[sl], rtol=1e-5, atol=1e-10, msg=tag)
+            # After DDP's averaging the applied update is the single-process one, not 1/N of it; the same
+            # holds for gradient caching, whose averaging is done by hand.
+            assert set(r["params"]) == set(ref_params) == set(r["cached"]), tag
+            for pname, g in ref_params.items():
+                torch.testing.assert_close(r["params"][pname], g, rtol=1e-5, atol=1e-10, msg=f"{tag} {pname}")
+                torch.testing.assert_close(r["cached"][pname], g, rtol=1e-5, atol=1e-10,
+                                           msg=f"{tag} {pname} cached")

@@ -1,0 +1,80 @@
+"""The train step's objective: embed the local batch, all-gather with gradients, score with a pure loss; and
+gradient caching for global batches whose activations do not fit in memory.
+
+Gradient caching (Gao et al., "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"):
+1. embed the local batch chunk by chunk without a graph;
+2. all-gather, compute the loss on the whole global batch, backpropagate into the (detached) embeddings;
+3. re-embed each chunk with a graph and backpropagate its cached embedding gradients.
+Parameter gradients equal the full-batch ones for models whose forward treats samples independently
+(BatchNorm sees per-chunk statistics, as under any micro-batching). Activation memory is one chunk's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.distributed import all_gather_with_grad
+
+
+class ContrastiveObjective(nn.Module):
+    """Model + loss in one module, so DDP averages the loss's own parameters (logit scale, bias) too."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.normalized = getattr(loss, "normalized_inputs", True)  # deep CCA wants raw projections
+
+    def embed(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(images, tokens, normalize=self.normalized)  # (b, D), (b, D)
+
+    def score(self, img: torch.Tensor, txt: torch.Tensor, rank: int) -> torch.Tensor:
+        img_all, txt_all = all_gather_with_grad(img), all_gather_with_grad(txt)  # (B, D)
+        return self.loss(img, txt, image_all=img_all, text_all=txt_all, offset=rank * img.shape[0])
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, rank: int) -> torch.Tensor:
+        return self.score(*self.embed(images, tokens), rank)
+
+
+def average_gradients(module: nn.Module) -> None:
+    """What DDP does after backward, done by hand where its forward hook was bypassed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def _chunks(n: int, size: int):
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def grad_cached_backward(objective: ContrastiveObjective, images: torch.Tensor, tokens: torch.Tensor, rank: int,
+                         micro_batch: int) -> torch.Tensor:
+    """Backpropagate the global-batch loss chunk by chunk; gradients land in `objective`'s parameters,
+    averaged over workers. `objective` is the bare module, not its DDP wrapper. -> the loss (detached)."""
+    spans = _chunks(images.shape[0], micro_batch)
+    with torch.no_grad():
+        parts = [objective.embed(images[a:b], tokens[a:b]) for a, b in spans]
+    img = torch.cat([p[0] for p in parts]).requires_grad_(True)  # (b, D) leaf: collects dL/dimg
+    txt = torch.cat([p[1] for p in parts]).requires_grad_(True)
+    loss = objective.score(img, txt, rank)
+    loss.backward()  # fills img.grad, txt.grad and the loss's own parameter gradients
+    for a, b in spans:
+        ie, te = objective.embed(images[a:b], tokens[a:b])
+        torch.autograd.backward([ie, te], [img.grad[a:b], txt.grad[a:b]])
+    average_gradients(objective)
+    return loss.detach()
+
+
+def backward_step(objective: nn.Module, images: torch.Tensor, tokens: torch.Tensor, rank: int,
+                  micro_batch: int = 0) -> torch.Tensor:
+    """Loss and gradients for one step: plain (through DDP when wrapped) or gradient-cached."""
+    if micro_batch and micro_batch < images.shape[0]:
+        bare = objective.module if isinstance(objective, nn.parallel.DistributedDataParallel) else objective
+        return grad_cached_backward(bare, images, tokens, rank, micro_batch)
+    loss = objective(images, tokens, rank)
+    loss.backward()
+    return loss.detach()
