@@ -132,8 +132,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
 
     def log(record: dict, progress: str) -> None:
         say(f"[train] epoch {record['epoch']}/{cfg.train.epochs} step {progress} loss {record['train/loss']:.4f} "
-              f"scale {record['train/logit_scale'] or 0:.1f} {record['train/samples_per_s']:.0f} samples/s "
-              f"data-wait {100 * record['train/data_wait_share']:.0f}% peak-mem {record['train/peak_mem_mb']:.0f} MB")
+            f"scale {record['train/logit_scale'] or 0:.1f} {record['train/samples_per_s']:.0f} samples/s "
+            f"data-wait {100 * record['train/data_wait_share']:.0f}% peak-mem {record['train/peak_mem_mb']:.0f} MB")
         if metrics_log is not None:
             with metrics_log.open("a") as f:
                 f.write(json.dumps(record) + "\n")
