@@ -56,4 +56,4 @@ def run(checkpoint: str, data: str, out: str, eval_cfg, scaling, train_history: 
     skipped = ray.get(counter.get.remote()).get("gallery", {})
     history = train_history if train_history is not None else read_state(ckpt).get("history", [])
     return report.write_report(Path(out), metrics, index_meta, str(ckpt), cfg, history,
-                               {"gallery_skipped": {r: len(k) for r, k in skipped.items()}})
+                               {"skipped": {"gallery": {r: len(k) for r, k in skipped.items()}}})

@@ -275,7 +275,8 @@ LOSSES: dict[str, type[nn.Module]] = {
 
 def loss_params(name: str) -> list[str]:
     """The keyword parameters loss `name` takes."""
-    return [p for p in inspect.signature(LOSSES[name].__init__).parameters if p != "self"]
+    params = inspect.signature(LOSSES[name].__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def build_loss(name, **params) -> nn.Module:

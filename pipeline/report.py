@@ -65,8 +65,14 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
               f"built in {idx['build_s']:.3f} s, {idx['qps']:.0f} queries/s", ""]
     if has_plot:
         lines += ["## Training", "", "![training](plots/training.png)", ""]
-    if report["data"]:
-        lines += ["## Data", "", "```", json.dumps(report["data"], indent=2), "```", ""]
+    skipped = {split: by for split, by in (report["data"].get("skipped") or {}).items() if by}
+    lines += ["## Data", ""]
+    if skipped:
+        lines += ["Skipped samples (by split and reason):", ""]
+        lines += [f"- {split}: " + ", ".join(f"{reason} x{n}" for reason, n in by.items()) for split, by in skipped.items()]
+    else:
+        lines += ["No sample was skipped."]
+    lines += [""]
     if examples:
         lines += ["## Example queries (text → image, ✓ = the caption's own image)", ""]
         for ex in examples:

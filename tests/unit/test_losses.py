@@ -203,3 +203,14 @@ def test_every_loss_builds_from_config():
     for name in LOSSES:
         cfg = load_config(TrainJobConfig, None, BASE + [f"loss.name={name}"])
         assert isinstance(build_loss(cfg.loss), LOSSES[name])
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_demo_recipe_accepts_every_loss(name):
+    from pathlib import Path
+
+    from pipeline.config import RunJobConfig
+
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    cfg = load_config(RunJobConfig, demo, [f"loss.name={name}"])
+    assert isinstance(build_loss(cfg.loss), LOSSES[name])
