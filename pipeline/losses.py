@@ -246,12 +246,44 @@ class DCCA(nn.Module):
     """
 
     normalized_inputs = False
+    MOMENTUM = 0.1  # of the running statistics behind the retrieval projections
 
     def __init__(self, top_k: int = 0, r1: float = 1e-3, r2: float = 1e-3):
         super().__init__()
         if top_k < 0 or r1 <= 0 or r2 <= 0:
             raise ValueError("dcca needs top_k >= 0 (0: all components) and ridge terms r1, r2 > 0")
         self.top_k, self.r1, self.r2 = int(top_k), float(r1), float(r2)
+        for name in ("mean1", "mean2", "s11", "s22", "s12"):
+            self.register_buffer(name, torch.zeros(0))  # sized on the first batch
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("mean1", "mean2", "s11", "s22", "s12"):  # adopt the saved statistics' shapes
+            if prefix + name in state_dict:
+                setattr(self, name, torch.zeros_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def _track(self, m1, m2, s11, s22, s12) -> None:
+        if self.training:
+            for name, value in (("mean1", m1), ("mean2", m2), ("s11", s11), ("s22", s22), ("s12", s12)):
+                old = getattr(self, name)
+                if old.shape != value.shape:  # first batch: adopt it
+                    setattr(self, name, value.detach().clone())
+                else:
+                    old.mul_(1 - self.MOMENTUM).add_(value.detach(), alpha=self.MOMENTUM)
+
+    @torch.no_grad()
+    def retrieval_maps(self):
+        """Linear CCA on the running statistics: centers and maps W1 = S11^-1/2 U, W2 = S22^-1/2 V (top-k
+        columns kept, the rest zeroed), so that cosine retrieval compares canonical variates. None before
+        the first batch."""
+        if self.s11.numel() == 0:
+            return None
+        a, b = _inv_sqrt(self.s11), _inv_sqrt(self.s22)
+        u, _, vh = torch.linalg.svd(a @ self.s12 @ b)
+        k = self.top_k or u.shape[1]
+        keep = (torch.arange(u.shape[1], device=u.device) < k).to(u.dtype)
+        return self.mean1, (a @ u) * keep, self.mean2, (b @ vh.T) * keep
 
     def forward(self, image_emb, text_emb, image_all=None, text_all=None, offset: int = 0):
         h1, h2 = _globals(image_emb, text_emb, image_all, text_all)
@@ -263,6 +295,7 @@ class DCCA(nn.Module):
         s11 = h1c.T @ h1c / (n - 1) + self.r1 * eye
         s22 = h2c.T @ h2c / (n - 1) + self.r2 * eye
         s12 = h1c.T @ h2c / (n - 1)
+        self._track(h1.mean(0), h2.mean(0), s11, s22, s12)
         corr = torch.linalg.svdvals(_inv_sqrt(s11) @ s12 @ _inv_sqrt(s22))  # descending
         return -corr[: self.top_k or d].sum()
 

@@ -54,7 +54,10 @@ def make_scheduler(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def validate(model, tokenizer: Tokenizer, shard, device, eval_batch: int = 256) -> dict:
+def validate(model, tokenizer: Tokenizer, shard, device, eval_batch: int = 256, loss=None) -> dict:
+    maps = loss.retrieval_maps() if hasattr(loss, "retrieval_maps") else None
+    if maps is not None:  # deep CCA: retrieve in the canonical space its statistics define
+        model.set_retrieval_maps(*maps)
     model.eval()
     with torch.no_grad():
         gallery = embed_gallery(
@@ -146,7 +149,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         step, mean_loss = train_epoch(objective, opt, sched, ctx, cfg, epoch, state["step"], steps_per_epoch, log)
         metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss}
         if ctx.is_main:
-            val = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device)
+            val = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device, loss=loss)
             metrics |= flat_metrics(val, "val")
             say(f"[train] epoch {epoch}: loss {mean_loss:.4f} val rsum {val['rsum']:.1f} "
                 f"i2t R@1 {val['i2t']['R@1']:.1f} t2i R@1 {val['t2i']['R@1']:.1f}")

@@ -25,7 +25,19 @@ class TwoTower(nn.Module):
         self.text_proj = nn.Linear(text_tower.out_dim, embed_dim)
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        # A linear map applied at retrieval time only: identity for the contrastive losses; deep CCA sets it to
+        # the canonical projections, because its objective ignores how the raw outputs are scaled and rotated.
+        self.register_buffer("image_center", torch.zeros(embed_dim))
+        self.register_buffer("image_map", torch.eye(embed_dim))
+        self.register_buffer("text_center", torch.zeros(embed_dim))
+        self.register_buffer("text_map", torch.eye(embed_dim))
         self.embed_dim = embed_dim
+
+    def set_retrieval_maps(self, image_center, image_map, text_center, text_map) -> None:
+        """(D,), (D,D), (D,), (D,D): encode_* return normalize((projection - center) @ map)."""
+        for name, value in (("image_center", image_center), ("image_map", image_map),
+                            ("text_center", text_center), ("text_map", text_map)):
+            getattr(self, name).copy_(value.detach().to(getattr(self, name).dtype))
 
     def project_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) uint8 pixels (or floats in [0,1]) -> (B,D) projections, not normalised (deep CCA)."""
@@ -38,12 +50,12 @@ class TwoTower(nn.Module):
         return self.text_proj(self.text_tower(tokens))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) uint8 pixels (or floats in [0,1]) -> (B,D) unit vectors."""
-        return F.normalize(self.project_image(images), dim=-1)
+        """(B,3,H,W) uint8 pixels (or floats in [0,1]) -> (B,D) unit vectors for retrieval."""
+        return F.normalize((self.project_image(images) - self.image_center) @ self.image_map, dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B,L) int64 word ids, 0 = padding -> (B,D) unit vectors."""
-        return F.normalize(self.project_text(tokens), dim=-1)
+        """(B,L) int64 word ids, 0 = padding -> (B,D) unit vectors for retrieval."""
+        return F.normalize((self.project_text(tokens) - self.text_center) @ self.text_map, dim=-1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, normalize: bool = True):
         img, txt = self.project_image(images), self.project_text(tokens)  # (B, D) each

@@ -214,3 +214,23 @@ def test_demo_recipe_accepts_every_loss(name):
     demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     cfg = load_config(RunJobConfig, demo, [f"loss.name={name}"])
     assert isinstance(build_loss(cfg.loss), LOSSES[name])
+
+
+def test_dcca_retrieval_maps_whiten_and_align_the_views():
+    """After tracking a batch, the maps turn the two views into canonical variates: identity covariance
+    within each view, diagonal (the canonical correlations) across them."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(400, 3, generator=g, dtype=torch.float64)
+    h1 = z @ torch.randn(3, 3, generator=g, dtype=torch.float64) + 0.1 * torch.randn(400, 3, generator=g, dtype=torch.float64)
+    h2 = z @ torch.randn(3, 3, generator=g, dtype=torch.float64) + 0.5 * torch.randn(400, 3, generator=g, dtype=torch.float64)
+    loss = build_loss("dcca", r1=1e-6, r2=1e-6).double()
+    corr = -float(loss(h1, h2))
+    m1, w1, m2, w2 = loss.retrieval_maps()
+    c1, c2 = (h1 - m1) @ w1, (h2 - m2) @ w2
+    cov = lambda a, b: a.T @ b / (len(a) - 1)  # noqa: E731
+    torch.testing.assert_close(cov(c1, c1), torch.eye(3, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(cov(c2, c2), torch.eye(3, dtype=torch.float64), atol=1e-4, rtol=0)
+    cross = cov(c1, c2)
+    assert float(cross.diagonal().sum()) == pytest.approx(corr, rel=1e-4)
+    torch.testing.assert_close(cross - torch.diag(cross.diagonal()), torch.zeros(3, 3, dtype=torch.float64),
+                               atol=1e-4, rtol=0)
