@@ -80,18 +80,39 @@ class Gallery:
     captions: list[str]  # (M,)
 
 
+class GalleryBuilder:
+    """Collects embedded eval rows in order: image and caption vectors, keys, and each caption's image."""
+
+    def __init__(self):
+        self.img: list = []
+        self.txt: list = []
+        self.keys: list[str] = []
+        self.captions: list[str] = []
+        self.owner: list[int] = []
+
+    def add_rows(self, keys, captions_json) -> list[list[str]]:
+        """Register rows (key, JSON list of captions); -> the parsed caption lists."""
+        lists = [json.loads(c) for c in captions_json]
+        for key, caps in zip(keys, lists):
+            self.owner += [len(self.keys)] * len(caps)
+            self.keys.append(str(key))
+            self.captions += caps
+        return lists
+
+    def build(self) -> Gallery:
+        if not self.keys:
+            raise ValueError("the gallery has no readable samples")
+        as_tensor = lambda parts: torch.cat([torch.as_tensor(np.asarray(p, dtype=np.float32)) for p in parts])  # noqa: E731
+        return Gallery(as_tensor(self.img), as_tensor(self.txt), torch.tensor(self.owner, dtype=torch.long),
+                       self.keys, self.captions)
+
+
 def embed_gallery(encode_pixels, encode_text, batches) -> Gallery:
     """Eval batches {'key', 'image', 'captions' (JSON list)} -> Gallery. The two encoders are callables so
     the same code serves a live training model and a loaded checkpoint."""
-    img, keys, caps, owner = [], [], [], []
+    g = GalleryBuilder()
     for batch in batches:
-        img.append(encode_pixels(batch["image"]))
-        for k, c in zip(batch["key"], batch["captions"]):
-            lst = json.loads(c)
-            owner += [len(keys)] * len(lst)
-            keys.append(str(k))
-            caps += lst
-    txt = [encode_text(caps[s:s + 1024]) for s in range(0, len(caps), 1024)]
-    d = img[0].shape[1] if img else 0
-    return Gallery(torch.cat(img) if img else torch.zeros(0, d), torch.cat(txt) if txt else torch.zeros(0, d),
-                   torch.tensor(owner, dtype=torch.long), keys, caps)
+        g.img.append(encode_pixels(batch["image"]))
+        g.add_rows(batch["key"], batch["captions"])
+    g.txt = [encode_text(g.captions[s:s + 1024]) for s in range(0, len(g.captions), 1024)]
+    return g.build()

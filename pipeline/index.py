@@ -13,9 +13,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import torch
 
-from pipeline.encoder import Encoder, Gallery, load
+from pipeline.encoder import Encoder, Gallery, GalleryBuilder, load
 
 
 class EmbedBatch:
@@ -42,19 +41,12 @@ def embed_dataset(checkpoint: str, paths: list[str], image_size: int, num_actors
     ds = eval_dataset(paths, image_size, counter, split="gallery").map_batches(
         EmbedBatch, fn_constructor_kwargs={"checkpoint": checkpoint, "device": "cuda" if use_gpu else "cpu"},
         batch_size=batch_size, batch_format="numpy", concurrency=num_actors, num_gpus=1 if use_gpu else 0)
-    img, txt, owner, keys, caps = [], [], [], [], []
+    g = GalleryBuilder()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        img.append(batch["image_emb"])
-        for key, c, t in zip(batch["key"], batch["captions"], batch["text_emb"]):
-            lst = json.loads(c)
-            owner += [len(keys)] * len(lst)
-            keys.append(str(key))
-            caps += lst
-            txt.append(np.asarray(t, dtype=np.float32).reshape(len(lst), -1))
-    if not keys:
-        raise ValueError("the gallery has no readable samples")
-    return Gallery(torch.from_numpy(np.concatenate(img)), torch.from_numpy(np.concatenate(txt)),
-                   torch.tensor(owner, dtype=torch.long), keys, caps)
+        g.img.append(batch["image_emb"])  # (n, D)
+        lists = g.add_rows(batch["key"], batch["captions"])
+        g.txt += [np.asarray(t, dtype=np.float32).reshape(len(caps), -1) for caps, t in zip(lists, batch["text_emb"])]
+    return g.build()
 
 
 def build_flat_index(vectors: np.ndarray) -> tuple[faiss.Index, float]:
