@@ -102,9 +102,13 @@ class GalleryBuilder:
     def build(self) -> Gallery:
         if not self.keys:
             raise ValueError("the gallery has no readable samples")
-        as_tensor = lambda parts: torch.cat([torch.as_tensor(np.asarray(p, dtype=np.float32)) for p in parts])  # noqa: E731
-        return Gallery(as_tensor(self.img), as_tensor(self.txt), torch.tensor(self.owner, dtype=torch.long),
+        return Gallery(_stack(self.img), _stack(self.txt), torch.tensor(self.owner, dtype=torch.long),
                        self.keys, self.captions)
+
+
+def _stack(parts: list) -> torch.Tensor:
+    """Row blocks (tensors or arrays) -> one float32 tensor."""
+    return torch.cat([torch.as_tensor(np.asarray(p, dtype=np.float32)) for p in parts])
 
 
 def embed_gallery(encode_pixels, encode_text, batches) -> Gallery:

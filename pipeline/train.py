@@ -87,7 +87,7 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
                 steps_per_epoch: int, log) -> tuple[int, float]:
     """One pass over this worker's shard; every worker stops on the same step. -> (step, mean loss)."""
     it = _batches(ctx.dataset_shard("train"), cfg, ctx.device)
-    losses, t_wait, t_start, n = [], 0.0, time.perf_counter(), 0
+    loss_sum, t_wait, t_start, n = torch.zeros((), device=ctx.device), 0.0, time.perf_counter(), 0
     loss_module = objective.module.loss if hasattr(objective, "module") else objective.loss
     while True:
         t0 = time.perf_counter()
@@ -102,9 +102,11 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
         opt.step()
         sched.step()
         step, n = step + 1, n + 1
-        global_loss = float(all_reduce_mean(loss.detach()).item())  # the loss on the whole global batch
-        losses.append(global_loss)
-        if ctx.is_main and (n % cfg.train.log_every == 0 or n == 1):
+        loss_sum += loss  # no host sync and no collective on steps that are not logged
+        if n % cfg.train.log_every == 0 or n == 1:  # the same steps on every rank: the all-reduce is collective
+            global_loss = float(all_reduce_mean(loss).item())  # the loss on the whole global batch
+            if not ctx.is_main:
+                continue
             elapsed = time.perf_counter() - t_start
             log({"epoch": epoch, "step": step, "train/loss": global_loss,
                  "train/logit_scale": float(loss_module.scale().item()) if hasattr(loss_module, "scale") else None,
@@ -112,7 +114,8 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
                  "train/samples_per_s": n * cfg.train.batch_size / elapsed,
                  "train/data_wait_share": t_wait / elapsed,
                  "train/peak_mem_mb": peak_memory_mb(ctx.device)}, f"{n}/{steps_per_epoch}")
-    return step, (sum(losses) / len(losses) if losses else float("nan"))
+    # Workers hold equal shares, so the mean of their per-step means is the mean of the global-batch losses.
+    return step, (float(all_reduce_mean(loss_sum / n).item()) if n else float("nan"))
 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
