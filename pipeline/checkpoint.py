@@ -7,15 +7,17 @@
     <checkpoint>/config.json     the resolved job config
     <checkpoint>/state.json      {"epoch": .., "step": .., "n_train": .., "metrics": {..}}
 
-Checkpoints live in <run_dir>/checkpoints/epoch_NNNN/.
+Checkpoints live in <run_dir>/checkpoints/epoch_NNNN/, on local disk or s3:// (read through `storage`).
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
 
+from pipeline import storage
 from pipeline.data.tokenizer import Tokenizer
 
 REQUIRED = ("model.pt", "tokenizer.json", "config.json", "state.json")
@@ -39,47 +41,60 @@ def write_checkpoint(path: Path, *, model, loss, optimizer, scheduler, tokenizer
     (path / "state.json").write_text(json.dumps({**state, "files": files}, indent=2))
 
 
-def is_checkpoint(path: Path) -> bool:
+def is_checkpoint(path: str | Path) -> bool:
     """Complete: every required file there, and every file the manifest lists at its recorded size."""
-    if not all((path / f).is_file() for f in REQUIRED):
+    fs, root = storage.filesystem(str(path))
+    try:
+        sizes = {Path(e["name"]).name: e["size"] for e in fs.ls(root, detail=True) if e["type"] == "file"}
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if not all(f in sizes for f in REQUIRED):
         return False
     try:
-        files = json.loads((path / "state.json").read_text()).get("files", {})
+        files = json.loads(storage.read_text(storage.join(str(path), "state.json"))).get("files", {})
     except ValueError:
         return False
-    return all((path / name).is_file() and (path / name).stat().st_size == size for name, size in files.items())
+    return all(sizes.get(name) == size for name, size in files.items())
 
 
-def find_latest(path: str | Path) -> Path | None:
-    """A checkpoint dir itself, or the newest complete epoch_* under a run dir or its checkpoints/ folder."""
-    path = Path(path)
+def find_latest(path: str | Path) -> str | None:
+    """A checkpoint dir itself, or the newest complete epoch_* under a run dir or its checkpoints/ folder
+    (local or s3://)."""
+    path = str(path)
     if is_checkpoint(path):
         return path
-    for base in (path / "checkpoints", path):
-        found = sorted(p for p in base.glob("epoch_*") if is_checkpoint(p)) if base.is_dir() else []
+    for base in (storage.join(path, "checkpoints"), path):
+        found = [storage.join(base, d) for d in storage.list_dirs(base) if d.startswith("epoch_")]
+        found = [p for p in found if is_checkpoint(p)]
         if found:
-            return found[-1]
+            return sorted(found)[-1]
     return None
 
 
-def read_state(path: Path) -> dict:
-    return json.loads((path / "state.json").read_text())
+def read_state(path: str | Path) -> dict:
+    return json.loads(storage.read_text(storage.join(str(path), "state.json")))
 
 
-def read_config(path: Path) -> dict:
-    return json.loads((path / "config.json").read_text())
+def read_config(path: str | Path) -> dict:
+    return json.loads(storage.read_text(storage.join(str(path), "config.json")))
 
 
-def read_tokenizer(path: Path) -> Tokenizer:
-    return Tokenizer.load(path / "tokenizer.json")
+def read_tokenizer(path: str | Path) -> Tokenizer:
+    return Tokenizer.from_dict(json.loads(storage.read_text(storage.join(str(path), "tokenizer.json"))))
 
 
-def load_weights(path: Path, model, loss=None, optimizer=None, scheduler=None) -> None:
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-    if loss is not None and (path / "loss.pt").is_file():
-        loss.load_state_dict(torch.load(path / "loss.pt", map_location="cpu", weights_only=True))
+def _torch_load(path: str | Path, name: str):
+    data = storage.read_bytes(storage.join(str(path), name))
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def load_weights(path: str | Path, model, loss=None, optimizer=None, scheduler=None) -> None:
+    """Weights (and optionally loss, optimizer and scheduler state) from a local or s3:// checkpoint."""
+    model.load_state_dict(_torch_load(path, "model.pt"))
+    if loss is not None and storage.exists(storage.join(str(path), "loss.pt")):
+        loss.load_state_dict(_torch_load(path, "loss.pt"))
     if optimizer is not None:
-        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        opt = _torch_load(path, "optimizer.pt")
         optimizer.load_state_dict(opt["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(opt["scheduler"])

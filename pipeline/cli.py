@@ -6,6 +6,7 @@
     pipeline evaluate --checkpoint DIR --data PATH --out DIR
     pipeline search --index DIR (--text STR | --image FILE) [--k 10]
     pipeline data synth --out DIR [--train N] [--val N] [--seed S]
+    pipeline data convert-karpathy --json FILE --images DIR --out DIR [--split test] [--format webdataset]
     pipeline data inspect PATH
     pipeline keys [run|train|evaluate]
 """
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.config import (ConfigError, EvalJobConfig, RunJobConfig, TrainJobConfig, describe_keys,
                              load_config, narrow)
 
@@ -69,8 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=int, default=8000, help="training images (default 8000)")
     p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p = data.add_parser("inspect", help="count samples, show the schema, report unreadable samples")
-    p.add_argument("path", help="shards: path, folder, glob or brace list")
+    p = data.add_parser("convert-karpathy", help="convert a Karpathy split (Flickr8k/30k, COCO) into shards, "
+                        "one sample per image with all its captions")
+    p.add_argument("--json", required=True, help="Karpathy split file, e.g. dataset_flickr30k.json")
+    p.add_argument("--images", required=True, help="image folder (COCO: the folder holding train2014/, val2014/)")
+    p.add_argument("--out", required=True, help="output folder for the shards")
+    p.add_argument("--split", default="test", help="split(s) to convert, comma-separated: train, restval, val, "
+                   "test (default test)")
+    p.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"], help="shard format")
+    p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
+    p = data.add_parser("inspect", help="count samples, show the schema, caption lengths, unreadable samples")
+    p.add_argument("path", help="shards: path, folder, glob or brace list (.tar or .parquet, local or s3://)")
+    p.add_argument("--show", type=int, default=20, help="unreadable samples listed by key (default 20)")
+    p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint for s3:// paths")
     p.add_argument("--address", default=None, help="Ray cluster address")
     p = sub.add_parser("keys", help="list every config key with its default and meaning")
     p.add_argument("job", nargs="?", default="run", choices=sorted(JOB_CONFIGS))
@@ -81,6 +94,7 @@ def cmd_run(args) -> None:
     from pipeline import cluster, end_to_end
 
     cfg = load_config(RunJobConfig, args.config or default_config(), args.overrides)
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     end_to_end.ensure_data(cfg)
     _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
     t0 = time.time()
@@ -97,6 +111,7 @@ def cmd_train(args) -> None:
 
     # Recipes are shared with `pipeline run`: read the whole schema, keep the training sections.
     cfg = narrow(load_config(RunJobConfig, args.config, args.overrides), TrainJobConfig)
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
     cluster.connect(args.address)
     res = train.run(cfg)
@@ -108,13 +123,15 @@ def cmd_index(args) -> None:
     from pipeline.index import embed_dataset, write_index
 
     cfg = load_config(EvalJobConfig, None, args.overrides)
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     ckpt = _require_checkpoint(args.checkpoint)
     paths = _check_paths(args.data, "--data")
     cluster.connect(args.address)
     image_size = checkpoint.read_config(ckpt)["data"]["image_size"]
-    gallery = embed_dataset(str(ckpt), paths, image_size, cfg.scaling.num_workers, cfg.scaling.use_gpu,
+    gallery = embed_dataset(ckpt, paths, image_size, cfg.scaling.num_workers, cfg.scaling.use_gpu,
                             cfg.eval.batch_size)
-    meta = write_index(args.out, gallery, str(ckpt))
+    with storage.staging_dir(args.out) as out:
+        meta = write_index(out, gallery, ckpt)
     print(f"index: {args.out} ({meta['n_images']} images, {meta['n_captions']} captions, {meta['type']}, "
           f"built in {meta['build_s']:.3f} s)")
 
@@ -124,11 +141,12 @@ def cmd_evaluate(args) -> None:
     from pipeline.report import recall_table
 
     cfg = load_config(EvalJobConfig, None, args.overrides)
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     ckpt = _require_checkpoint(args.checkpoint)
     _check_paths(args.data, "--data")
     cluster.connect(args.address)
-    rep = evaluate.run(str(ckpt), args.data, args.out, cfg.eval, cfg.scaling)
-    print(recall_table(rep) + f"\n\nreport: {Path(args.out) / 'report.md'} (+ report.json)")
+    rep = evaluate.run(ckpt, args.data, args.out, cfg.eval, cfg.scaling)
+    print(recall_table(rep) + f"\n\nreport: {storage.join(args.out, 'report.md')} (+ report.json)")
 
 
 def cmd_search(args) -> None:
@@ -141,7 +159,8 @@ def cmd_search(args) -> None:
         if not Path(args.image).is_file():
             raise ConfigError(f"--image {args.image} does not exist")
         image = Image.open(args.image)
-    hits = search(args.index, text=args.text, image=image, k=args.k)
+    with storage.local_copy(args.index) as index_dir:  # an s3:// index is fetched first
+        hits = search(index_dir, text=args.text, image=image, k=args.k)
     if args.json:
         print(json.dumps(hits, indent=2))
         return
@@ -160,12 +179,21 @@ def cmd_data(args) -> None:
         print(f"wrote {args.train} train samples in {len(paths['train'])} shards to {Path(args.out) / 'train'}\n"
               f"wrote {args.val} val samples in {len(paths['val'])} shards to {Path(args.out) / 'val'}")
         return
+    if args.data_command == "convert-karpathy":
+        from pipeline.data.karpathy import convert_karpathy, format_summary
+
+        summary = convert_karpathy(args.json, args.images, args.out, tuple(s.strip() for s in args.split.split(",")),
+                                   args.format, args.shard_size)
+        print(format_summary(summary))
+        return
     from pipeline import cluster
+    from pipeline.data.ingest import resolve_shards
     from pipeline.data.inspect import inspect_shards
 
-    paths = _check_paths(args.path, "PATH")
+    storage.configure(args.endpoint_url)
+    shards = resolve_shards(args.path, "PATH")
     cluster.connect(args.address)
-    print(inspect_shards(paths))
+    print(inspect_shards(shards, show=args.show))
 
 
 def cmd_keys(args) -> None:
@@ -177,16 +205,16 @@ def cmd_keys(args) -> None:
 
 def _check_paths(*pairs: str) -> list[str]:
     """Each (spec, key) pair must match non-empty shards. -> the paths of the last pair."""
-    from pipeline.data.ingest import check_not_empty, expand_paths
+    from pipeline.data.ingest import check_shards, expand_paths
 
     out: list[str] = []
     for spec, key in zip(pairs[::2], pairs[1::2]):
         out = expand_paths(spec, key)
-        check_not_empty(out, key)
+        check_shards(out, key)
     return out
 
 
-def _require_checkpoint(path: str) -> Path:
+def _require_checkpoint(path: str) -> str:
     from pipeline.checkpoint import find_latest
 
     ckpt = find_latest(path)

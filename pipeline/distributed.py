@@ -88,3 +88,9 @@ class WorkerContext:
             write_checkpoint(Path(tmp))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=name)
+
+    def count_skipped(self, counter) -> int:
+        """Distinct unusable training samples so far, from the ingest's skip counter actor."""
+        import ray
+
+        return int(ray.get(counter.skipped_samples.remote("train")))

@@ -6,17 +6,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
+from pipeline import storage
 from pipeline.config import RunJobConfig
 
 
 @dataclass
 class RunSummary:
-    run_dir: Path
-    checkpoint: Path
-    index_dir: Path
-    report_dir: Path
+    run_dir: str  # local path or s3:// URI, like the others
+    checkpoint: str
+    index_dir: str
+    report_dir: str
     report: dict
     data: dict
 
@@ -44,18 +43,20 @@ def run(cfg: RunJobConfig) -> RunSummary:
     from pipeline.index import embed_dataset, write_index
 
     result = train.run(cfg)
-    gallery = embed_dataset(str(result.checkpoint), expand_paths(cfg.data.val, "data.val"), cfg.data.image_size,
+    gallery = embed_dataset(result.checkpoint, expand_paths(cfg.data.val, "data.val"), cfg.data.image_size,
                             cfg.scaling.num_workers, cfg.scaling.use_gpu, cfg.eval.batch_size)
-    index_dir = result.run_dir / "index"
-    meta = write_index(index_dir, gallery, str(result.checkpoint))
+    index_dir, report_dir = storage.join(result.run_dir, "index"), storage.join(result.run_dir, "report")
+    with storage.staging_dir(index_dir) as local:  # s3:// run dirs: written locally, then uploaded
+        meta = write_index(local, gallery, result.checkpoint)
     metrics = evaluate.evaluate_gallery(gallery, cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.examples)
     from pipeline import report
     from pipeline.config import to_dict
 
     data = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in result.data.items()}
-    rep = report.write_report(result.run_dir / "report", metrics, meta, str(result.checkpoint), to_dict(cfg),
-                              result.history, {"skipped": data})
-    return RunSummary(result.run_dir, result.checkpoint, index_dir, result.run_dir / "report", rep, data)
+    with storage.staging_dir(report_dir) as local:
+        rep = report.write_report(local, metrics, meta, result.checkpoint, to_dict(cfg), result.history,
+                                  {"skipped": data})
+    return RunSummary(result.run_dir, result.checkpoint, index_dir, report_dir, rep, data)
 
 
 def format_summary(s: RunSummary) -> str:
@@ -67,6 +68,6 @@ def format_summary(s: RunSummary) -> str:
     if "untrained_rsum" in s.report:
         lines += [f"untrained model rsum: {s.report['untrained_rsum']:.1f}", ""]
     lines += [f"run directory : {s.run_dir}", f"checkpoint    : {s.checkpoint}", f"index         : {s.index_dir}",
-              f"report        : {s.report_dir / 'report.md'}  (+ report.json, plots/)",
+              f"report        : {storage.join(s.report_dir, 'report.md')}  (+ report.json, plots/)",
               f"skipped samples: {skipped if skipped else 'none'}", "=" * 72]
     return "\n".join(lines)

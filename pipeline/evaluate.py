@@ -4,10 +4,9 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from pipeline import storage
 from pipeline.encoder import Gallery
 from pipeline.metrics import retrieval_metrics
 
@@ -44,7 +43,7 @@ def run(checkpoint: str, data: str, out: str, eval_cfg, scaling, train_history: 
         raise FileNotFoundError(f"no checkpoint under {checkpoint}")
     cfg = read_config(ckpt)
     counter = skip_counter()
-    gallery = embed_dataset(str(ckpt), expand_paths(data, "--data"), cfg["data"]["image_size"],
+    gallery = embed_dataset(ckpt, expand_paths(data, "--data"), cfg["data"]["image_size"],
                             scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, counter)
     metrics = evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples)
     if index_meta is None:
@@ -55,5 +54,6 @@ def run(checkpoint: str, data: str, out: str, eval_cfg, scaling, train_history: 
 
     skipped = ray.get(counter.get.remote()).get("gallery", {})
     history = train_history if train_history is not None else read_state(ckpt).get("history", [])
-    return report.write_report(Path(out), metrics, index_meta, str(ckpt), cfg, history,
-                               {"skipped": {"gallery": {r: len(k) for r, k in skipped.items()}}})
+    with storage.staging_dir(out) as local:  # s3:// outputs are written locally, then uploaded
+        return report.write_report(local, metrics, index_meta, ckpt, cfg, history,
+                                   {"skipped": {"gallery": {r: len(k) for r, k in skipped.items()}}})

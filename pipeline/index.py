@@ -14,13 +14,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from pipeline import storage
 from pipeline.encoder import Encoder, Gallery, GalleryBuilder, load
 
 
 class EmbedBatch:
     """Ray Data actor: loads the checkpoint once, then embeds batches of eval rows."""
 
-    def __init__(self, checkpoint: str, device: str = "cpu"):
+    def __init__(self, checkpoint: str, device: str = "cpu", storage_options: dict | None = None):
+        storage.configure(**(storage_options or {}))  # a checkpoint on s3:// is read from this process
         self.encoder = load(checkpoint, device)
 
     def __call__(self, batch: dict) -> dict:
@@ -39,7 +41,8 @@ def embed_dataset(checkpoint: str, paths: list[str], image_size: int, num_actors
     from pipeline.data.ingest import eval_dataset
 
     ds = eval_dataset(paths, image_size, counter, split="gallery").map_batches(
-        EmbedBatch, fn_constructor_kwargs={"checkpoint": checkpoint, "device": "cuda" if use_gpu else "cpu"},
+        EmbedBatch, fn_constructor_kwargs={"checkpoint": checkpoint, "device": "cuda" if use_gpu else "cpu",
+                                           "storage_options": storage.options()},
         batch_size=batch_size, batch_format="numpy", concurrency=num_actors, num_gpus=1 if use_gpu else 0)
     g = GalleryBuilder()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline import checkpoint
+from pipeline import checkpoint, storage
 from pipeline.config import TrainJobConfig, build, narrow, to_dict
 from pipeline.data.tokenizer import Tokenizer
 from pipeline.distributed import WorkerContext, all_reduce_mean, all_reduce_min
@@ -77,16 +77,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _batches(shard, cfg: TrainJobConfig, device):
-    return iter(shard.iter_torch_batches(
-        batch_size=cfg.local_batch_size(), drop_last=True, device=device, prefetch_batches=4,
-        local_shuffle_buffer_size=cfg.data.shuffle_buffer or None))
+def iterate_epoch(shard, cfg: TrainJobConfig, device, epoch: int, rank: int):
+    """This worker's batches for one epoch, {'key': (b,) str, 'image': (b,3,S,S) uint8, 'tokens': (b,L)
+    int64}: equal-sized local batches (the last partial one is dropped, so every worker takes the same
+    number of steps), prefetched while the previous step runs."""
+    buffer = cfg.data.shuffle_buffer
+    for batch in shard.iter_batches(
+            batch_size=cfg.local_batch_size(), drop_last=True, batch_format="numpy", prefetch_batches=4,
+            local_shuffle_buffer_size=buffer or None,
+            local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch * 1_009 + rank) % 2**31 if buffer else None):
+        to = (lambda a: torch.from_numpy(a).pin_memory().to(device, non_blocking=True)) if device.type == "cuda" \
+            else torch.from_numpy
+        yield {"key": batch["key"], "image": to(batch["image"]), "tokens": to(batch["tokens"])}
 
 
 def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, epoch: int, step: int,
-                steps_per_epoch: int, log) -> tuple[int, float]:
-    """One pass over this worker's shard; every worker stops on the same step. -> (step, mean loss)."""
-    it = _batches(ctx.dataset_shard("train"), cfg, ctx.device)
+                steps_per_epoch: int, log, check_skips=None) -> tuple[int, float, int]:
+    """One pass over this worker's shard; every worker stops on the same step. -> (step, mean loss, steps)."""
+    it = iterate_epoch(ctx.dataset_shard("train"), cfg, ctx.device, epoch, ctx.rank)
     loss_sum, t_wait, t_start, n = torch.zeros((), device=ctx.device), 0.0, time.perf_counter(), 0
     loss_module = objective.module.loss if hasattr(objective, "module") else objective.loss
     while True:
@@ -107,6 +115,8 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
             global_loss = float(all_reduce_mean(loss).item())  # the loss on the whole global batch
             if not ctx.is_main:
                 continue
+            if check_skips is not None:
+                check_skips()
             elapsed = time.perf_counter() - t_start
             log({"epoch": epoch, "step": step, "train/loss": global_loss,
                  "train/logit_scale": float(loss_module.scale().item()) if hasattr(loss_module, "scale") else None,
@@ -115,11 +125,31 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
                  "train/data_wait_share": t_wait / elapsed,
                  "train/peak_mem_mb": peak_memory_mb(ctx.device)}, f"{n}/{steps_per_epoch}")
     # Workers hold equal shares, so the mean of their per-step means is the mean of the global-batch losses.
-    return step, (float(all_reduce_mean(loss_sum / n).item()) if n else float("nan"))
+    return step, (float(all_reduce_mean(loss_sum / n).item()) if n else float("nan")), n
+
+
+def skip_checker(ctx: WorkerContext, loop_cfg: dict, max_fraction: float):
+    """-> a callable that raises once the distinct unusable training samples exceed `max_fraction` of all
+    samples. Skips only grow, so crossing the line mid-epoch already decides the epoch's share."""
+    samples, counter = loop_cfg.get("samples", 0), loop_cfg.get("counter")
+    if counter is None or not samples:
+        return None
+
+    def check() -> int:
+        skipped = ctx.count_skipped(counter)
+        if skipped > max_fraction * samples:
+            raise ValueError(
+                f"{skipped} of {samples} training samples ({100 * skipped / samples:.1f}%) are unusable, more "
+                f"than data.max_skip_fraction={max_fraction}; see the reasons with `pipeline data inspect "
+                f"<data.train>`, fix or drop those shards, or raise data.max_skip_fraction")
+        return skipped
+
+    return check
 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
     cfg = build(TrainJobConfig, loop_cfg["config"])
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     tokenizer = Tokenizer.from_dict(loop_cfg["tokenizer"])
     ctx = WorkerContext.from_ray()
     torch.manual_seed(cfg.train.seed)
@@ -128,36 +158,44 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     steps_per_epoch = max(1, loop_cfg["n_train"] // cfg.train.batch_size)
     opt = make_optimizer(objective, cfg.train)
     sched = make_scheduler(opt, cfg.train.warmup_steps, steps_per_epoch * cfg.train.epochs)
-    state = {"epoch": 0, "step": 0, "n_train": loop_cfg["n_train"], "history": []}
+    state = {"epoch": 0, "step": 0, "n_train": loop_cfg["n_train"], "samples": loop_cfg.get("samples", 0),
+             "history": [], "steps": []}
     if loop_cfg.get("resume_from"):
-        resume = Path(loop_cfg["resume_from"])
-        checkpoint.load_weights(resume, model, loss, opt, sched)
-        state = checkpoint.read_state(resume)
+        checkpoint.load_weights(loop_cfg["resume_from"], model, loss, opt, sched)
+        state = {"steps": [], **checkpoint.read_state(loop_cfg["resume_from"])}
     objective = ctx.prepare_model(objective)
-    metrics_log = Path(loop_cfg["metrics_path"]) if loop_cfg.get("metrics_path") else None
+    check_skips = skip_checker(ctx, loop_cfg, cfg.data.max_skip_fraction)
+    steps_log: list[dict] = []  # per-step records travel in the checkpoint: rank 0 may be on any node
 
     def log(record: dict, progress: str) -> None:
         say(f"[train] epoch {record['epoch']}/{cfg.train.epochs} step {progress} loss {record['train/loss']:.4f} "
             f"scale {record['train/logit_scale'] or 0:.1f} {record['train/samples_per_s']:.0f} samples/s "
             f"data-wait {100 * record['train/data_wait_share']:.0f}% peak-mem {record['train/peak_mem_mb']:.0f} MB")
-        if metrics_log is not None:
-            with metrics_log.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        steps_log.append(record)
 
     if state["epoch"] == 0 and ctx.is_main and not state["history"]:
         untrained = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device)
         state["history"].append({"epoch": 0, **flat_metrics(untrained, "val")})
         say(f"[train] untrained model: val rsum {untrained['rsum']:.1f}")
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
-        step, mean_loss = train_epoch(objective, opt, sched, ctx, cfg, epoch, state["step"], steps_per_epoch, log)
-        metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss}
+        step, mean_loss, n = train_epoch(objective, opt, sched, ctx, cfg, epoch, state["step"], steps_per_epoch,
+                                         log, check_skips)
+        metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss,
+                   "data/samples_used": n * cfg.train.batch_size}
         if ctx.is_main:
+            if check_skips is not None:
+                skipped = check_skips()
+                # Usable samples that no step took: the remainder of equal per-worker batches (reshuffled,
+                # so a different few each epoch).
+                metrics["data/skipped"] = skipped
+                metrics["data/dropped_remainder"] = state["samples"] - skipped - n * cfg.train.batch_size
             val = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device, loss=loss)
             metrics |= flat_metrics(val, "val")
             say(f"[train] epoch {epoch}: loss {mean_loss:.4f} val rsum {val['rsum']:.1f} "
                 f"i2t R@1 {val['i2t']['R@1']:.1f} t2i R@1 {val['t2i']['R@1']:.1f}")
         state = {**state, "epoch": epoch, "step": step, "metrics": metrics,
-                 "history": state["history"] + [metrics]}
+                 "history": state["history"] + [metrics], "steps": state["steps"] + steps_log}
+        steps_log = []
         ctx.report(metrics, lambda path: checkpoint.write_checkpoint(
             path, model=model, loss=loss, optimizer=opt, scheduler=sched, tokenizer=tokenizer,
             config=loop_cfg["config"], state=state), name=checkpoint.epoch_dir_name(epoch))
@@ -168,12 +206,27 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
 
 @dataclass
 class TrainResult:
-    run_dir: Path
-    checkpoint: Path
+    run_dir: str  # local path or s3:// URI
+    checkpoint: str
     metrics: dict
     history: list = field(default_factory=list)
-    data: dict = field(default_factory=dict)  # kept/skipped sample counts by split and reason
+    data: dict = field(default_factory=dict)  # skipped sample keys by split and reason
     resumed_from: str | None = None
+
+
+def _prepare_data(cfg: TrainJobConfig, latest: str | None):
+    """(tokenizer, usable samples, all samples, train shards, val shards), before any training."""
+    from pipeline.data import ingest
+
+    train, val = ingest.resolve_shards(cfg.data.train, "data.train"), ingest.resolve_shards(cfg.data.val, "data.val")
+    if latest is not None:  # the vocabulary must be the one the weights were trained with
+        state = checkpoint.read_state(latest)
+        return checkpoint.read_tokenizer(latest), state["n_train"], state.get("samples", 0), train, val
+    scan = ingest.scan_training_data(train.paths, cfg.data)
+    if scan.usable < cfg.train.batch_size:
+        raise ValueError(f"data.train has {scan.usable} captioned samples, fewer than train.batch_size="
+                         f"{cfg.train.batch_size}; add data or lower the batch size")
+    return scan.tokenizer, scan.usable, scan.samples, train, val
 
 
 def run(cfg: TrainJobConfig) -> TrainResult:
@@ -183,60 +236,58 @@ def run(cfg: TrainJobConfig) -> TrainResult:
 
     from pipeline.data import ingest
 
-    run_dir = Path(cfg.run.run_dir()).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
+    storage.write_text(storage.join(run_dir, "config.json"), json.dumps(to_dict(cfg), indent=2))
     cfg = narrow(cfg, TrainJobConfig)  # a RunJobConfig's extra sections stay on the driver
-    train_paths = ingest.expand_paths(cfg.data.train, "data.train")
-    val_paths = ingest.expand_paths(cfg.data.val, "data.val")
-
     latest = checkpoint.find_latest(run_dir)
-    if latest is not None:  # the vocabulary must be the one the weights were trained with
+    if latest is not None:
         state = checkpoint.read_state(latest)
         if state["epoch"] >= cfg.train.epochs:
             print(f"[train] {cfg.run.name} already trained {state['epoch']} epochs: using {latest}")
-            return TrainResult(run_dir, latest, state.get("metrics", {}), state.get("history", []), {}, str(latest))
-        tokenizer, n_train = checkpoint.read_tokenizer(latest), state["n_train"]
+            return TrainResult(run_dir, latest, state.get("metrics", {}), state.get("history", []), {}, latest)
         print(f"[train] resuming {cfg.run.name} from {latest} (epoch {state['epoch']} of {cfg.train.epochs})")
-    else:
-        tokenizer, n_train = ingest.build_vocabulary(train_paths, cfg.data)
-    if n_train < cfg.train.batch_size:
-        raise ValueError(f"data.train has {n_train} captioned samples, fewer than train.batch_size="
-                         f"{cfg.train.batch_size}; add data or lower the batch size")
+    tokenizer, n_train, samples, train_shards, val_shards = _prepare_data(cfg, latest)
     print(f"[train] {n_train} training samples, vocabulary {len(tokenizer)} words, "
           f"{n_train // cfg.train.batch_size} steps/epoch on {cfg.scaling.num_workers} workers")
 
     counter = ingest.skip_counter()
-    datasets = {"train": ingest.train_dataset(train_paths, tokenizer, cfg.data, cfg.train.seed, counter),
-                "val": ingest.eval_dataset(val_paths, cfg.data.image_size, counter)}
+    for split, shards in (("train", train_shards), ("val", val_shards)):
+        if shards.missing:
+            print(f"[data] {split}: {len(shards.missing)} shard(s) of the brace list are missing, skipped")
+            counter.add_missing_shards.remote(split, shards.missing)
+    datasets = {"train": ingest.train_dataset(train_shards.paths, tokenizer, cfg.data, cfg.train.seed, counter),
+                "val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, counter)}
     for ds in datasets.values():  # bars drawn inside workers garble the progress lines; those stay
         ds.context.enable_progress_bars = False
+    fs, storage_path = storage.arrow_filesystem(run_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        # The driver picks the checkpoint to resume from (the newest complete one on disk) rather than Ray's
-        # own run snapshot, which lags behind a checkpoint that was uploaded just before a crash.
+        # The driver picks the checkpoint to resume from (the newest complete one in storage) rather than
+        # Ray's own run snapshot, which lags behind a checkpoint that was uploaded just before a crash.
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer.to_dict(), "n_train": n_train,
-                           "metrics_path": str(run_dir / "metrics.jsonl"),
-                           "resume_from": str(latest) if latest else None},
+                           "samples": samples, "counter": counter, "resume_from": latest},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name="checkpoints", storage_path=str(run_dir),
+            name="checkpoints", storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
     except Exception as e:  # Ray wraps the worker's exception; surface its message, not Ray's stack
         raise RuntimeError(f"training failed: {_root_cause(e)}") from e
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    ckpt = Path(result.checkpoint.path)
+    ckpt = checkpoint.find_latest(run_dir)
+    if ckpt is None:
+        raise RuntimeError(f"training finished without a checkpoint under {run_dir}")
     state = checkpoint.read_state(ckpt)
+    storage.write_text(storage.join(run_dir, "metrics.jsonl"),
+                       "".join(json.dumps(r) + "\n" for r in state.get("steps", []) + state.get("history", [])))
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
-                       ray.get(counter.get.remote()), str(latest) if latest else None)
+                       ray.get(counter.get.remote()), latest)
 
 
 def _root_cause(e: BaseException) -> str:

@@ -1,7 +1,7 @@
-"""Ray Data ingest: expand shard specs, read WebDataset shards, decode/augment/tokenise in `map_batches`,
-build the vocabulary, and count skipped samples by reason in a small actor.
+"""Ray Data ingest: resolve shard specs, read shards (`data.shards`), decode/augment/tokenise in
+`map_batches`, scan captions for the vocabulary, and count skipped samples by reason in a small actor.
 
-Path forms: a file, a directory (every *.tar under it), a glob (`shards/*.tar`), a brace list
+Path forms: a file, a directory (every .tar/.parquet under it), a glob (`shards/*.tar`), a brace list
 (`shards/{00000..00127}.tar`, `{a,b}.tar`), several of these separated by commas; local or s3://.
 """
 from __future__ import annotations
@@ -10,12 +10,14 @@ import glob
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.data import transforms
+from pipeline.data.shards import NOT_SAMPLES, check_parquet_schema, make_source, shard_format
 from pipeline.data.tokenizer import Tokenizer
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -51,46 +53,85 @@ def _split_specs(spec: str) -> list[str]:
     return [p.strip() for p in parts + [cur] if p.strip()]
 
 
-def _expand_one(path: str, key: str) -> list[str]:
-    if path.startswith("s3://"):
-        import s3fs
+def _listing(path: str) -> tuple[list[str], bool]:
+    """(matching shard paths, whether `path` names something that exists) for one brace-free spec."""
+    from pipeline import storage
 
-        fs = s3fs.S3FileSystem()
+    if storage.is_remote(path):
+        fs = storage.s3_filesystem()
         if any(c in path for c in "*?["):
-            return sorted("s3://" + p for p in fs.glob(path))
+            return sorted("s3://" + p for p in fs.glob(path) if _is_shard(p)), True
         if fs.isdir(path):
-            return sorted("s3://" + p for p in fs.find(path) if p.endswith(".tar"))
-        if not fs.exists(path):
-            raise ConfigError(f"{key}: {path} does not exist")
-        return [path]
+            return sorted("s3://" + p for p in fs.find(path) if _is_shard(p)), True
+        return ([path], True) if fs.exists(path) else ([], False)
     if any(c in path for c in "*?["):
-        return sorted(glob.glob(path))
+        return sorted(p for p in glob.glob(path) if _is_shard(p)), True
     p = Path(path)
     if p.is_dir():
-        return sorted(str(q) for q in p.rglob("*.tar"))
-    if not p.exists():
-        raise ConfigError(f"{key}: {path} does not exist; check the path or generate data with "
-                          "`pipeline data synth --out DIR`")
-    return [str(p)]
+        return sorted(str(q) for q in p.rglob("*") if _is_shard(str(q))), True
+    return ([str(p)], True) if p.exists() else ([], False)
+
+
+def _is_shard(path: str) -> bool:
+    return path.lower().endswith((".tar", ".parquet"))
+
+
+@dataclass
+class ShardList:
+    """The shards a data spec matches, and the names in a brace list that do not exist (img2dataset leaves
+    such gaps when a shard fails to download): those are skipped and reported as missing_shard."""
+    paths: list[str]
+    missing: list[str] = field(default_factory=list)
+
+
+def resolve_shards(spec: str, key: str = "data path") -> ShardList:
+    """Shard spec -> ShardList; a ConfigError naming the key when nothing usable matches, when a plain
+    path does not exist, or when WebDataset and Parquet shards are mixed."""
+    out, missing = [], []
+    for part in _split_specs(spec):
+        expanded = expand_braces(part)
+        for path in expanded:
+            found, exists = _listing(path)
+            if not exists and len(expanded) == 1:
+                raise ConfigError(f"{key}: {path} does not exist; check the path or generate data with "
+                                  "`pipeline data synth --out DIR`")
+            if not exists:
+                missing.append(path)
+            out += found
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise ConfigError(f"{key}={spec!r} matches no shard; point it at .tar or .parquet files, a folder or a glob")
+    kinds = {shard_format(p) for p in out}
+    if len(kinds) > 1:
+        raise ConfigError(f"{key}={spec!r} mixes WebDataset and Parquet shards; point it at one format")
+    return ShardList(out, missing)
 
 
 def expand_paths(spec: str, key: str = "data path") -> list[str]:
-    """Shard spec -> sorted list of shard paths; an error naming the key when nothing matches."""
-    out: list[str] = []
-    for part in _split_specs(spec):
-        for path in expand_braces(part):
-            out += _expand_one(path, key)
-    if not out:
-        raise ConfigError(f"{key}={spec!r} matches no shard; point it at .tar files, a folder or a glob")
-    return list(dict.fromkeys(out))
+    """Shard spec -> sorted list of existing shard paths (see resolve_shards)."""
+    return resolve_shards(spec, key).paths
 
 
-def check_not_empty(paths: list[str], key: str) -> None:
-    """Local shards only: fail before any Ray work when not one of them holds a single tar member."""
+def check_shards(paths: list[str], key: str) -> None:
+    """Before any Ray work: Parquet shards must have image and caption columns (the footer is cheap to
+    read, local or S3); local tars must not all be empty."""
     import tarfile
 
-    if any(p.startswith("s3://") for p in paths):
-        return  # listing members costs a read per shard on S3; the vocabulary pass reports emptiness there
+    from pipeline import storage
+
+    if shard_format(paths[0]) == "parquet":
+        import pyarrow.parquet as pq
+
+        fs, path = storage.filesystem(paths[0])
+        with fs.open(path, "rb") as f:
+            names = pq.ParquetFile(f).schema_arrow.names
+        try:
+            check_parquet_schema(names, paths[0])
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+        return
+    if any(storage.is_remote(p) for p in paths):
+        return  # listing members costs a read per shard on S3; the scan pass reports emptiness there
     for p in paths:
         try:
             with tarfile.open(p, "r|*") as tar:
@@ -99,36 +140,41 @@ def check_not_empty(paths: list[str], key: str) -> None:
         except (tarfile.TarError, OSError, EOFError):
             continue  # unreadable shards are the data checks' business; keep looking for a usable one
     raise ConfigError(f"{key}: the {len(paths)} shard(s) it matches hold no samples; point it at non-empty "
-                      "WebDataset .tar shards")
+                      "WebDataset .tar or Parquet shards")
 
 
 # ------------------------------------------------------------------------------------------ Ray Data
 
 
-def _read(paths: list[str], shuffle: bool):
+def _read(paths: list[str], shuffle_seed: int | None = None, shuffle_block: int = 0, with_images: bool = True):
     import ray.data
 
-    return ray.data.read_webdataset(
-        paths, decoder=None, filerename=transforms.rename_member,
-        fileselect=lambda name: name.rsplit(".", 1)[-1] in ("image", "txt", "json"),
-        shuffle="files" if shuffle else None,
-    )
+    return ray.data.read_datasource(make_source(paths, shuffle_seed=shuffle_seed, shuffle_block=shuffle_block,
+                                                with_images=with_images))
 
 
 def skip_counter():
-    """An actor summing skipped samples by split and reason: map tasks add to it, the driver reads it."""
+    """An actor tallying skipped samples by split and reason (as key sets: every epoch decodes the same
+    bad samples again, and a set counts each once) and usable/skipped counts per split and epoch, which
+    `data.max_skip_fraction` is checked against."""
     import ray
 
     @ray.remote(num_cpus=0)
     class SkipCounter:
-        """Keys, not counts: every epoch decodes the same bad samples again, and a set counts each once."""
-
         def __init__(self):
             self.keys: dict[str, dict[str, set]] = {}
+            self.missing: dict[str, list[str]] = {}
 
         def add(self, split: str, skips: dict) -> None:
             for reason, keys in skips.items():
                 self.keys.setdefault(split, {}).setdefault(reason, set()).update(keys)
+
+        def add_missing_shards(self, split: str, paths: list[str]) -> None:
+            self.keys.setdefault(split, {}).setdefault("missing_shard", set()).update(paths)
+
+        def skipped_samples(self, split: str) -> int:
+            """Distinct skipped samples, not counting rows that are not samples (see shards.NOT_SAMPLES)."""
+            return sum(len(k) for r, k in self.keys.get(split, {}).items() if r not in NOT_SAMPLES)
 
         def get(self) -> dict:
             return {split: {reason: sorted(keys) for reason, keys in by.items()}
@@ -138,19 +184,18 @@ def skip_counter():
 
 
 def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, counter=None):
-    """-> Dataset of {'image': (3,S,S) uint8, 'tokens': (L,) int64}, augmented, one caption per image
-    sampled afresh every epoch."""
+    """-> Dataset of {'key', 'image': (3,S,S) uint8, 'tokens': (L,) int64}: augmented, one caption per
+    image, file order and row windows reshuffled every epoch from `seed`."""
     size, augment, scale_min = data_cfg.image_size, data_cfg.augment, data_cfg.crop_scale_min
 
     def prepare(batch):
-        # Fresh entropy mixed with the seed: a different crop and caption each epoch.
-        rng = np.random.default_rng([seed, int.from_bytes(os.urandom(4), "little")])
-        out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min, rng)
+        out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min)
         if counter is not None and skips:
             counter.add.remote("train", skips)
         return out
 
-    return _read(paths, shuffle=True).map_batches(prepare, batch_size=128, batch_format="numpy")
+    ds = _read(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block)
+    return ds.map_batches(prepare, batch_size=128, batch_format="numpy")
 
 
 def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "val"):
@@ -162,21 +207,24 @@ def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "
             counter.add.remote(split, skips)
         return out
 
-    return _read(paths, shuffle=False).map_batches(prepare, batch_size=128, batch_format="numpy")
+    return _read(paths).map_batches(prepare, batch_size=128, batch_format="numpy")
 
 
-def build_vocabulary(paths: list[str], data_cfg) -> tuple[Tokenizer, int]:
-    """Count words over every training caption with Ray Data (only .txt/.json are read into memory)
-    -> (tokenizer, number of captioned samples)."""
-    import ray.data
+@dataclass
+class Scan:
+    tokenizer: Tokenizer
+    usable: int  # samples with an image member and a caption (decodability is learnt while training)
+    samples: int  # every sample in the shards, the denominator of data.max_skip_fraction
 
-    ds = ray.data.read_webdataset(paths, decoder=None, filerename=transforms.rename_member,
-                                  fileselect=lambda name: name.rsplit(".", 1)[-1] in ("txt", "json"))
+
+def scan_training_data(paths: list[str], data_cfg) -> Scan:
+    """One Ray Data pass over the captions (image bytes are skipped, not read into memory): the vocabulary
+    and the sample counts."""
     counts: Counter = Counter()
-    for batch in ds.map_batches(transforms.caption_word_counts, batch_format="numpy").iter_batches(
-            batch_size=None, batch_format="numpy"):
+    ds = _read(paths, with_images=False).map_batches(transforms.scan_captions, batch_format="numpy")
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for w, c in zip(batch["word"], batch["count"]):
             counts[str(w)] += int(c)
-    n = counts.pop("", 0)
+    usable, samples = counts.pop("", 0), counts.pop("\x00samples", 0)
     tok = Tokenizer.from_counts(counts, data_cfg.max_tokens, data_cfg.vocab_min_count, data_cfg.vocab_max_size)
-    return tok, n
+    return Scan(tok, usable, samples)

@@ -1,48 +1,92 @@
-"""`pipeline data inspect PATH`: sample counts, the members each sample carries, caption statistics and
-unreadable samples, computed with Ray Data over the shards."""
+"""`pipeline data inspect PATH`: sample counts, the schema (members or columns), caption statistics,
+img2dataset's own download statistics when its `*_stats.json` files are there, and unreadable samples by
+reason, computed with Ray Data over the shards."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.data import transforms
+from pipeline.data.shards import shard_format
 
 
 def _scan(batch: dict) -> dict:
-    """One row per sample: which members it has, its caption count and length, and why it is unusable."""
-    members, n_caps, words, reason = [], [], [], []
-    for i, (key, raw, txt, meta) in enumerate(transforms.iter_samples(batch)):
-        members.append(",".join(c for c in ("image", "txt", "json") if isinstance(batch[c][i], (bytes, str))))
-        caps = transforms.parse_captions(txt, meta)
+    """One row per row read: which members it has, its caption count and length, and why it is unusable."""
+    members, n_caps, words, problem = [], [], [], []
+    for key, raw, txt, meta, prob, _seed in transforms.iter_samples(batch):
+        members.append(",".join(c for c, v in (("image", raw), ("txt", txt), ("json", meta)) if v is not None))
+        caps, why = transforms.parse_captions(txt, meta)
         n_caps.append(len(caps))
         words.append(float(np.mean([len(c.split()) for c in caps])) if caps else 0.0)
         skips: dict = {}
-        transforms.decode_or_skip(key, raw, caps, skips)
-        reason.append(next(iter(skips), "") + (f":{key}" if skips else ""))
+        transforms.decode_or_skip(key, raw, prob, why, skips)
+        problem.append(f"{next(iter(skips))}:{key}" if skips else "")
     return {"members": np.array(members, dtype=object), "n_captions": np.array(n_caps),
-            "caption_words": np.array(words), "problem": np.array(reason, dtype=object)}
+            "caption_words": np.array(words), "problem": np.array(problem, dtype=object)}
 
 
-def inspect_shards(paths: list[str], show: int = 20) -> str:
+def schema_lines(paths: list[str]) -> list[str]:
+    """The columns of a Parquet shard with their types; WebDataset shards are described by their members."""
+    if shard_format(paths[0]) != "parquet":
+        return ["format: webdataset (.tar)"]
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(paths[0])
+    with fs.open(path, "rb") as f:
+        schema = pq.ParquetFile(f).schema_arrow
+    return ["format: parquet", "columns: " + ", ".join(f"{n} ({t})" for n, t in zip(schema.names, schema.types))]
+
+
+def download_stats(paths: list[str]) -> dict:
+    """Sums of img2dataset's `{shard}_stats.json` next to the shards (count, successes, failures)."""
+    totals: Counter = Counter()
+    for p in paths:
+        stats = p.rsplit(".", 1)[0] + "_stats.json"
+        if not storage.exists(stats):
+            continue
+        try:
+            d = json.loads(storage.read_text(stats))
+        except ValueError:
+            continue
+        totals.update({k: v for k, v in d.items() if isinstance(v, int) and not isinstance(v, bool)})
+    return dict(totals)
+
+
+def inspect_shards(shards, show: int = 20) -> str:
+    """`shards`: an ingest.ShardList (paths plus names missing from a brace list)."""
     from pipeline.data.ingest import _read
 
+    paths = shards.paths
     members, problems = Counter(), []
     n_caps, words = [], []
-    for b in _read(paths, shuffle=False).map_batches(_scan, batch_format="numpy").iter_batches(
-            batch_size=None, batch_format="numpy"):
+    for b in _read(paths).map_batches(_scan, batch_format="numpy").iter_batches(batch_size=None,
+                                                                               batch_format="numpy"):
         members.update(b["members"].tolist())
         n_caps += b["n_captions"].tolist()
         words += b["caption_words"].tolist()
         problems += [p for p in b["problem"].tolist() if p]
-    n = len(n_caps)
     by_reason = Counter(p.split(":", 1)[0] for p in problems)
-    lines = [f"shards: {len(paths)}", f"samples: {n}", f"usable: {n - len(problems)}",
-             "members per sample: " + ", ".join(f"{k or '(none)'} x{v}" for k, v in members.most_common()),
-             f"captions per sample: mean {np.mean(n_caps):.2f}, min {min(n_caps)}, max {max(n_caps)}" if n else "",
-             f"words per caption: mean {np.mean(words):.1f}, max {max(words):.0f}" if n else "",
-             "unreadable: " + (", ".join(f"{r} x{c}" for r, c in by_reason.items()) or "none")]
+    not_samples = sum(by_reason[r] for r in ("truncated_shard", "not_downloaded"))
+    n = len(n_caps) - by_reason["truncated_shard"]
+    lines = [f"shards: {len(paths)}" + (f" ({len(shards.missing)} missing from the brace list)" if shards.missing
+                                        else ""), *schema_lines(paths),
+             f"samples: {n}", f"usable: {len(n_caps) - len(problems)}",
+             "members per sample: " + ", ".join(f"{k or '(none)'} x{v}" for k, v in members.most_common())]
+    caps = [c for c, p in zip(n_caps, words) if p > 0]
+    if caps:
+        lines += [f"captions per sample: mean {np.mean(caps):.2f}, min {min(caps)}, max {max(caps)}",
+                  f"words per caption: mean {np.mean([w for w in words if w]):.1f}, "
+                  f"p95 {np.percentile([w for w in words if w], 95):.0f}, max {max(words):.0f}"]
+    stats = download_stats(paths)
+    if stats:
+        lines.append("img2dataset stats: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
+    lines.append("unreadable: " + (", ".join(f"{r} x{c}" for r, c in by_reason.most_common()) or "none")
+                 + (f" ({not_samples} rows are not samples)" if not_samples else ""))
     lines += [f"  {p}" for p in problems[:show]]
     if len(problems) > show:
         lines.append(f"  ... and {len(problems) - show} more")
-    return "\n".join(line for line in lines if line)
+    lines += [f"  missing_shard:{m}" for m in shards.missing[:show]]
+    return "\n".join(lines)

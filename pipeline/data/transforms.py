@@ -1,15 +1,16 @@
 """Pure per-batch transforms run inside Ray Data `map_batches`: decode, resize, augment, pick and tokenise
 captions. No Ray here; bad samples are dropped and counted by reason so the caller can report them.
 
-Augmentations never contradict a caption: no horizontal or vertical flips (captions say left/right,
-above/below), no hue changes (captions name colours); only mild crops and brightness.
+Rows come from `data.shards`: {key, image, txt, json, problem, seed}. Decoding and one crop-and-resize per
+image are per-sample PIL calls (JPEGs decode at reduced size through `draft`); brightness, stacking and
+tokenisation run on the whole batch. Augmentations never contradict a caption: no flips (captions say
+left/right, above/below), no hue changes (captions name colours); only mild crops and brightness.
 """
 from __future__ import annotations
 
 import io
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,117 +18,168 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.data.tokenizer import Tokenizer
 
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
-SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption")
+SKIP_REASONS = ("missing_image", "empty_image", "corrupt_image", "oversized_image", "missing_caption",
+                "empty_caption", "undecodable_caption", "not_downloaded", "truncated_shard", "missing_shard")
+RATIO = (3 / 4, 4 / 3)  # aspect range of random crops, and the widest view an extreme image is cut to
 
 
-def rename_member(fname: str) -> str:
-    """img2dataset writes KEY.jpg / .jpeg / .png / .webp: give every image one column name, 'image'."""
-    base, _, ext = fname.rpartition(".")
-    return f"{base}.image" if ext.lower() in IMAGE_SUFFIXES else fname
-
-
-def parse_captions(txt: Any, meta: Any) -> list[str]:
-    """All non-empty captions of a sample: the json's "captions" list when present, else the .txt."""
-    caps: list[str] = []
+def parse_captions(txt: Any, meta: Any) -> tuple[list[str], str]:
+    """All non-empty captions of a sample (the json's "captions" list when present, else the .txt), and
+    '' or the reason there are none: missing_caption, empty_caption or undecodable_caption."""
+    caps: list[str] | None = None
     if isinstance(meta, (bytes, str)) and meta:
         try:
             d = json.loads(meta)
             if isinstance(d, dict) and isinstance(d.get("captions"), list):
-                caps = [str(c) for c in d["captions"]]
+                caps = [c for c in d["captions"] if isinstance(c, str)]
         except (ValueError, UnicodeDecodeError):
-            caps = []
-    if not caps and isinstance(txt, (bytes, str)):
-        text = txt.decode("utf-8", errors="replace") if isinstance(txt, bytes) else txt
-        caps = [text]
-    return [" ".join(c.split()) for c in caps if c and c.strip()]
+            caps = None
+    if not caps:
+        if txt is None:
+            return [], "empty_caption" if caps is not None else "missing_caption"
+        try:
+            caps = [txt.decode("utf-8") if isinstance(txt, bytes) else str(txt)]
+        except UnicodeDecodeError:
+            return [], "undecodable_caption"  # guessing the encoding would train on mojibake
+    caps = [" ".join(c.split()) for c in caps]
+    caps = [c for c in caps if c]
+    return caps, "" if caps else "empty_caption"
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """bytes -> RGB PIL image; raises ValueError when the bytes are not a readable image."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"unreadable image: {e}") from None
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16/32-bit and float greyscale are scaled (not clipped) to 8 bits, alpha is
+    composited onto white (transparent web images are drawn on white), palette and CMYK are converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 1.0 if img.mode == "F" and arr.max() <= 1.0 else 65535.0 if arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr * 255.0 / top, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
 
 
+def decode_image(data: bytes, min_side: int = 0) -> Image.Image:
+    """bytes -> RGB PIL image; JPEGs decode at the smallest DCT scale keeping both sides >= min_side.
+    Raises ValueError (unreadable) or OverflowError (a decompression bomb)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        if min_side and img.format == "JPEG":
+            img.draft(img.mode if img.mode in ("RGB", "L") else None, (min_side, min_side))
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise OverflowError(str(e)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"unreadable image: {e}") from None
+    return _to_rgb(img)
+
+
+def center_box(w: int, h: int, ratio: float = 1.0) -> tuple[int, int, int, int]:
+    """The largest centred box of aspect `ratio` (w/h) inside a w x h image."""
+    cw, ch = (w, max(1, round(w / ratio))) if w / h < ratio else (max(1, round(h * ratio)), h)
+    cw, ch = min(cw, w), min(ch, h)
+    x0, y0 = (w - cw) // 2, (h - ch) // 2
+    return x0, y0, x0 + cw, y0 + ch
+
+
 def resize_image(img: Image.Image, size: int) -> np.ndarray:
-    """Evaluation view: resize the whole image to size x size -> (3, size, size) uint8."""
-    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8).transpose(2, 0, 1)
+    """Evaluation view: the centred square, resized to size x size -> (3, size, size) uint8."""
+    box = center_box(*img.size)
+    return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8).transpose(2, 0, 1)
 
 
-def augment_image(img: Image.Image, size: int, scale_min: float, rng: np.random.Generator) -> np.ndarray:
-    """Training view: random resized crop (area >= scale_min, aspect 3/4..4/3) + brightness +-10%."""
-    w, h = img.size
+def crop_box(w: int, h: int, scale_min: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """Random resized crop box (area >= scale_min, aspect in RATIO); an image too narrow or too wide for
+    any such crop falls back to its centred view of the nearest allowed aspect."""
     for _ in range(10):
         area = rng.uniform(scale_min, 1.0) * w * h
-        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        ratio = np.exp(rng.uniform(np.log(RATIO[0]), np.log(RATIO[1])))
         cw, ch = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
         if 0 < cw <= w and 0 < ch <= h:
             x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            img = img.crop((x0, y0, x0 + cw, y0 + ch))
-            break
-    arr = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32)
-    arr = np.clip(arr * rng.uniform(0.9, 1.1), 0, 255)
-    return arr.astype(np.uint8).transpose(2, 0, 1)
+            return x0, y0, x0 + cw, y0 + ch
+    return center_box(w, h, float(np.clip(w / h, *RATIO)))
+
+
+def augment_image(img: Image.Image, size: int, scale_min: float, rng: np.random.Generator) -> np.ndarray:
+    """Training view, geometry only: one crop-and-resize call -> (3, size, size) uint8."""
+    box = crop_box(*img.size, scale_min, rng)
+    return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def jitter_brightness(images: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """(n,3,S,S) uint8 scaled per image by factors (n,), on the whole batch at once."""
+    out = images.astype(np.float32) * factors.astype(np.float32)[:, None, None, None]
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def iter_samples(batch: dict[str, Any]):
-    n = len(batch["__key__"])
-    for col in ("image", "txt", "json"):
-        batch.setdefault(col, [None] * n)
-    urls = batch.get("__url__", [""] * n)
+    """(key, image bytes, txt, json, problem, seed) per row of a `data.shards` batch."""
+    n = len(batch["key"])
     for i in range(n):
-        # The shard name keeps keys unique across shards written by different tools.
-        key = f"{Path(str(urls[i])).name}/{batch['__key__'][i]}" if urls[i] else str(batch["__key__"][i])
-        yield key, batch["image"][i], batch["txt"][i], batch["json"][i]
+        yield (str(batch["key"][i]), batch["image"][i], batch["txt"][i], batch["json"][i],
+               str(batch["problem"][i]), int(batch["seed"][i]))
 
 
-def decode_or_skip(key: str, raw: Any, caps: list[str], skips: dict[str, list[str]]) -> Image.Image | None:
-    reason = None
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) == 0:
-        reason = "missing_image"
-    elif not caps:
-        reason = "empty_caption"
-    else:
+def check_sample(raw: Any, problem: str, caps_reason: str) -> str:
+    """'' for a usable sample, else the first reason it is not."""
+    if problem:
+        return problem
+    if raw is None:
+        return "missing_image"
+    if len(raw) == 0:
+        return "empty_image"
+    return caps_reason
+
+
+def decode_or_skip(key: str, raw: Any, problem: str, caps_reason: str, skips: dict[str, list[str]],
+                   min_side: int = 0) -> Image.Image | None:
+    reason = check_sample(raw, problem, caps_reason)
+    if not reason:
         try:
-            return decode_image(bytes(raw))
+            return decode_image(bytes(raw), min_side)
         except ValueError:
             reason = "corrupt_image"
+        except OverflowError:
+            reason = "oversized_image"
     skips.setdefault(reason, []).append(key)
     return None
 
 
 def prepare_train_batch(
     batch: dict[str, Any], tokenizer: Tokenizer, size: int, augment: bool, scale_min: float,
-    rng: np.random.Generator,
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """Raw webdataset rows -> {'image': (n,3,S,S) uint8, 'tokens': (n,L) int64}, one caption per image
-    sampled afresh each epoch; plus the keys of skipped samples by reason."""
-    images, captions, skips = [], [], {}
-    for key, raw, txt, meta in iter_samples(batch):
-        caps = parse_captions(txt, meta)
-        img = decode_or_skip(key, raw, caps, skips)
+    """Rows -> {'key', 'image': (n,3,S,S) uint8, 'tokens': (n,L) int64}: one caption per image, crop,
+    brightness and caption drawn from the row's seed (so the same epoch gives the same views); plus the
+    keys of skipped samples by reason."""
+    keys, images, captions, factors, skips = [], [], [], [], {}
+    for key, raw, txt, meta, problem, seed in iter_samples(batch):
+        caps, why = parse_captions(txt, meta)
+        img = decode_or_skip(key, raw, problem, why, skips, min_side=size)
         if img is None:
             continue
+        rng = np.random.default_rng(seed)
+        keys.append(key)
         images.append(augment_image(img, size, scale_min, rng) if augment else resize_image(img, size))
         captions.append(caps[int(rng.integers(len(caps)))])
+        factors.append(rng.uniform(0.9, 1.1) if augment else 1.0)
+    stacked = np.stack(images) if images else np.zeros((0, 3, size, size), np.uint8)
     out = {
-        "image": np.stack(images) if images else np.zeros((0, 3, size, size), np.uint8),
+        "key": np.array(keys, dtype=object),
+        "image": jitter_brightness(stacked, np.array(factors)) if augment and images else stacked,
         "tokens": tokenizer.encode_batch(captions) if captions else np.zeros((0, tokenizer.max_tokens), np.int64),
     }
     return out, skips
 
 
 def prepare_eval_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """Raw rows -> {'key', 'image' (n,3,S,S) uint8, 'captions' (JSON list per image)} for evaluation,
+    """Rows -> {'key', 'image' (n,3,S,S) uint8, 'captions' (JSON list per image)} for evaluation,
     where every caption of an image is ground truth."""
     keys, images, captions, skips = [], [], [], {}
-    for key, raw, txt, meta in iter_samples(batch):
-        caps = parse_captions(txt, meta)
-        img = decode_or_skip(key, raw, caps, skips)
+    for key, raw, txt, meta, problem, _seed in iter_samples(batch):
+        caps, why = parse_captions(txt, meta)
+        img = decode_or_skip(key, raw, problem, why, skips, min_side=size)
         if img is None:
             continue
         keys.append(key)
@@ -141,16 +193,20 @@ def prepare_eval_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, np.n
     return out, skips
 
 
-def caption_word_counts(batch: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Rows -> one row per distinct word with its count in this batch, plus the sample count under ''."""
+def scan_captions(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Rows (read without image bytes) -> one row per distinct word with its count in this batch, plus
+    sample counts under reserved names: '' (captioned samples with an image), '\\x00samples' (all samples)."""
     from pipeline.data.tokenizer import count_words
 
     counts: Counter = Counter()
-    n = 0
-    for _key, _raw, txt, meta in iter_samples(batch):
-        caps = parse_captions(txt, meta)
-        if caps:
-            n += 1
+    usable = samples = 0
+    for i, (_key, _raw, txt, meta, problem, _seed) in enumerate(iter_samples(batch)):
+        if problem:
+            continue
+        samples += 1
+        caps, _why = parse_captions(txt, meta)
+        if caps and bool(batch["has_image"][i]):
+            usable += 1
             counts.update(count_words(caps))
-    counts[""] = n  # '' never is a word: it carries the number of captioned samples
+    counts[""], counts["\x00samples"] = usable, samples  # neither ever is a word
     return {"word": np.array(list(counts), dtype=object), "count": np.array(list(counts.values()), np.int64)}

@@ -1,3 +1,4 @@
+from pathlib import Path
 import pytest
 import torch
 
@@ -38,7 +39,7 @@ def test_checkpoint_roundtrip_and_latest(tmp_path):
                                     state={"epoch": epoch})
     (tmp_path / "checkpoints" / "epoch_0003").mkdir()  # incomplete: no state.json
     latest = checkpoint.find_latest(tmp_path)
-    assert latest.name == "epoch_0002" and checkpoint.read_state(latest)["epoch"] == 2
+    assert Path(latest).name == "epoch_0002" and checkpoint.read_state(latest)["epoch"] == 2
     other = torch.nn.Linear(3, 2)
     checkpoint.load_weights(latest, other, optimizer=torch.optim.AdamW(other.parameters()))
     assert torch.equal(other.weight, model.weight)

@@ -1,0 +1,51 @@
+"""Job configs: one per job, assembled from the sections, with the checks that span sections."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config.loading import _check, _f
+from pipeline.config.sections import (DataConfig, EvalConfig, LossConfig, ModelConfig, RunConfig, ScalingConfig,
+                                      StorageConfig, TrainConfig)
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    data: DataConfig = _f(DataConfig(), "data")
+    model: ModelConfig = _f(ModelConfig(), "model")
+    loss: LossConfig = _f(LossConfig(), "loss")
+    train: TrainConfig = _f(TrainConfig(), "optimisation")
+    scaling: ScalingConfig = _f(ScalingConfig(), "Ray Train scaling")
+    run: RunConfig = _f(RunConfig(), "run directory")
+    storage: StorageConfig = _f(StorageConfig(), "S3 endpoint for s3:// data and run directories")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.data.train), "data.train is empty; set it to a shard path, glob or directory")
+        _check(bool(self.data.val), "data.val is empty; set it to a shard path, glob or directory")
+        n = self.scaling.num_workers
+        _check(
+            self.train.batch_size % n == 0,
+            f"train.batch_size={self.train.batch_size} is not divisible by scaling.num_workers={n}; "
+            f"use a multiple of {n}, e.g. {max(n, self.train.batch_size // n * n)}",
+        )
+        if self.loss.name == "dcca":
+            _check(self.train.batch_size > self.model.embed_dim,
+                   f"loss dcca needs train.batch_size > model.embed_dim ({self.train.batch_size} <= "
+                   f"{self.model.embed_dim}): the covariances would be singular; raise the batch or lower the dim")
+            _check((self.loss.top_k or 0) <= self.model.embed_dim,
+                   f"loss.top_k={self.loss.top_k} exceeds model.embed_dim={self.model.embed_dim}")
+
+    def local_batch_size(self) -> int:
+        return self.train.batch_size // self.scaling.num_workers
+
+
+@dataclass(frozen=True)
+class RunJobConfig(TrainJobConfig):
+    eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
+
+
+@dataclass(frozen=True)
+class EvalJobConfig:
+    eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
+    scaling: ScalingConfig = _f(ScalingConfig(), "embedding actors (num_workers) and GPU use")
+    storage: StorageConfig = _f(StorageConfig(), "S3 endpoint for s3:// data and output directories")
+
