@@ -2,3 +2,11 @@ import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+
+# Tests only ever talk to the moto S3 server they start; fixed fake credentials keep real ones out of reach
+# and give the "never logged or written" checks a string to look for.
+os.environ["AWS_ACCESS_KEY_ID"] = "testing-access-key-id"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing-secret-access-key-never-logged"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ.pop("AWS_SESSION_TOKEN", None)
+os.environ.pop("AWS_PROFILE", None)

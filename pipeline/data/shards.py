@@ -23,7 +23,7 @@ import numpy as np
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 FORMATS = {"tar": "webdataset", "parquet": "parquet"}
 # Rows that are not samples: they are counted, but not in the share that data.max_skip_fraction bounds.
-NOT_SAMPLES = ("not_downloaded", "truncated_shard", "missing_shard")
+NOT_SAMPLES = ("not_downloaded", "truncated_shard", "unreadable_shard", "missing_shard")
 
 
 def shard_format(path: str) -> str:
@@ -66,20 +66,19 @@ def iter_tar_samples(stream, shard: str, with_images: bool = True) -> Iterator[d
                     raise tarfile.ReadError("unexpected end of data")
                 current[col] = data
     except (tarfile.TarError, EOFError, zlib.error):
-        if current is not None:
+        # The sample being read when the data ran out is kept only if its image and a caption came through
+        # whole; otherwise it is part of what the truncated_shard row stands for.
+        if current is not None and current["has_image"] and (current["txt"] or current["json"]):
             yield current
-            current = None
+        current = None
         yield {"key": f"{shard}/", "image": None, "txt": None, "json": None, "problem": "truncated_shard",
                "has_image": False}
     if current is not None:
         yield current
 
 
-def _column(table, *names):
-    for n in names:
-        if n in table.column_names:
-            return n
-    return None
+def _column(names: list[str], *wanted: str) -> str | None:
+    return next((n for n in wanted if n in names), None)
 
 
 def check_parquet_schema(names: list[str], path: str) -> None:
@@ -93,10 +92,17 @@ def iter_parquet_samples(file, shard: str, with_images: bool = True, batch: int 
     """Rows of an img2dataset Parquet shard; status != success becomes a `not_downloaded` row."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(file)
+    import pyarrow as pa
+
+    try:
+        pf = pq.ParquetFile(file)
+    except (pa.ArrowInvalid, OSError):  # cut short or not Parquet at all: count it, keep the run going
+        yield {"key": f"{shard}/", "image": None, "txt": None, "json": None, "problem": "unreadable_shard",
+               "has_image": False}
+        return
     names = pf.schema_arrow.names
     check_parquet_schema(names, shard)
-    img_col = _column(pf.schema_arrow, "jpg", "image")
+    img_col = _column(names, "jpg", "image")
     wanted = [c for c in ("key", "caption", "txt", "captions", "json", "status") if c in names]
     if with_images:
         wanted.append(img_col)

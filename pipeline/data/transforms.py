@@ -19,7 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.data.tokenizer import Tokenizer
 
 SKIP_REASONS = ("missing_image", "empty_image", "corrupt_image", "oversized_image", "missing_caption",
-                "empty_caption", "undecodable_caption", "not_downloaded", "truncated_shard", "missing_shard")
+                "empty_caption", "undecodable_caption", "not_downloaded", "truncated_shard", "unreadable_shard",
+                "missing_shard")
 RATIO = (3 / 4, 4 / 3)  # aspect range of random crops, and the widest view an extreme image is cut to
 
 

@@ -1,11 +1,11 @@
 """One local Ray per test session, shared by every integration test (a start costs ~10 s)."""
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from pipeline.data.synthetic import write_dataset
+from tests import faults
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,28 +22,33 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _add(tar, name, data):
-    import io
-
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+    """Tiny synthetic train/val splits, plus a shard with one sample per known fault and a truncated shard."""
+    out = tmp_path_factory.mktemp("smoke_data")
+    write_dataset(out, 256, 64, seed=1)
+    members, _, _ = faults.fault_members()
+    faults.write_tar(out / "train" / "faults.tar", members)
+    good = [(f"t{i:03d}.{ext}", data) for i in range(12)
+            for ext, data in (("jpg", faults.encode(faults.good_image(i))), ("txt", b"a blue square"))]
+    faults.truncate(faults.write_tar(out / "train" / "truncated.tar", good), 0.5)
+    return out
 
 
 @pytest.fixture(scope="session")
-def smoke_data(tmp_path_factory):
-    """Tiny synthetic train/val splits plus a shard holding one corrupt JPEG and one empty caption."""
-    out = tmp_path_factory.mktemp("smoke_data")
-    write_dataset(out, 256, 64, seed=1)
-    with tarfile.open(out / "train" / "bad.tar", "w") as tar:
-        _add(tar, "bad0.jpg", b"\xff\xd8\xff\xe0 definitely not a jpeg")
-        _add(tar, "bad0.txt", b"a red circle left of a blue square")
-        good = (out / "train" / "00000.tar")
-        with tarfile.open(good) as src:
-            jpg = src.extractfile("000000000.jpg").read()
-        _add(tar, "bad1.jpg", jpg)
-        _add(tar, "bad1.txt", b"   ")
-    return out
+def s3_endpoint():
+    """A real S3 endpoint: moto's server on 127.0.0.1, credentials from tests/conftest.py's environment."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
 
 
 def smoke_args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:

@@ -7,6 +7,8 @@ from PIL import Image
 import pipeline
 from pipeline.cli import main
 
+from tests import faults
+
 from .conftest import smoke_args
 
 
@@ -30,8 +32,10 @@ def test_run_end_to_end(ray_cluster, smoke_data, tmp_path, capsys):
     assert set(rep["index"]) >= {"type", "recall@10_vs_exact", "build_s", "qps"}
     assert rep["config"]["run"]["name"] == "e2e" and rep["checkpoint"]
     assert [h["epoch"] for h in rep["history"]] == [0, 1, 2]
-    # The corrupt JPEG and the empty caption were skipped and counted, not fatal.
-    assert rep["data"]["skipped"]["train"] == {"corrupt_image": 1, "empty_caption": 1}
+    # Every faulty sample was skipped and counted by reason, the truncated shard too; none was fatal.
+    _, expected, _ = faults.fault_members()
+    assert rep["data"]["skipped"]["train"] == {**expected, "truncated_shard": 1}
+    assert "truncated_shard" in out and "corrupt_image" in out  # and the summary says so
     # Per-step metrics were logged.
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"train/loss", "train/logit_scale", "train/samples_per_s", "train/data_wait_share"} <= set(steps[0])
@@ -61,4 +65,6 @@ def test_evaluate_and_index_commands(ray_cluster, smoke_data, tmp_path, capsys):
     assert rep["n_captions"] == 320 and "R@1" in capsys.readouterr().out
     assert main(["data", "inspect", str(smoke_data / "train")]) == 0
     out = capsys.readouterr().out
-    assert "samples: 258" in out and "corrupt_image x1" in out and "empty_caption x1" in out
+    for needle in ("format: webdataset", "corrupt_image x2", "empty_caption x2", "undecodable_caption x1",
+                   "truncated_shard x1", "words per caption"):
+        assert needle in out, needle

@@ -1,0 +1,199 @@
+"""Ingest throughput: the Ray Data pipeline against single-process loops, and training fed by it against
+training fed from memory, all measured in one run on the same shards.
+
+    .venv/bin/python bench/ingest.py                    # 2000 JPEGs of 320x320, sizes 64 and 224
+    .venv/bin/python bench/ingest.py --n 800 --sizes 64 --steps 20
+
+(a)  a plain single-process loop: tarfile -> PIL open -> RGB -> resize to S x S, samples/s;
+(a2) the pipeline's own transform (`prepare_train_batch`: JPEG draft decode, random resized crop,
+     brightness, tokenising) in a single-process loop;
+(b)  the Ray Data pipeline alone (`ingest.train_dataset`, one epoch iterated by the driver), samples/s
+     divided by the cores Ray Data has on this machine: per core, the target is >= 0.9 x (a);
+(c)  training steps/s with batches from the pipeline (through `train.iterate_epoch`) over training steps/s
+     on in-memory tensors of the same shape, same workers, same run: the target is >= 0.9.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import RunJobConfig, TrainJobConfig, load_config, narrow, to_dict  # noqa: E402
+from pipeline.data import transforms  # noqa: E402
+from pipeline.data.shards import iter_tar_samples  # noqa: E402
+from pipeline.data.synthetic import write_split  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plain_loop(paths: list[str], size: int) -> float:
+    """(a): samples/s of the obvious single-process decode + resize."""
+    from PIL import Image
+
+    n, t0 = 0, time.perf_counter()
+    for p in paths:
+        with tarfile.open(p) as tar:
+            for m in tar:
+                if m.name.endswith(".jpg"):
+                    img = Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")
+                    np.asarray(img.resize((size, size), Image.BILINEAR))
+                    n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def transform_loop(paths: list[str], size: int, tokenizer) -> float:
+    """(a2): samples/s of the pipeline's own batch transform, without Ray."""
+    n, t0 = 0, time.perf_counter()
+    for p in paths:
+        with open(p, "rb") as f:
+            rows = list(iter_tar_samples(f, Path(p).name))
+        for lo in range(0, len(rows), 128):
+            chunk = rows[lo:lo + 128]
+            batch = {c: np.array([r[c] for r in chunk], dtype=object) for c in ("key", "image", "txt", "json",
+                                                                                "problem")}
+            batch["seed"] = np.arange(lo, lo + len(chunk))
+            out, _ = transforms.prepare_train_batch(batch, tokenizer, size, True, 0.8)
+            n += len(out["key"])
+    return n / (time.perf_counter() - t0)
+
+
+def ray_data_pipeline(paths: list[str], cfg, tokenizer) -> float:
+    """(b): samples/s of one epoch of the Ray Data training pipeline, iterated by the driver."""
+    from pipeline.data import ingest
+
+    ds = ingest.train_dataset(paths, tokenizer, cfg.data, seed=0)
+    ds.context.enable_progress_bars = False
+    for _ in ds.limit(256).iter_batches(batch_size=128):  # warm the workers up
+        pass
+    n, t0 = 0, time.perf_counter()
+    for b in ds.iter_batches(batch_size=128, batch_format="numpy", prefetch_batches=4):
+        n += len(b["key"])
+    return n / (time.perf_counter() - t0)
+
+
+def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, float]:
+    """(c): (steps/s fed by the pipeline, steps/s on in-memory tensors) on cfg.scaling.num_workers workers."""
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.data import ingest
+
+    out = Path(tempfile.mkdtemp())
+
+    def loop(c):
+        import json
+
+        import torch
+
+        from pipeline.config import TrainJobConfig, build
+        from pipeline.data.tokenizer import Tokenizer
+        from pipeline.distributed import WorkerContext
+        from pipeline.losses import build_loss
+        from pipeline.models import build_model
+        from pipeline.objective import ContrastiveObjective, backward_step
+        from pipeline.train import iterate_epoch, make_optimizer
+
+        cfg, ctx = build(TrainJobConfig, c["config"]), WorkerContext.from_ray()
+        tok = Tokenizer.from_dict(c["tokenizer"])
+        objective = ctx.prepare_model(ContrastiveObjective(build_model(cfg.model, len(tok)), build_loss(cfg.loss)))
+        opt = make_optimizer(objective, cfg.train)
+
+        def step(batch):
+            opt.zero_grad(set_to_none=True)
+            backward_step(objective, batch["image"], batch["tokens"], ctx.rank, 0)
+            opt.step()
+
+        b, s = cfg.local_batch_size(), cfg.data.image_size
+        mem = {"image": torch.randint(0, 255, (b, 3, s, s), dtype=torch.uint8),
+               "tokens": torch.randint(1, len(tok), (b, cfg.data.max_tokens))}
+        for _ in range(3):
+            step(mem)
+        t0 = time.perf_counter()
+        for _ in range(c["steps"]):
+            step(mem)
+        t_mem = time.perf_counter() - t0
+        it = iterate_epoch(ctx.dataset_shard("train"), cfg, ctx.device, 1, ctx.rank)
+        for _ in range(3):
+            step(next(it))
+        t0 = time.perf_counter()
+        for _ in range(c["steps"]):
+            step(next(it))
+        t_fed = time.perf_counter() - t0
+        (Path(c["out"]) / f"rank{ctx.rank}.json").write_text(json.dumps([t_mem, t_fed]))
+        ray.train.report({})
+
+    ds = ingest.train_dataset(paths, tokenizer, cfg.data, seed=0)
+    ds.context.enable_progress_bars = False
+    TorchTrainer(loop, train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer.to_dict(),
+                                          "steps": steps, "out": str(out)},
+                 scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
+                                                        resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+                 run_config=ray.train.RunConfig(storage_path=str(out / "ray")),
+                 datasets={"train": ds}, dataset_config=ray.train.DataConfig(datasets_to_split=["train"])).fit()
+    import json
+
+    t_mem, t_fed = np.array([json.loads((out / f"rank{r}.json").read_text())
+                             for r in range(cfg.scaling.num_workers)]).max(axis=0)
+    del torch
+    return steps / t_fed, steps / t_mem
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="JPEGs written for the benchmark (default 2000)")
+    ap.add_argument("--side", type=int, default=320, help="side of the stored JPEGs (default 320)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="decoded sizes S for (a), (a2), (b)")
+    ap.add_argument("--steps", type=int, default=30, help="timed training steps per variant in (c)")
+    args = ap.parse_args()
+
+    from pipeline import cluster
+    from pipeline.data import ingest
+
+    data = Path(tempfile.mkdtemp()) / "bench"
+    paths = [str(p) for p in write_split(data, args.n, seed=0, split_id=0, shard_size=250, side=args.side)]
+    cluster.connect()
+    import ray
+
+    cores = int(ray.cluster_resources().get("CPU", 0))
+    physical = os.cpu_count() or 1
+    print(f"{args.n} JPEGs of {args.side}x{args.side} in {len(paths)} shards; {physical} cores "
+          f"({cores} logical CPUs given to Ray)")
+    rows = []
+    for size in args.sizes:
+        cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "demo.yaml",
+                                 {"data.image_size": size, "data.train": paths[0], "data.val": paths[0]}),
+                     TrainJobConfig)
+        tok = ingest.scan_training_data(paths, cfg.data).tokenizer
+        a, a2 = plain_loop(paths, size), transform_loop(paths, size, tok)
+        b = ray_data_pipeline(paths, cfg, tok)
+        b_core = b / physical
+        rows.append((size, a, a2, b, b_core))
+        print(f"S={size}: (a) plain loop {a:.0f}/s  (a2) pipeline transform loop {a2:.0f}/s  "
+              f"(b) Ray Data {b:.0f}/s = {b_core:.0f}/s per core  ->  (b)/(a) per core {b_core / a:.2f}, "
+              f"(b)/(a2) per core {b_core / a2:.2f}")
+    cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "demo.yaml",
+                             {"data.train": paths[0], "data.val": paths[0]}), TrainJobConfig)
+    tok = ingest.scan_training_data(paths, cfg.data).tokenizer
+    fed, mem = fed_vs_memory(paths, cfg, tok, args.steps)
+    print(f"(c) demo recipe (S={cfg.data.image_size}, global batch {cfg.train.batch_size}, "
+          f"{cfg.scaling.num_workers} workers): fed by Ray Data {fed:.2f} steps/s, in-memory {mem:.2f} steps/s  "
+          f"->  ratio {fed / mem:.2f}")
+    print("\n| S | (a) plain loop /s | (a2) transform loop /s | (b) Ray Data /s | (b) per core | (b)/(a) per core |"
+          " (b)/(a2) per core |\n|---|---|---|---|---|---|---|")
+    for size, a, a2, b, bc in rows:
+        print(f"| {size} | {a:.0f} | {a2:.0f} | {b:.0f} | {bc:.0f} | {bc / a:.2f} | {bc / a2:.2f} |")
+    print(f"\n(c) fed / in-memory steps per second: {fed:.2f} / {mem:.2f} = {fed / mem:.2f}")
+
+
+if __name__ == "__main__":
+    main()
