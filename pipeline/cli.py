@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image", help="image file query: returns the nearest captions")
     p.add_argument("--k", type=int, default=10, help="results to return (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint when the index is on s3://")
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the synthetic compositional-scenes dataset (WebDataset shards)")
     p.add_argument("--out", required=True, help="output folder; train/ and val/ are created in it")
@@ -159,6 +160,7 @@ def cmd_search(args) -> None:
         if not Path(args.image).is_file():
             raise ConfigError(f"--image {args.image} does not exist")
         image = Image.open(args.image)
+    storage.configure(args.endpoint_url)
     with storage.local_copy(args.index) as index_dir:  # an s3:// index is fetched first
         hits = search(index_dir, text=args.text, image=image, k=args.k)
     if args.json:

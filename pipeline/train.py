@@ -82,12 +82,14 @@ def iterate_epoch(shard, cfg: TrainJobConfig, device, epoch: int, rank: int):
     int64}: equal-sized local batches (the last partial one is dropped, so every worker takes the same
     number of steps), prefetched while the previous step runs."""
     buffer = cfg.data.shuffle_buffer
+    if device.type == "cuda":  # pinned host memory lets the copy overlap the previous step
+        to = lambda a: torch.from_numpy(a).pin_memory().to(device, non_blocking=True)  # noqa: E731
+    else:
+        to = torch.from_numpy
     for batch in shard.iter_batches(
             batch_size=cfg.local_batch_size(), drop_last=True, batch_format="numpy", prefetch_batches=4,
             local_shuffle_buffer_size=buffer or None,
             local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch * 1_009 + rank) % 2**31 if buffer else None):
-        to = (lambda a: torch.from_numpy(a).pin_memory().to(device, non_blocking=True)) if device.type == "cuda" \
-            else torch.from_numpy
         yield {"key": batch["key"], "image": to(batch["image"]), "tokens": to(batch["tokens"])}
 
 
@@ -285,7 +287,7 @@ def run(cfg: TrainJobConfig) -> TrainResult:
         raise RuntimeError(f"training finished without a checkpoint under {run_dir}")
     state = checkpoint.read_state(ckpt)
     storage.write_text(storage.join(run_dir, "metrics.jsonl"),
-                       "".join(json.dumps(r) + "\n" for r in state.get("steps", []) + state.get("history", [])))
+                       "".join(json.dumps(r) + "\n" for r in state.get("steps", [])))
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
                        ray.get(counter.get.remote()), latest)
 

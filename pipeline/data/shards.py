@@ -48,7 +48,7 @@ def iter_tar_samples(stream, shard: str, with_images: bool = True) -> Iterator[d
                 base, _, suffix = path.name.partition(".")
                 suffix = suffix.lower()
                 col = "image" if suffix in IMAGE_SUFFIXES else suffix if suffix in ("txt", "json") else None
-                key = f"{shard}/{(path.parent / base).as_posix().lstrip('./') or base}"
+                key = f"{shard}/{(path.parent / base).as_posix()}"
                 if current is not None and key != current["key"]:
                     yield current
                     current = None
