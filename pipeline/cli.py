@@ -2,6 +2,7 @@
 
     pipeline run [--config FILE] [--set KEY=VALUE ...]
     pipeline train --config FILE [--set ...]
+    pipeline tune --config FILE [--set ...]
     pipeline index --checkpoint DIR --data PATH --out DIR
     pipeline evaluate --checkpoint DIR --data PATH --out DIR
     pipeline search --index DIR (--text STR | --image FILE) [--k 10]
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="data -> train -> index -> evaluate -> report, end to end")
     _config_args(p, required=False)
     p = sub.add_parser("train", help="train a two-tower model; prints the run directory and checkpoint")
+    _config_args(p, required=True)
+    p = sub.add_parser("tune", help="sweep tune.space with Ray Tune; prints the results table, the best config "
+                       "and checkpoint")
     _config_args(p, required=True)
     for name, helptext in (("index", "embed a gallery and build a FAISS index"),
                            ("evaluate", "retrieval evaluation of a checkpoint; writes the report")):
@@ -117,6 +121,21 @@ def cmd_train(args) -> None:
     cluster.connect(args.address)
     res = train.run(cfg)
     print(f"run directory: {res.run_dir}\ncheckpoint: {res.checkpoint}\nmetrics: {json.dumps(res.metrics)}")
+
+
+def cmd_tune(args) -> None:
+    from pipeline import cluster, end_to_end, tune
+
+    cfg = load_config(RunJobConfig, args.config, args.overrides)
+    if not (cfg.tune.space or cfg.tune.studies):
+        raise ConfigError("nothing to sweep: set tune.space (e.g. --set 'tune.space={loss.temperature: "
+                          "{grid: [0.05, 0.1]}}') or tune.studies in the recipe")
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    end_to_end.ensure_data(cfg)
+    _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
+    cluster.connect(args.address)
+    res = tune.run(cfg)
+    print(tune.format_summary(res, cfg.tune.metric))
 
 
 def cmd_index(args) -> None:
@@ -226,7 +245,7 @@ def _require_checkpoint(path: str) -> str:
     return ckpt
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "index": cmd_index, "evaluate": cmd_evaluate,
+COMMANDS = {"run": cmd_run, "train": cmd_train, "tune": cmd_tune, "index": cmd_index, "evaluate": cmd_evaluate,
             "search": cmd_search, "data": cmd_data, "keys": cmd_keys}
 
 

@@ -42,7 +42,16 @@ def run(cfg: RunJobConfig) -> RunSummary:
     from pipeline.data.ingest import expand_paths
     from pipeline.index import embed_dataset, write_index
 
-    result = train.run(cfg)
+    if cfg.tune.enabled:  # sweep, then carry the best trial's checkpoint into index and evaluation
+        from pipeline import tune
+
+        swept = tune.run(cfg)
+        print(tune.format_summary(swept, cfg.tune.metric))
+        if swept.best_checkpoint is None:
+            raise RuntimeError(f"no trial of the sweep finished with a checkpoint; see {swept.results_dir}")
+        result = train.TrainResult(swept.sweep_dir, swept.best_checkpoint, {}, swept.history, {})
+    else:
+        result = train.run(cfg)
     gallery = embed_dataset(result.checkpoint, expand_paths(cfg.data.val, "data.val"), cfg.data.image_size,
                             cfg.scaling.num_workers, cfg.scaling.use_gpu, cfg.eval.batch_size)
     index_dir, report_dir = storage.join(result.run_dir, "index"), storage.join(result.run_dir, "report")

@@ -231,8 +231,9 @@ def _prepare_data(cfg: TrainJobConfig, latest: str | None):
     return scan.tokenizer, scan.usable, scan.samples, train, val
 
 
-def run(cfg: TrainJobConfig) -> TrainResult:
-    """Train `cfg` on the connected Ray cluster; resumes when the run directory already has a checkpoint."""
+def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
+    """Train `cfg` on the connected Ray cluster; resumes when the run directory already has a checkpoint.
+    `callbacks` go to Ray Train's RunConfig (a Tune trial passes its TuneReportCallback)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -274,14 +275,15 @@ def run(cfg: TrainJobConfig) -> TrainResult:
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name="checkpoints", storage_path=storage_path, storage_filesystem=fs,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            callbacks=callbacks or []),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     try:
         trainer.fit()
     except Exception as e:  # Ray wraps the worker's exception; surface its message, not Ray's stack
-        raise RuntimeError(f"training failed: {_root_cause(e)}") from e
+        raise RuntimeError(f"training failed: {root_cause(e)}") from e
     ckpt = checkpoint.find_latest(run_dir)
     if ckpt is None:
         raise RuntimeError(f"training finished without a checkpoint under {run_dir}")
@@ -292,7 +294,7 @@ def run(cfg: TrainJobConfig) -> TrainResult:
                        ray.get(counter.get.remote()), latest)
 
 
-def _root_cause(e: BaseException) -> str:
+def root_cause(e: BaseException) -> str:
     """The user's exception from the lowest failing rank, as one line: 'rank 0: ValueError: ...'."""
     failures = getattr(e, "worker_failures", None)
     prefix = ""

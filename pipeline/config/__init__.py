@@ -1,14 +1,15 @@
 """Typed job configs: frozen section dataclasses (`sections`), one config per job (`jobs`), and YAML +
 dotted-override loading with errors that say what to change (`loading`). No Ray here."""
 from pipeline.config.jobs import EvalJobConfig, RunJobConfig, TrainJobConfig
-from pipeline.config.loading import (ConfigError, apply_overrides, build, describe_keys, flatten, load_config,
-                                     narrow, parse_override, to_dict, valid_keys)
+from pipeline.config.loading import (ConfigError, apply_overrides, build, describe_keys, flat_config, flatten,
+                                     load_config, narrow, parse_override, to_dict, valid_keys)
 from pipeline.config.sections import (DataConfig, EvalConfig, ImageTowerConfig, LossConfig, ModelConfig,
-                                      RunConfig, ScalingConfig, StorageConfig, SynthConfig, TextTowerConfig, TrainConfig)
+                                      RunConfig, ScalingConfig, StorageConfig, SweepConfig, SynthConfig,
+                                      TextTowerConfig, TrainConfig)
 
 __all__ = [
     "ConfigError", "DataConfig", "EvalConfig", "EvalJobConfig", "ImageTowerConfig", "LossConfig", "ModelConfig",
-    "RunConfig", "RunJobConfig", "ScalingConfig", "StorageConfig", "SynthConfig", "TextTowerConfig", "TrainConfig",
-    "TrainJobConfig", "apply_overrides", "build", "describe_keys", "flatten", "load_config", "narrow",
-    "parse_override", "to_dict", "valid_keys",
+    "RunConfig", "RunJobConfig", "ScalingConfig", "StorageConfig", "SweepConfig", "SynthConfig",
+    "TextTowerConfig", "TrainConfig", "TrainJobConfig", "apply_overrides", "build", "describe_keys",
+    "flat_config", "flatten", "load_config", "narrow", "parse_override", "to_dict", "valid_keys",
 ]

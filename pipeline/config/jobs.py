@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from pipeline.config.loading import _check, _f
 from pipeline.config.sections import (DataConfig, EvalConfig, LossConfig, ModelConfig, RunConfig, ScalingConfig,
-                                      StorageConfig, TrainConfig)
+                                      StorageConfig, SweepConfig, TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,14 @@ class TrainJobConfig:
 @dataclass(frozen=True)
 class RunJobConfig(TrainJobConfig):
     eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
+    tune: SweepConfig = _f(SweepConfig(), "sweeps with Ray Tune (`pipeline tune`, or `pipeline run` with tune.enabled)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tune.space or self.tune.studies:
+            from pipeline.sweep import plan
+
+            plan(self)  # every grid point must build a valid training config: fail before Ray, not mid-sweep
 
 
 @dataclass(frozen=True)

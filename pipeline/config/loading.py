@@ -97,6 +97,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r} is not a list; write it as [a, b, c]")
         return value
+    if typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} is not a mapping; write it as {{a.b: {{grid: [1, 2]}}}}")
+        return value
     return value
 
 
@@ -181,13 +185,18 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {'a.b': value}; the dotted view Tune and reports use."""
+def flatten(d: dict, prefix: str = "", leaves: set[str] | frozenset = frozenset()) -> dict[str, Any]:
+    """Nested dict -> {'a.b': value}; the dotted view Tune and reports use. Keys in `leaves` keep their
+    mapping value whole (a search space is one value, not more keys)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
+        if isinstance(v, dict) and prefix + k not in leaves:
+            out.update(flatten(v, f"{prefix}{k}.", leaves))
         else:
             out[prefix + k] = v
     return out
 
+
+def flat_config(cfg: Any) -> dict[str, Any]:
+    """A config as {dotted key: value}, one entry per key of its schema."""
+    return flatten(to_dict(cfg), leaves=set(valid_keys(type(cfg))))

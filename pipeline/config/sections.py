@@ -181,3 +181,31 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check(all(isinstance(k, int) and k >= 1 for k in self.ks), "eval.ks must be positive integers")
 
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    enabled: bool = _f(False, "`pipeline run`: sweep instead of training once, then index and evaluate the best trial")
+    space: dict = _f({}, "search space: dotted key -> value | {grid: [..]} | {choice: [..]} | {uniform: [lo, hi]} "
+                         "| {loguniform: [lo, hi]}")
+    studies: dict = _f({}, "named search spaces swept in one run (name -> a space like tune.space), tabled apart")
+    num_samples: int = _f(1, "trials per grid point (each draws the choice/uniform/loguniform entries afresh)")
+    metric: str = _f("val/rsum", "validation metric that ranks trials and drives early stopping")
+    mode: str = _f("max", "max | min: which end of tune.metric is best")
+    scheduler: str = _f("asha", "asha (stop weak trials early on tune.metric) | none (every trial runs all epochs)")
+    grace_period: int = _f(1, "asha: epochs every trial runs before it may be stopped")
+    reduction_factor: int = _f(2, "asha: one trial in this many goes on at each rung")
+    max_concurrent_trials: int = _f(0, "trials at once; 0: as many as the cluster's GPUs and CPUs hold while "
+                                       "leaving Ray Data CPUs")
+    lr_scaling: str = _f("none", "a trial's train.lr for its batch B against the recipe's B0: none | linear "
+                                 "(x B/B0) | sqrt (x sqrt(B/B0))")
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 1, "tune.num_samples must be at least 1")
+        _check(self.mode in ("max", "min"), f"tune.mode={self.mode!r}; use max or min")
+        _check(self.scheduler in ("asha", "none"), f"tune.scheduler={self.scheduler!r}; use asha or none")
+        _check(self.grace_period >= 1 and self.reduction_factor >= 2,
+               "tune.grace_period must be >= 1 and tune.reduction_factor >= 2")
+        _check(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials must be >= 0 (0: from the cluster)")
+        _check(self.lr_scaling in ("none", "linear", "sqrt"), f"tune.lr_scaling={self.lr_scaling!r}; use none, "
+                                                              "linear or sqrt")

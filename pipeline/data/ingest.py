@@ -149,8 +149,10 @@ def check_shards(paths: list[str], key: str) -> None:
 def _read(paths: list[str], shuffle_seed: int | None = None, shuffle_block: int = 0, with_images: bool = True):
     import ray.data
 
+    # One read task per shard: Ray Data splits the blocks of fewer, larger read tasks, and a split read cannot
+    # be fused with the decode that follows (every raw block would take a trip through the object store).
     return ray.data.read_datasource(make_source(paths, shuffle_seed=shuffle_seed, shuffle_block=shuffle_block,
-                                                with_images=with_images))
+                                                with_images=with_images), override_num_blocks=len(paths))
 
 
 def skip_counter():

@@ -6,7 +6,8 @@ import pytest
 
 from pipeline.cli import build_parser
 
-PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metrics", "pipeline.checkpoint"]
+PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metrics", "pipeline.checkpoint",
+        "pipeline.sweep", "pipeline.storage", "pipeline.data.transforms", "pipeline.data.karpathy"]
 
 
 def test_pure_modules_do_not_import_ray():
@@ -15,8 +16,8 @@ def test_pure_modules_do_not_import_ray():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("argv", [[], ["run"], ["train"], ["index"], ["evaluate"], ["search"], ["data"],
-                                  ["data", "synth"], ["data", "inspect"], ["keys"]])
+@pytest.mark.parametrize("argv", [[], ["run"], ["train"], ["tune"], ["index"], ["evaluate"], ["search"], ["data"],
+                                  ["data", "synth"], ["data", "convert-karpathy"], ["data", "inspect"], ["keys"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*argv, "--help"])

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import (ConfigError, RunJobConfig, TrainJobConfig, describe_keys, flatten, load_config,
+from pipeline.config import (ConfigError, flat_config, RunJobConfig, TrainJobConfig, describe_keys, flatten, load_config,
                              parse_override, to_dict, valid_keys)
 
 BASE = ["data.train=a", "data.val=b"]
@@ -72,7 +72,7 @@ def test_parse_override_types():
 def test_roundtrip_and_local_batch():
     cfg = load_config(RunJobConfig, None, BASE + ["train.batch_size=64", "scaling.num_workers=4"])
     assert cfg.local_batch_size() == 16
-    flat = flatten(to_dict(cfg))
+    flat = flat_config(cfg)
     assert flat["train.batch_size"] == 64 and set(flat) == set(valid_keys(RunJobConfig))
 
 

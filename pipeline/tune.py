@@ -1,0 +1,204 @@
+"""Sweeps with Ray Tune: each trial is a Ray Train V2 `TorchTrainer` run driven from a function trainable,
+reporting every epoch's validation metrics to Tune; ASHA stops weak trials; results become a table, a CSV,
+plots, the best config as YAML and the best checkpoint.
+
+    pipeline tune --config configs/sweep.yaml
+    pipeline tune --config configs/lecture_tables.yaml
+
+The sweep directory is `<run.storage_path>/<run.name>/`: Tune's state (a restarted sweep of the same name
+resumes it), `trials/<trial id>/` (a complete run directory per trial) and `sweep/` (the results).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline import checkpoint, storage, sweep
+from pipeline.config import RunJobConfig, TrainJobConfig, apply_overrides, build, flatten, narrow, to_dict
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: str
+    best_checkpoint: str | None
+    best_config: dict | None
+    best_trial: str | None
+    rows: list[dict] = field(default_factory=list)
+    table: str = ""
+    results_dir: str = ""
+    history: list = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+
+def trial_concurrency(cfg: RunJobConfig, resources: dict) -> int:
+    """Trials that fit at once: GPUs per trial on GPU clusters; otherwise the trial's training CPUs plus
+    two for its Ray Data tasks, so concurrent trials never leave decoding without a CPU."""
+    if cfg.tune.max_concurrent_trials:
+        return cfg.tune.max_concurrent_trials
+    n = cfg.scaling.num_workers
+    by_cpu = int(resources.get("CPU", 1) // (n * cfg.scaling.cpus_per_worker + 2))
+    if cfg.scaling.use_gpu:
+        return max(1, min(int(resources.get("GPU", 0) // n), max(by_cpu, 1)))
+    return max(1, by_cpu)
+
+
+def _search_space(studies: list[sweep.Study], points: list[tuple[str, dict]]) -> dict:
+    from ray import tune
+
+    space: dict = {"point": tune.grid_search([{"study": s, "overrides": o} for s, o in points])}
+    for st in studies:
+        for key, (kind, args) in st.sampled.items():
+            dist = {"choice": lambda a: tune.choice(a), "uniform": lambda a: tune.uniform(*a),
+                    "loguniform": lambda a: tune.loguniform(*a)}[kind](args)
+            space[f"{st.name}::{key}"] = dist
+    return space
+
+
+def make_trainable(cfg: RunJobConfig, trials_root: str):
+    """The function trainable: one trial = its overrides on the recipe -> `train.run` with Tune reporting."""
+    base_raw = to_dict(narrow(cfg, TrainJobConfig))
+    base_flat, lr_scaling = flatten(base_raw), cfg.tune.lr_scaling
+
+    def trial(config: dict) -> None:
+        from ray import tune
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from pipeline import train
+
+        study, point = config["point"]["study"], config["point"]["overrides"]
+        sampled = {k.split("::", 1)[1]: v for k, v in config.items() if k.startswith(f"{study}::")}
+        over, _dropped = sweep.resolve_trial(point, sampled, base_flat, lr_scaling)
+        # A trial's run directory is named after its id: a resumed sweep finds the trial's checkpoints.
+        over |= {"run.storage_path": trials_root, "run.name": tune.get_context().get_trial_id()}
+        trial_cfg = build(TrainJobConfig, apply_overrides(base_raw, over, TrainJobConfig))
+        train.run(trial_cfg, callbacks=[TuneReportCallback()])
+
+    return trial
+
+
+def run(cfg: RunJobConfig) -> SweepResult:
+    """Sweep `cfg.tune` on the connected cluster; resumes a sweep of the same run.name."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    run_dir = cfg.run.run_dir()
+    sweep_dir = run_dir if storage.is_remote(run_dir) else str(Path(run_dir).resolve())
+    studies, points = sweep.plan(cfg)
+    storage.write_text(storage.join(sweep_dir, "config.json"), json.dumps(to_dict(cfg), indent=2))
+    concurrency = trial_concurrency(cfg, ray.cluster_resources())
+    n_trials = len(points) * cfg.tune.num_samples
+    print(f"[tune] {n_trials} trials ({len(points)} grid points x {cfg.tune.num_samples} samples) in "
+          f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, {concurrency} at a time, "
+          f"scheduler {cfg.tune.scheduler}, ranked on {cfg.tune.metric} ({cfg.tune.mode})")
+    trainable = tune.with_resources(make_trainable(cfg, storage.join(sweep_dir, "trials")), {"cpu": 0.01})
+    fs, path = storage.arrow_filesystem(sweep_dir)
+    tune_root, tune_name = path.rsplit("/", 1)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        print(f"[tune] resuming the sweep in {sweep_dir}")
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        scheduler = None
+        if cfg.tune.scheduler == "asha":
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,  # survives restarts
+                                      grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
+        tuner = tune.Tuner(
+            trainable, param_space=_search_space(studies, points),
+            tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=scheduler,
+                                        num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrency,
+                                        trial_dirname_creator=lambda t: t.trial_id),
+            run_config=tune.RunConfig(name=tune_name, storage_path=tune_root, storage_filesystem=fs,
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0))
+    t0 = time.time()
+    grid = tuner.fit()
+    print(f"[tune] {len(grid)} trials finished in {time.time() - t0:.0f} s, {grid.num_errors} failed")
+    return collect(cfg, grid, studies, sweep_dir)
+
+
+def error_line(e: BaseException) -> str:
+    """A failed trial's exception as one line: the trial's own error (Ray wraps it as `.cause`)."""
+    e = getattr(e, "cause", None) or e
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _row(cfg: RunJobConfig, result, trials_root: str) -> tuple[dict, list]:
+    """One results row and the trial's learning curve from Tune's result and the trial's run directory."""
+    point = result.config["point"]
+    sampled = {k.split("::", 1)[1]: v for k, v in result.config.items() if k.startswith(f"{point['study']}::")}
+    over, _ = sweep.resolve_trial(point["overrides"], sampled, flatten(to_dict(narrow(cfg, TrainJobConfig))),
+                                  cfg.tune.lr_scaling)
+    metrics = result.metrics or {}
+    trial_id = metrics.get("trial_id") or str(result.path).rstrip("/").rsplit("/", 1)[-1]  # dirs are trial ids
+    ckpt = checkpoint.find_latest(storage.join(trials_root, trial_id))
+    history = checkpoint.read_state(ckpt).get("history", []) if ckpt else []
+    row = {"trial": trial_id, "study": point["study"], **{k: v for k, v in over.items() if v is not None},
+           cfg.tune.metric: metrics.get(cfg.tune.metric),
+           "val/i2t_R@1": metrics.get("val/i2t_R@1"), "val/t2i_R@1": metrics.get("val/t2i_R@1"),
+           "train/loss": metrics.get("train/loss"), "epochs": metrics.get("epoch"),
+           "status": "error" if result.error else ("stopped early" if (metrics.get("epoch") or 0) <
+                                                    cfg.train.epochs else "done"),
+           "error": error_line(result.error) if result.error else "",
+           "checkpoint": ckpt or ""}
+    curve = [(h["epoch"], h[cfg.tune.metric]) for h in history if cfg.tune.metric in h]
+    return row, curve
+
+
+def collect(cfg: RunJobConfig, grid, studies: list[sweep.Study], sweep_dir: str) -> SweepResult:
+    """Rows, tables, CSV, plots and the best config/checkpoint of a finished sweep."""
+    trials_root = storage.join(sweep_dir, "trials")
+    rows, curves = [], {}
+    for result in grid:
+        row, curve = _row(cfg, result, trials_root)
+        rows.append(row)
+        curves[f"{row['trial']} ({row['study']})"] = curve
+    metric, sign = cfg.tune.metric, (1 if cfg.tune.mode == "max" else -1)
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and r["checkpoint"]]
+    best = max(scored, key=lambda r: sign * r[metric]) if scored else None
+    best_cfg = checkpoint.read_config(best["checkpoint"]) if best else None
+    if best_cfg is not None:  # a recipe `pipeline train` accepts, under the sweep's own run name
+        best_cfg = {**best_cfg, "run": {**best_cfg["run"], "storage_path": cfg.run.storage_path,
+                                        "name": f"{cfg.run.name}-best"}}
+    results = storage.join(sweep_dir, "sweep")
+    tables = []
+    with storage.staging_dir(results) as out:
+        (out / "plots").mkdir(exist_ok=True)
+        sweep.write_csv(out / "results.csv", rows)
+        for st in studies:
+            st_rows = [r for r in rows if r["study"] == st.name]
+            keys = st.swept_keys()
+            tables.append(f"### {st.name}\n\n" + sweep.results_table(st_rows, keys, metric))
+            for key in keys:
+                sweep.plot_metric_vs(out / "plots" / f"{st.name}_{key.replace('.', '_')}.png", st_rows, key, metric)
+        sweep.plot_curves(out / "plots" / "learning_curves.png", curves, metric)
+        text = "\n\n".join(tables)
+        best_line = (f"best: trial {best['trial']} ({best['study']}), {metric} {best[metric]:.2f}, checkpoint "
+                     f"{best['checkpoint']}" if best else "best: none (no trial finished with a checkpoint)")
+        errors = [f"- {r['trial']}: {r['error']}" for r in rows if r["error"]]
+        (out / "results.md").write_text(f"# Sweep {cfg.run.name}\n\n{best_line}\n\n{text}\n"
+                                        + ("\n## Failed trials\n\n" + "\n".join(errors) + "\n" if errors else ""))
+        if best_cfg is not None:
+            (out / "best_config.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
+    history = checkpoint.read_state(best["checkpoint"]).get("history", []) if best else []
+    return SweepResult(sweep_dir, best["checkpoint"] if best else None, best_cfg, best["trial"] if best else None,
+                       rows, text, results, history)
+
+
+def format_summary(res: SweepResult, metric: str) -> str:
+    lines = ["", "=" * 72, "Sweep finished", "", res.table, ""]
+    if res.best_checkpoint:
+        lines += [f"best trial     : {res.best_trial}", f"best checkpoint: {res.best_checkpoint}",
+                  f"best config    : {storage.join(res.results_dir, 'best_config.yaml')}  "
+                  f"(pipeline train --config it)"]
+    failed = [r for r in res.rows if r["status"] == "error"]
+    if failed:
+        lines.append(f"failed trials  : {len(failed)} (see results.md)")
+    lines += [f"results        : {storage.join(res.results_dir, 'results.md')}  (+ results.csv, plots/)",
+              "=" * 72]
+    return "\n".join(lines)
+

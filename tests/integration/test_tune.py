@@ -1,0 +1,49 @@
+"""A smoke sweep inside the shared test Ray: 3 trials x 1 epoch, one of which fails; results, best config,
+and a restart of the same sweep resuming instead of starting over."""
+import csv
+import json
+
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import RunJobConfig, load_config
+
+from .conftest import smoke_args
+
+STUDIES = ("tune.studies={temperature: {loss.learn_temperature: false, loss.temperature: {grid: [0.05, 0.5]}}, "
+           "failing: {data.max_skip_fraction: 0.0}}")
+
+
+def test_smoke_sweep_results_best_config_and_resume(ray_cluster, smoke_data, tmp_path, capsys):
+    args = smoke_args(smoke_data, tmp_path, "sw", "--set", "train.epochs=1", "--set", STUDIES,
+                      "--set", "tune.scheduler=none")
+    assert main(["tune", *args]) == 0
+    out = capsys.readouterr().out
+    results = tmp_path / "sw" / "sweep"
+    rows = list(csv.DictReader((results / "results.csv").open()))
+    assert len(rows) == 3
+    by_study = {r["study"]: r for r in rows if r["study"] == "failing"}
+    assert by_study["failing"]["status"] == "error" and "max_skip_fraction" in by_study["failing"]["error"]
+    ok = [r for r in rows if r["study"] == "temperature"]
+    assert sorted(float(r["loss.temperature"]) for r in ok) == [0.05, 0.5]
+    assert all(r["status"] == "done" and float(r["val/rsum"]) > 0 and r["checkpoint"] for r in ok)
+
+    # The summary names the best checkpoint, and the best config is a recipe `pipeline train` accepts.
+    best = max(ok, key=lambda r: float(r["val/rsum"]))
+    assert f"best checkpoint: {best['checkpoint']}" in out and "| trial | loss.temperature | val/rsum" in out
+    cfg = load_config(RunJobConfig, results / "best_config.yaml")
+    assert cfg.loss.temperature == float(best["loss.temperature"]) and cfg.loss.learn_temperature is False
+    assert (results / "plots" / "learning_curves.png").stat().st_size > 0
+    assert (results / "plots" / "temperature_loss_temperature.png").stat().st_size > 0
+    md = (results / "results.md").read_text()
+    assert "### temperature" in md and "## Failed trials" in md
+
+    # Restarting the same sweep resumes it: finished trials are not run again.
+    mtimes = {r["trial"]: (tmp_path / "sw" / "trials" / r["trial"] / "config.json").stat().st_mtime for r in ok}
+    assert main(["tune", *args]) == 0
+    assert "resuming the sweep" in capsys.readouterr().out
+    assert len(list(csv.DictReader((results / "results.csv").open()))) == 3
+    for trial, mtime in mtimes.items():
+        assert (tmp_path / "sw" / "trials" / trial / "config.json").stat().st_mtime == mtime, trial
+    assert json.loads((tmp_path / "sw" / "config.json").read_text())["tune"]["studies"]
+    assert yaml.safe_load((results / "best_config.yaml").read_text())["run"]["name"] == "sw-best"
