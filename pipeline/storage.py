@@ -7,7 +7,6 @@ store. `configure` is called once per process (driver and each Ray worker) from 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -159,7 +158,3 @@ def staging_dir(uri: str) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def cache_dir() -> Path:
-    """Where downloaded checkpoints are kept between calls in one process."""
-    return Path(os.environ.get("PIPELINE_CACHE", Path(tempfile.gettempdir()) / "pipeline-cache"))

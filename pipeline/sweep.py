@@ -111,7 +111,7 @@ def dedupe(points: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
 # ------------------------------------------------------------------------------------------------ results
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.2f}".rstrip("0").rstrip(".")
     return "—" if v is None or v == "" else str(v)
@@ -122,7 +122,7 @@ def results_table(rows: list[dict], keys: list[str], metric: str) -> str:
     cols = ["trial", *keys, metric, "val/i2t_R@1", "val/t2i_R@1", "epochs", "status"]
     ordered = sorted(rows, key=lambda r: -(r.get(metric) if isinstance(r.get(metric), (int, float)) else -1e9))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in ordered]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in ordered]
     return "\n".join(lines)
 
 
@@ -177,6 +177,7 @@ def plot_curves(path: Path, curves: dict[str, list[tuple[int, float]]], metric: 
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if len(curves) <= 12:

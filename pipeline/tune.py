@@ -60,7 +60,13 @@ def _search_space(studies: list[sweep.Study], points: list[tuple[str, dict]]) ->
 
 def make_trainable(cfg: RunJobConfig, trials_root: str):
     """The function trainable: one trial = its overrides on the recipe -> `train.run` with Tune reporting."""
+    from pipeline.data.ingest import absolute_spec
+
     base_raw = to_dict(narrow(cfg, TrainJobConfig))
+    # Tune runs each trial in its own working directory: relative paths must be resolved here.
+    base_raw["data"] |= {"train": absolute_spec(cfg.data.train), "val": absolute_spec(cfg.data.val)}
+    if cfg.model.image.weights:
+        base_raw["model"]["image"]["weights"] = absolute_spec(cfg.model.image.weights)
     base_flat, lr_scaling = flatten(base_raw), cfg.tune.lr_scaling
 
     def trial(config: dict) -> None:
@@ -153,10 +159,12 @@ def collect(cfg: RunJobConfig, grid, studies: list[sweep.Study], sweep_dir: str)
     """Rows, tables, CSV, plots and the best config/checkpoint of a finished sweep."""
     trials_root = storage.join(sweep_dir, "trials")
     rows, curves = [], {}
+    swept = {st.name: st.swept_keys() for st in studies}
     for result in grid:
         row, curve = _row(cfg, result, trials_root)
         rows.append(row)
-        curves[f"{row['trial']} ({row['study']})"] = curve
+        label = ", ".join(f"{k.split('.')[-1]}={sweep.fmt(row.get(k))}" for k in swept.get(row["study"], []))
+        curves[f"{row['study']}: {label or row['trial']}"] = curve
     metric, sign = cfg.tune.metric, (1 if cfg.tune.mode == "max" else -1)
     scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and r["checkpoint"]]
     best = max(scored, key=lambda r: sign * r[metric]) if scored else None

@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.data import transforms
@@ -105,6 +104,14 @@ def resolve_shards(spec: str, key: str = "data path") -> ShardList:
     if len(kinds) > 1:
         raise ConfigError(f"{key}={spec!r} mixes WebDataset and Parquet shards; point it at one format")
     return ShardList(out, missing)
+
+
+def absolute_spec(spec: str) -> str:
+    """The same spec with local parts made absolute: a process whose working directory differs (a Tune
+    trial runs in its trial directory) still finds the shards."""
+    from pipeline import storage
+
+    return ",".join(p if storage.is_remote(p) else os.path.abspath(p) for p in _split_specs(spec))
 
 
 def expand_paths(spec: str, key: str = "data path") -> list[str]:

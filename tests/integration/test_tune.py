@@ -2,6 +2,7 @@
 and a restart of the same sweep resuming instead of starting over."""
 import csv
 import json
+from pathlib import Path
 
 import yaml
 
@@ -14,8 +15,9 @@ STUDIES = ("tune.studies={temperature: {loss.learn_temperature: false, loss.temp
            "failing: {data.max_skip_fraction: 0.0}}")
 
 
-def test_smoke_sweep_results_best_config_and_resume(ray_cluster, smoke_data, tmp_path, capsys):
-    args = smoke_args(smoke_data, tmp_path, "sw", "--set", "train.epochs=1", "--set", STUDIES,
+def test_smoke_sweep_results_best_config_and_resume(ray_cluster, smoke_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(smoke_data)  # relative data paths: each trial runs in its own working directory
+    args = smoke_args(Path("."), tmp_path, "sw", "--set", "train.epochs=1", "--set", STUDIES,
                       "--set", "tune.scheduler=none")
     assert main(["tune", *args]) == 0
     out = capsys.readouterr().out
@@ -47,3 +49,14 @@ def test_smoke_sweep_results_best_config_and_resume(ray_cluster, smoke_data, tmp
         assert (tmp_path / "sw" / "trials" / trial / "config.json").stat().st_mtime == mtime, trial
     assert json.loads((tmp_path / "sw" / "config.json").read_text())["tune"]["studies"]
     assert yaml.safe_load((results / "best_config.yaml").read_text())["run"]["name"] == "sw-best"
+
+
+def test_run_with_tuning_carries_the_best_trial_into_evaluation(ray_cluster, smoke_data, tmp_path, capsys):
+    args = smoke_args(smoke_data, tmp_path, "tuned", "--set", "train.epochs=1", "--set", "tune.enabled=true",
+                      "--set", "tune.space={loss.temperature: {grid: [0.1, 0.5]}}", "--set", "tune.scheduler=none")
+    assert main(["run", *args]) == 0
+    rows = list(csv.DictReader((tmp_path / "tuned" / "sweep" / "results.csv").open()))
+    best = max(rows, key=lambda r: float(r["val/rsum"]))
+    rep = json.loads((tmp_path / "tuned" / "report" / "report.json").read_text())
+    assert rep["checkpoint"] == best["checkpoint"] and rep["n_images"] == 64
+    assert "Sweep finished" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import (ConfigError, flat_config, RunJobConfig, TrainJobConfig, describe_keys, flatten, load_config,
-                             parse_override, to_dict, valid_keys)
+from pipeline.config import (ConfigError, RunJobConfig, TrainJobConfig, describe_keys, flat_config, load_config,
+                             parse_override, valid_keys)
 
 BASE = ["data.train=a", "data.val=b"]
 
