@@ -53,7 +53,7 @@ def test_smoke_sweep_results_best_config_and_resume(ray_cluster, smoke_data, tmp
 
 def test_run_with_tuning_carries_the_best_trial_into_evaluation(ray_cluster, smoke_data, tmp_path, capsys):
     args = smoke_args(smoke_data, tmp_path, "tuned", "--set", "train.epochs=1", "--set", "tune.enabled=true",
-                      "--set", "tune.space={loss.temperature: {grid: [0.1, 0.5]}}", "--set", "tune.scheduler=none")
+                      "--set", "tune.space={loss.temperature: {grid: [0.1, 0.5]}}")  # ASHA, the default
     assert main(["run", *args]) == 0
     rows = list(csv.DictReader((tmp_path / "tuned" / "sweep" / "results.csv").open()))
     best = max(rows, key=lambda r: float(r["val/rsum"]))
