@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True, help="eval shards: path, folder, glob or brace list")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override eval.* / scaling.* keys (`pipeline keys evaluate`)")
+                       help="override eval.* / index.* / scaling.* keys (`pipeline keys evaluate`)")
         p.add_argument("--address", default=None, help="Ray cluster address")
     p = sub.add_parser("search", help="query a built index with a caption or an image")
     p.add_argument("--index", required=True, help="index folder written by `pipeline index` or `pipeline run`")
@@ -151,9 +151,10 @@ def cmd_index(args) -> None:
     gallery = embed_dataset(ckpt, paths, image_size, cfg.scaling.num_workers, cfg.scaling.use_gpu,
                             cfg.eval.batch_size)
     with storage.staging_dir(args.out) as out:
-        meta = write_index(out, gallery, ckpt)
+        meta = write_index(out, gallery, ckpt, cfg.index.spec())
     print(f"index: {args.out} ({meta['n_images']} images, {meta['n_captions']} captions, {meta['type']}, "
-          f"built in {meta['build_s']:.3f} s)")
+          f"built in {meta['build_s']:.3f} s, recall@10 vs exact {meta['recall@10_vs_exact']:.3f}, "
+          f"{meta['qps']:.0f} queries/s; embeddings in images.parquet, captions.parquet)")
 
 
 def cmd_evaluate(args) -> None:
@@ -165,7 +166,7 @@ def cmd_evaluate(args) -> None:
     ckpt = _require_checkpoint(args.checkpoint)
     _check_paths(args.data, "--data")
     cluster.connect(args.address)
-    rep = evaluate.run(ckpt, args.data, args.out, cfg.eval, cfg.scaling)
+    rep = evaluate.run(ckpt, args.data, args.out, cfg.eval, cfg.scaling, index_spec=cfg.index.spec())
     print(recall_table(rep) + f"\n\nreport: {storage.join(args.out, 'report.md')} (+ report.json)")
 
 

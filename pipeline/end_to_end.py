@@ -56,7 +56,7 @@ def run(cfg: RunJobConfig) -> RunSummary:
                             cfg.scaling.num_workers, cfg.scaling.use_gpu, cfg.eval.batch_size)
     index_dir, report_dir = storage.join(result.run_dir, "index"), storage.join(result.run_dir, "report")
     with storage.staging_dir(index_dir) as local:  # s3:// run dirs: written locally, then uploaded
-        meta = write_index(local, gallery, result.checkpoint)
+        meta = write_index(local, gallery, result.checkpoint, cfg.index.spec())
     metrics = evaluate.evaluate_gallery(gallery, cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.examples)
     from pipeline import report
     from pipeline.config import to_dict

@@ -8,6 +8,7 @@ import torch
 
 from pipeline import storage
 from pipeline.encoder import Gallery
+from pipeline.indexes import IndexSpec
 from pipeline.metrics import retrieval_metrics
 
 
@@ -31,12 +32,12 @@ def evaluate_gallery(gallery: Gallery, ks=(1, 5, 10), chunk: int = 1024, n_examp
 
 
 def run(checkpoint: str, data: str, out: str, eval_cfg, scaling, train_history: list | None = None,
-        index_meta: dict | None = None) -> dict:
+        index_meta: dict | None = None, index_spec: IndexSpec | None = None) -> dict:
     """Embed the eval shards with Ray Data, score them, write the report into `out`. -> report dict."""
     from pipeline import report
     from pipeline.checkpoint import find_latest, read_config, read_state
     from pipeline.data.ingest import expand_paths, skip_counter
-    from pipeline.index import build_flat_index, embed_dataset, measure_qps
+    from pipeline.index import embed_dataset
 
     ckpt = find_latest(checkpoint)
     if ckpt is None:
@@ -46,10 +47,15 @@ def run(checkpoint: str, data: str, out: str, eval_cfg, scaling, train_history: 
     gallery = embed_dataset(ckpt, expand_paths(data, "--data"), cfg["data"]["image_size"],
                             scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, counter)
     metrics = evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples)
-    if index_meta is None:
-        index, build_s = build_flat_index(gallery.image_emb.numpy())
-        index_meta = {"type": "flat", "recall@10_vs_exact": 1.0, "build_s": build_s,
-                      "qps": measure_qps(index, gallery.text_emb.numpy())}
+    if index_meta is None:  # the approximate index's numbers beside the exact ones
+        from pipeline.index import held_out
+        from pipeline.indexes import build_index, measure
+
+        spec = index_spec or IndexSpec()
+        vectors = gallery.image_emb.numpy()
+        index, build_s = build_index(vectors, spec)
+        index_meta = {"type": spec.resolve(len(vectors)), "build_s": build_s,
+                      **measure(index, vectors, held_out(gallery.text_emb.numpy()), k=min(10, len(vectors)))}
     import ray
 
     skipped = ray.get(counter.get.remote()).get("gallery", {})

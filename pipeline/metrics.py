@@ -62,3 +62,31 @@ def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
             out[f"{prefix}/{direction}_{k}"] = v
     out[f"{prefix}/rsum"] = metrics["rsum"]
     return out
+
+
+def fold_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor, folds: int = 5,
+                 ks=(1, 5, 10), chunk: int = 1024) -> dict:
+    """The COCO 1K protocol: the metrics of `folds` consecutive, equal blocks of images (each with only its
+    own images' captions as the gallery), averaged. Images beyond folds x (N // folds) are left out."""
+    size = image_emb.shape[0] // folds
+    if size == 0:
+        raise ValueError(f"{image_emb.shape[0]} images cannot make {folds} folds")
+    per_fold = []
+    for f in range(folds):
+        lo, hi = f * size, (f + 1) * size
+        mine = (text_to_image >= lo) & (text_to_image < hi)  # (M,) captions of this fold's images
+        per_fold.append(retrieval_metrics(image_emb[lo:hi], text_emb[mine], text_to_image[mine] - lo, ks, chunk))
+    out = {d: {k: float(np.mean([m[d][k] for m in per_fold])) for k in per_fold[0][d]} for d in ("i2t", "t2i")}
+    out["rsum"] = float(np.mean([m["rsum"] for m in per_fold]))
+    out["n_images"], out["n_captions"], out["folds"] = size, int(np.mean([m["n_captions"] for m in per_fold])), folds
+    return out
+
+
+def zero_shot_accuracy(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor,
+                       ks=(1, 5)) -> dict[str, float]:
+    """image_emb (N,D), class_emb (C,D) one prompt embedding per class, labels (N,) class index ->
+    {'top1': %, 'top5': %}: an image is right at K when its class is among the K most similar prompts."""
+    sims = image_emb @ class_emb.T  # (N, C)
+    own = sims.gather(1, labels[:, None])  # (N, 1)
+    rank = (sims > own).sum(1) + 1  # (N,) 1-based rank of the true class
+    return {f"top{k}": float(100.0 * (rank <= k).float().mean()) for k in ks if k <= class_emb.shape[0]}

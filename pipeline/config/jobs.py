@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config.loading import _check, _f
-from pipeline.config.sections import (DataConfig, EvalConfig, LossConfig, ModelConfig, RunConfig, ScalingConfig,
-                                      StorageConfig, SweepConfig, TrainConfig)
+from pipeline.config.sections import (DataConfig, EvalConfig, IndexConfig, LossConfig, ModelConfig, RunConfig,
+                                      ScalingConfig, StorageConfig, SweepConfig, TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class TrainJobConfig:
 @dataclass(frozen=True)
 class RunJobConfig(TrainJobConfig):
     eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
+    index: IndexConfig = _f(IndexConfig(), "FAISS index over the gallery")
     tune: SweepConfig = _f(SweepConfig(), "sweeps with Ray Tune (`pipeline tune`, or `pipeline run` with tune.enabled)")
 
     def __post_init__(self) -> None:
@@ -54,6 +55,7 @@ class RunJobConfig(TrainJobConfig):
 @dataclass(frozen=True)
 class EvalJobConfig:
     eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
+    index: IndexConfig = _f(IndexConfig(), "FAISS index over the gallery")
     scaling: ScalingConfig = _f(ScalingConfig(), "embedding actors (num_workers) and GPU use")
     storage: StorageConfig = _f(StorageConfig(), "S3 endpoint for s3:// data and output directories")
 

@@ -209,3 +209,29 @@ class SweepConfig:
         _check(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials must be >= 0 (0: from the cluster)")
         _check(self.lr_scaling in ("none", "linear", "sqrt"), f"tune.lr_scaling={self.lr_scaling!r}; use none, "
                                                               "linear or sqrt")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    type: str = _f("auto", "FAISS index: flat (exact) | hnsw | ivfpq (+ refine on raw vectors) | auto (flat below "
+                           "index.auto_threshold vectors, ivfpq above)")
+    auto_threshold: int = _f(100000, "auto: galleries of at least this many vectors get an approximate index")
+    nlist: int = _f(0, "ivfpq: inverted lists; 0: about 4 sqrt(n)")
+    pq_m: int = _f(0, "ivfpq: sub-quantisers (bytes per code); 0: dimension / 8")
+    nprobe: int = _f(32, "ivfpq: lists searched per query")
+    refine_k_factor: int = _f(16, "ivfpq: candidates re-ranked on the raw vectors, as a multiple of K")
+    hnsw_m: int = _f(32, "hnsw: neighbours per node")
+    ef_search: int = _f(128, "hnsw: candidate list size at search time")
+
+    def __post_init__(self) -> None:
+        from pipeline.indexes import TYPES
+
+        _check(self.type in TYPES, f"index.type={self.type!r}; choose one of {list(TYPES)}")
+        _check(min(self.nlist, self.pq_m) >= 0 and min(self.nprobe, self.refine_k_factor, self.hnsw_m,
+                                                       self.ef_search, self.auto_threshold) >= 1,
+               "index.nlist and index.pq_m must be >= 0, the other index.* counts >= 1")
+
+    def spec(self):
+        from pipeline.indexes import IndexSpec
+
+        return IndexSpec(**dataclasses.asdict(self))

@@ -153,13 +153,15 @@ def check_shards(paths: list[str], key: str) -> None:
 # ------------------------------------------------------------------------------------------ Ray Data
 
 
-def _read(paths: list[str], shuffle_seed: int | None = None, shuffle_block: int = 0, with_images: bool = True):
+def _read(paths: list[str], shuffle_seed: int | None = None, shuffle_block: int = 0, with_images: bool = True,
+          fuse: bool = False):
     import ray.data
 
-    # One read task per shard: Ray Data splits the blocks of fewer, larger read tasks, and a split read cannot
-    # be fused with the decode that follows (every raw block would take a trip through the object store).
-    return ray.data.read_datasource(make_source(paths, shuffle_seed=shuffle_seed, shuffle_block=shuffle_block,
-                                                with_images=with_images), override_num_blocks=len(paths))
+    # fuse: one read task per shard. Ray Data splits the blocks of fewer, larger read tasks, and a split read
+    # cannot be fused with the decode that follows (every raw block takes a trip through the object store);
+    # training wants the fusion, while evaluation wants its few shards split for the embedding actor pool.
+    source = make_source(paths, shuffle_seed=shuffle_seed, shuffle_block=shuffle_block, with_images=with_images)
+    return ray.data.read_datasource(source, override_num_blocks=len(paths) if fuse else None)
 
 
 def skip_counter():
@@ -203,7 +205,7 @@ def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, c
             counter.add.remote("train", skips)
         return out
 
-    ds = _read(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block)
+    ds = _read(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block, fuse=True)
     return ds.map_batches(prepare, batch_size=128, batch_format="numpy")
 
 

@@ -3,7 +3,9 @@ captions. No Ray here; bad samples are dropped and counted by reason so the call
 
 Rows come from `data.shards`: {key, image, txt, json, problem, seed}. Decoding, one crop-and-resize and a
 brightness lookup table are per-sample PIL calls on each batch (JPEGs decode at reduced size through
-`draft`); stacking and tokenisation run on the whole batch. Augmentations never contradict a caption: no flips (captions say
+`draft`); stacking and tokenisation run on the whole batch.
+
+Augmentations never contradict a caption: no flips (captions say
 left/right, above/below), no hue changes (captions name colours); only mild crops and brightness.
 """
 from __future__ import annotations

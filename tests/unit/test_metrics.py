@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 
@@ -49,3 +50,45 @@ def test_hand_worked_case():
 def test_summarize_ranks():
     s = summarize_ranks(np.array([1, 2, 6, 11]))
     assert s == {"R@1": 25.0, "R@5": 50.0, "R@10": 75.0, "medr": 4.0, "meanr": 5.0}
+
+
+def _naive_fold(img, txt, owner, folds):
+    """Slow reference: loop over folds and queries with Python lists."""
+    size = len(img) // folds
+    r1_i2t, r1_t2i = [], []
+    for f in range(folds):
+        ids = list(range(f * size, (f + 1) * size))
+        caps = [j for j in range(len(txt)) if int(owner[j]) in ids]
+        hits = 0
+        for i in ids:
+            scores = sorted(((float(img[i] @ txt[j]), j) for j in caps), reverse=True)
+            hits += int(owner[scores[0][1]]) == i
+        r1_i2t.append(100.0 * hits / size)
+        hits = 0
+        for j in caps:
+            scores = sorted(((float(txt[j] @ img[i]), i) for i in ids), reverse=True)
+            hits += scores[0][1] == int(owner[j])
+        r1_t2i.append(100.0 * hits / len(caps))
+    return sum(r1_i2t) / folds, sum(r1_t2i) / folds
+
+
+def test_fold_metrics_match_a_naive_loop():
+    from pipeline.metrics import fold_metrics
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(50, 8, generator=g), dim=1)
+    owner = torch.arange(50).repeat_interleave(3)
+    txt = torch.nn.functional.normalize(img[owner] + 0.8 * torch.randn(150, 8, generator=g), dim=1)
+    out = fold_metrics(img, txt, owner, folds=5, chunk=7)
+    i2t, t2i = _naive_fold(img, txt, owner, 5)
+    assert abs(out["i2t"]["R@1"] - i2t) < 1e-9 and abs(out["t2i"]["R@1"] - t2i) < 1e-9
+    assert out["n_images"] == 10 and out["folds"] == 5
+
+
+def test_zero_shot_hand_worked():
+    from pipeline.metrics import zero_shot_accuracy
+
+    classes = torch.eye(3)  # prompts for classes 0, 1, 2
+    images = torch.tensor([[1.0, 0.2, 0.0], [0.9, 0.1, 0.0], [0.0, 0.3, 0.5]])
+    labels = torch.tensor([0, 1, 2])  # image 1 is nearest class 0 (wrong), its class 1 is second
+    assert zero_shot_accuracy(images, classes, labels, ks=(1, 2)) == pytest.approx({"top1": 200 / 3, "top2": 100.0})
