@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration clean
+.PHONY: demo test unit integration clean browser
 
 # pip's "Location ... is ignored" lines come from this machine's local index mirrors; they are noise.
 $(STAMP): pyproject.toml
@@ -19,13 +19,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pipeline run
 
-test: $(STAMP)
+# The HTML report test drives a real browser: Debian's chromium, installed once when missing.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest tests -q
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: $(STAMP)
+integration: $(STAMP) browser
 	$(BIN)/python -m pytest tests/integration -q
 
 clean:

@@ -167,7 +167,7 @@ def cmd_evaluate(args) -> None:
     _check_paths(args.data, "--data")
     cluster.connect(args.address)
     rep = evaluate.run(ckpt, args.data, args.out, cfg.eval, cfg.scaling, index_spec=cfg.index.spec())
-    print(recall_table(rep) + f"\n\nreport: {storage.join(args.out, 'report.md')} (+ report.json)")
+    print(recall_table(rep) + f"\n\nreport: {storage.join(args.out, 'report.html')} (+ report.md, report.json)")
 
 
 def cmd_search(args) -> None:

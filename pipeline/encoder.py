@@ -78,6 +78,7 @@ class Gallery:
     text_to_image: torch.Tensor  # (M,) int64 index into the images
     keys: list[str]  # (N,) sample keys
     captions: list[str]  # (M,)
+    labels: list[str] | None = None  # (N,) class names when the samples carry a "label" (zero-shot)
 
 
 class GalleryBuilder:
@@ -89,10 +90,12 @@ class GalleryBuilder:
         self.keys: list[str] = []
         self.captions: list[str] = []
         self.owner: list[int] = []
+        self.labels: list[str] = []
 
-    def add_rows(self, keys, captions_json) -> list[list[str]]:
-        """Register rows (key, JSON list of captions); -> the parsed caption lists."""
+    def add_rows(self, keys, captions_json, labels=None) -> list[list[str]]:
+        """Register rows (key, JSON list of captions, optional class label); -> the parsed caption lists."""
         lists = [json.loads(c) for c in captions_json]
+        self.labels += [str(x) for x in labels] if labels is not None else [""] * len(lists)
         for key, caps in zip(keys, lists):
             self.owner += [len(self.keys)] * len(caps)
             self.keys.append(str(key))
@@ -102,8 +105,9 @@ class GalleryBuilder:
     def build(self) -> Gallery:
         if not self.keys:
             raise ValueError("the gallery has no readable samples")
+        labelled = all(self.labels) and len(set(self.labels)) > 1  # zero-shot needs every image labelled
         return Gallery(_stack(self.img), _stack(self.txt), torch.tensor(self.owner, dtype=torch.long),
-                       self.keys, self.captions)
+                       self.keys, self.captions, list(self.labels) if labelled else None)
 
 
 def _stack(parts: list) -> torch.Tensor:

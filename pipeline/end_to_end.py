@@ -40,7 +40,7 @@ def ensure_data(cfg: RunJobConfig) -> None:
 def run(cfg: RunJobConfig) -> RunSummary:
     from pipeline import evaluate, train
     from pipeline.data.ingest import expand_paths
-    from pipeline.index import embed_dataset, write_index
+    from pipeline.index import collect_thumbnails, embed_dataset, write_index
 
     if cfg.tune.enabled:  # sweep, then carry the best trial's checkpoint into index and evaluation
         from pipeline import tune
@@ -52,19 +52,24 @@ def run(cfg: RunJobConfig) -> RunSummary:
         result = train.TrainResult(swept.sweep_dir, swept.best_checkpoint, {}, swept.history, {})
     else:
         result = train.run(cfg)
-    gallery = embed_dataset(result.checkpoint, expand_paths(cfg.data.val, "data.val"), cfg.data.image_size,
+    val_paths = expand_paths(cfg.data.val, "data.val")
+    gallery = embed_dataset(result.checkpoint, val_paths, cfg.data.image_size,
                             cfg.scaling.num_workers, cfg.scaling.use_gpu, cfg.eval.batch_size)
     index_dir, report_dir = storage.join(result.run_dir, "index"), storage.join(result.run_dir, "report")
     with storage.staging_dir(index_dir) as local:  # s3:// run dirs: written locally, then uploaded
         meta = write_index(local, gallery, result.checkpoint, cfg.index.spec())
-    metrics = evaluate.evaluate_gallery(gallery, cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.examples)
+    from pipeline.encoder import load
+
+    metrics = evaluate.evaluate_gallery(gallery, cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.examples,
+                                        cfg.index.spec(), encode_text=load(result.checkpoint).encode_text)
     from pipeline import report
     from pipeline.config import to_dict
 
     data = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in result.data.items()}
+    thumbs = collect_thumbnails(val_paths, evaluate.example_keys(metrics))
     with storage.staging_dir(report_dir) as local:
         rep = report.write_report(local, metrics, meta, result.checkpoint, to_dict(cfg), result.history,
-                                  {"skipped": data})
+                                  {"skipped": data}, thumbs)
     return RunSummary(result.run_dir, result.checkpoint, index_dir, report_dir, rep, data)
 
 
@@ -77,6 +82,6 @@ def format_summary(s: RunSummary) -> str:
     if "untrained_rsum" in s.report:
         lines += [f"untrained model rsum: {s.report['untrained_rsum']:.1f}", ""]
     lines += [f"run directory : {s.run_dir}", f"checkpoint    : {s.checkpoint}", f"index         : {s.index_dir}",
-              f"report        : {storage.join(s.report_dir, 'report.md')}  (+ report.json, plots/)",
+              f"report        : {storage.join(s.report_dir, 'report.html')}  (+ report.md, report.json, plots/)",
               f"skipped samples: {skipped if skipped else 'none'}", "=" * 72]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ import torch
 from pipeline import storage
 from pipeline.encoder import Gallery
 from pipeline.indexes import IndexSpec
-from pipeline.metrics import retrieval_metrics
+from pipeline.metrics import fold_metrics, i2t_ranks, metrics_from_ranks, t2i_ranks, zero_shot_accuracy
 
 
 def examples(gallery: Gallery, n: int = 5, k: int = 5) -> list[dict]:
@@ -25,9 +25,79 @@ def examples(gallery: Gallery, n: int = 5, k: int = 5) -> list[dict]:
     return out
 
 
-def evaluate_gallery(gallery: Gallery, ks=(1, 5, 10), chunk: int = 1024, n_examples: int = 5) -> dict:
-    metrics = retrieval_metrics(gallery.image_emb, gallery.text_emb, gallery.text_to_image, tuple(ks), chunk)
+def image_examples(gallery: Gallery, n: int = 5, k: int = 5) -> list[dict]:
+    """A few image -> top-k caption queries; a hit is a caption of the query image."""
+    out = []
+    step = max(1, len(gallery.keys) // max(n, 1))
+    for ii in range(0, min(len(gallery.keys), n * step), step):
+        sims = gallery.text_emb @ gallery.image_emb[ii]  # (M,)
+        top = torch.topk(sims, min(k, len(sims))).indices.tolist()
+        out.append({"query": gallery.keys[ii],
+                    "top": [{"caption": gallery.captions[j], "score": float(sims[j]),
+                             "hit": int(gallery.text_to_image[j]) == ii} for j in top]})
+    return out
+
+
+def example_keys(metrics: dict) -> list[str]:
+    """The gallery keys a report's example queries show."""
+    keys = [t["key"] for ex in metrics.get("examples", []) for t in ex["top"]]
+    return list(dict.fromkeys(keys + [ex["query"] for ex in metrics.get("image_examples", [])]))
+
+
+def recall_curve(ranks: torch.Tensor, max_k: int = 50) -> list[float]:
+    """Recall@K in percent for K = 1..max_k from 1-based ranks."""
+    r = ranks.numpy()
+    return [float(100.0 * (r <= k).mean()) for k in range(1, max_k + 1)]
+
+
+def approximate_t2i(gallery: Gallery, spec: IndexSpec, ks=(1, 5, 10)) -> dict:
+    """Text -> image Recall@K when the image gallery is searched through the approximate index (the
+    numbers a deployed search returns), beside the exact ones. The rank beyond the index's top max(K) is
+    unknown, so only recalls are reported."""
+    from pipeline.indexes import build_index
+
+    index, _ = build_index(gallery.image_emb.numpy(), spec)
+    k = min(max(ks), len(gallery.keys))
+    found = index.search(gallery.text_emb.numpy(), k)[1]  # (M, k)
+    hit_at = (found == gallery.text_to_image.numpy()[:, None])  # (M, k)
+    return {"type": spec.resolve(len(gallery.keys)),
+            **{f"R@{kk}": float(100.0 * hit_at[:, :kk].any(1).mean()) for kk in ks if kk <= k}}
+
+
+PROMPT = "a photo of a {}"
+
+
+def zero_shot(gallery: Gallery, encode_text, prompt: str = PROMPT) -> dict | None:
+    """Classify every labelled image among its gallery's classes by the prompt embeddings -> top-1/top-5."""
+    if not gallery.labels:
+        return None
+    classes = sorted(set(gallery.labels))
+    class_emb = encode_text([prompt.format(c) for c in classes])  # (C, D)
+    labels = torch.tensor([classes.index(x) for x in gallery.labels])
+    return {"classes": len(classes), "prompt": prompt,
+            **zero_shot_accuracy(gallery.image_emb, class_emb.float(), labels)}
+
+
+def evaluate_gallery(gallery: Gallery, ks=(1, 5, 10), chunk: int = 1024, n_examples: int = 5,
+                     spec: IndexSpec | None = None, folds: int = 5, encode_text=None) -> dict:
+    """The contract metrics, plus: the COCO 1K protocol (mean over `folds` folds) when the gallery has
+    5,000 images, text -> image recall through the approximate index when one is configured, recall@K
+    curves and rank lists for the plots, and example queries both ways."""
+    i2t = i2t_ranks(gallery.image_emb, gallery.text_emb, gallery.text_to_image, chunk)  # (N,)
+    t2i = t2i_ranks(gallery.image_emb, gallery.text_emb, gallery.text_to_image, chunk)  # (M,)
+    metrics = metrics_from_ranks(i2t, t2i, tuple(ks))
+    if len(gallery.keys) == 5000 and folds > 1:  # COCO's 5K test set: report 5K and the 1K folds
+        metrics["protocols"] = {"5k": {k: metrics[k] for k in ("i2t", "t2i", "rsum")},
+                                "1k": fold_metrics(gallery.image_emb, gallery.text_emb, gallery.text_to_image,
+                                                   folds, tuple(ks), chunk)}
+    if spec is not None and spec.resolve(len(gallery.keys)) != "flat":
+        metrics["approximate"] = approximate_t2i(gallery, spec, tuple(ks))
+    if encode_text is not None and gallery.labels:
+        metrics["zero_shot"] = zero_shot(gallery, encode_text)
+    metrics["curves"] = {"i2t": recall_curve(i2t), "t2i": recall_curve(t2i)}
+    metrics["ranks"] = {"i2t": i2t.tolist(), "t2i": t2i.tolist()}
     metrics["examples"] = examples(gallery, n_examples)
+    metrics["image_examples"] = image_examples(gallery, n_examples)
     return metrics
 
 
@@ -37,16 +107,20 @@ def run(checkpoint: str, data: str, out: str, eval_cfg, scaling, train_history: 
     from pipeline import report
     from pipeline.checkpoint import find_latest, read_config, read_state
     from pipeline.data.ingest import expand_paths, skip_counter
-    from pipeline.index import embed_dataset
+    from pipeline.index import collect_thumbnails, embed_dataset
 
     ckpt = find_latest(checkpoint)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint under {checkpoint}")
     cfg = read_config(ckpt)
     counter = skip_counter()
-    gallery = embed_dataset(ckpt, expand_paths(data, "--data"), cfg["data"]["image_size"],
+    paths = expand_paths(data, "--data")
+    gallery = embed_dataset(ckpt, paths, cfg["data"]["image_size"],
                             scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, counter)
-    metrics = evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples)
+    from pipeline.encoder import load
+
+    metrics = evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples, index_spec,
+                               encode_text=load(ckpt).encode_text)
     if index_meta is None:  # the approximate index's numbers beside the exact ones
         from pipeline.index import held_out
         from pipeline.indexes import build_index, measure
@@ -60,6 +134,7 @@ def run(checkpoint: str, data: str, out: str, eval_cfg, scaling, train_history: 
 
     skipped = ray.get(counter.get.remote()).get("gallery", {})
     history = train_history if train_history is not None else read_state(ckpt).get("history", [])
+    thumbs = collect_thumbnails(paths, example_keys(metrics))
     with storage.staging_dir(out) as local:  # s3:// outputs are written locally, then uploaded
         return report.write_report(local, metrics, index_meta, ckpt, cfg, history,
-                                   {"skipped": {"gallery": {r: len(k) for r, k in skipped.items()}}})
+                                   {"skipped": {"gallery": {r: len(k) for r, k in skipped.items()}}}, thumbs)

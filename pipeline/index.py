@@ -30,7 +30,7 @@ class EmbedBatch:
         flat = [c for cs in caps for c in cs]
         txt = self.encoder.encode_text(flat).numpy()
         splits = np.cumsum([len(c) for c in caps])[:-1]
-        return {"key": batch["key"], "captions": batch["captions"],
+        return {"key": batch["key"], "captions": batch["captions"], "label": batch["label"],
                 "image_emb": self.encoder.encode_pixels(batch["image"]).numpy(),  # (n, D)
                 "text_emb": np.array(np.split(txt, splits), dtype=object)}  # n x (k_i, D)
 
@@ -47,9 +47,27 @@ def embed_dataset(checkpoint: str, paths: list[str], image_size: int, num_actors
     g = GalleryBuilder()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         g.img.append(batch["image_emb"])  # (n, D)
-        lists = g.add_rows(batch["key"], batch["captions"])
+        lists = g.add_rows(batch["key"], batch["captions"], batch.get("label"))
         g.txt += [np.asarray(t, dtype=np.float32).reshape(len(caps), -1) for caps, t in zip(lists, batch["text_emb"])]
     return g.build()
+
+
+def collect_thumbnails(paths: list[str], keys: list[str], side: int = 96) -> dict[str, str]:
+    """key -> thumbnail data URI for the few gallery images a report shows: a Ray Data pass that keeps only
+    those rows before decoding anything."""
+    from pipeline.data.ingest import _read
+    from pipeline.report_html import thumbnail
+
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    out = {}
+    for row in _read(paths).filter(lambda r: r["key"] in wanted).take_all():
+        try:
+            out[row["key"]] = thumbnail(row["image"], side)
+        except (ValueError, OverflowError, TypeError):
+            continue  # an image the gallery skipped: the report shows a placeholder
+    return out
 
 
 def held_out(queries: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:

@@ -44,14 +44,19 @@ def summarize_ranks(ranks: torch.Tensor | np.ndarray, ks=(1, 5, 10)) -> dict[str
     return out
 
 
+def metrics_from_ranks(i2t_rank: torch.Tensor, t2i_rank: torch.Tensor, ks=(1, 5, 10)) -> dict:
+    """Ranks of both directions -> the contract's report block: {'i2t', 't2i', 'rsum', 'n_images',
+    'n_captions'}."""
+    i2t, t2i = summarize_ranks(i2t_rank, ks), summarize_ranks(t2i_rank, ks)
+    rsum = sum(i2t[f"R@{k}"] + t2i[f"R@{k}"] for k in ks)
+    return {"i2t": i2t, "t2i": t2i, "rsum": rsum, "n_images": len(i2t_rank), "n_captions": len(t2i_rank)}
+
+
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
                       ks=(1, 5, 10), chunk: int = 1024) -> dict:
-    """The contract's report block: {'i2t': {...}, 't2i': {...}, 'rsum', 'n_images', 'n_captions'}."""
-    i2t = summarize_ranks(i2t_ranks(image_emb, text_emb, text_to_image, chunk), ks)
-    t2i = summarize_ranks(t2i_ranks(image_emb, text_emb, text_to_image, chunk), ks)
-    rsum = sum(i2t[f"R@{k}"] + t2i[f"R@{k}"] for k in ks)
-    return {"i2t": i2t, "t2i": t2i, "rsum": rsum, "n_images": int(image_emb.shape[0]),
-            "n_captions": int(text_emb.shape[0])}
+    """The contract's report block computed from embeddings (chunked: memory bounded by chunk x N)."""
+    return metrics_from_ranks(i2t_ranks(image_emb, text_emb, text_to_image, chunk),
+                              t2i_ranks(image_emb, text_emb, text_to_image, chunk), ks)
 
 
 def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:

@@ -42,7 +42,11 @@ def plot_history(history: list, path: Path) -> bool:
 
 
 def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, config: dict,
-                 history: list | None = None, data: dict | None = None) -> dict:
+                 history: list | None = None, data: dict | None = None, thumbs: dict | None = None) -> dict:
+    """report.json, report.md, report.html and plots/ in `out`; `thumbs` maps sample keys to thumbnail data
+    URIs for the example queries."""
+    from pipeline.report_html import plot_rank_histogram, plot_recall_curves, write_html
+
     out.mkdir(parents=True, exist_ok=True)
     examples = metrics.get("examples", [])
     report = {
@@ -51,12 +55,17 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
         "index": {k: index_meta.get(k) for k in INDEX_KEYS},
         "checkpoint": checkpoint, "config": config,
         "history": history or [], "data": data or {}, "examples": examples,
+        **{k: metrics[k] for k in ("protocols", "approximate", "zero_shot", "curves", "image_examples") if k in metrics},
     }
     untrained = next((h for h in report["history"] if h.get("epoch") == 0 and "val/rsum" in h), None)
     if untrained:
         report["untrained_rsum"] = untrained["val/rsum"]
     (out / "report.json").write_text(json.dumps(report, indent=2))
     has_plot = plot_history(report["history"], out / "plots" / "training.png")
+    curves, ranks, training = (out / "plots" / f"{n}.png" for n in ("recall_at_k", "rank_histogram", "training"))
+    drawn = {curves: plot_recall_curves(metrics.get("curves"), curves),
+             ranks: plot_rank_histogram(metrics.get("ranks"), ranks), training: has_plot}
+    write_html(out, report, [p for p, ok in drawn.items() if ok], thumbs or {})
     lines = ["# Retrieval report", "", f"Checkpoint: `{checkpoint}`", "", recall_table(metrics), ""]
     if untrained:
         lines += [f"Untrained model (same architecture, epoch 0): rsum = {untrained['val/rsum']:.1f}", ""]

@@ -49,6 +49,18 @@ def parse_captions(txt: Any, meta: Any) -> tuple[list[str], str]:
     return caps, "" if caps else "empty_caption"
 
 
+def parse_label(meta: Any) -> str:
+    """The sample's class name from its json ("label", else "class"), or '' when it has none."""
+    if not isinstance(meta, (bytes, str)) or not meta:
+        return ""
+    try:
+        d = json.loads(meta)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    label = d.get("label", d.get("class")) if isinstance(d, dict) else None
+    return " ".join(str(label).split()) if isinstance(label, (str, int)) and not isinstance(label, bool) else ""
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB: 16/32-bit and float greyscale are scaled (not clipped) to 8 bits, alpha is
     composited onto white (transparent web images are drawn on white), palette and CMYK are converted."""
@@ -178,7 +190,7 @@ def prepare_train_batch(
 def prepare_eval_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """Rows -> {'key', 'image' (n,3,S,S) uint8, 'captions' (JSON list per image)} for evaluation,
     where every caption of an image is ground truth."""
-    keys, images, captions, skips = [], [], [], {}
+    keys, images, captions, labels, skips = [], [], [], [], {}
     for key, raw, txt, meta, problem, _seed in iter_samples(batch):
         caps, why = parse_captions(txt, meta)
         img = decode_or_skip(key, raw, problem, why, skips, min_side=size)
@@ -187,8 +199,10 @@ def prepare_eval_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, np.n
         keys.append(key)
         images.append(resize_image(img, size))
         captions.append(json.dumps(caps))
+        labels.append(parse_label(meta))
     out = {
         "key": np.array(keys, dtype=object),
+        "label": np.array(labels, dtype=object),
         "image": np.stack(images) if images else np.zeros((0, 3, size, size), np.uint8),
         "captions": np.array(captions, dtype=object),
     }

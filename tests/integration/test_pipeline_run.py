@@ -17,11 +17,12 @@ def test_run_end_to_end(ray_cluster, smoke_data, tmp_path, capsys):
     out = capsys.readouterr().out
     run_dir = tmp_path / "e2e"
     # The closing summary says where everything went and shows the R@K table.
-    for needle in ("Run finished", "text → image", str(run_dir / "report" / "report.md"), "checkpoint"):
+    for needle in ("Run finished", "text → image", str(run_dir / "report" / "report.html"), "checkpoint"):
         assert needle in out
 
     for path in ("config.json", "checkpoints", "index/meta.json", "index/images.faiss", "report/report.json",
-                 "report/report.md", "report/plots/training.png", "metrics.jsonl"):
+                 "report/report.md", "report/report.html", "report/plots/training.png",
+                 "report/plots/recall_at_k.png", "index/images.parquet", "index/captions.parquet", "metrics.jsonl"):
         assert (run_dir / path).exists(), path
     rep = json.loads((run_dir / "report" / "report.json").read_text())
     for d in ("i2t", "t2i"):

@@ -92,3 +92,16 @@ def test_zero_shot_hand_worked():
     images = torch.tensor([[1.0, 0.2, 0.0], [0.9, 0.1, 0.0], [0.0, 0.3, 0.5]])
     labels = torch.tensor([0, 1, 2])  # image 1 is nearest class 0 (wrong), its class 1 is second
     assert zero_shot_accuracy(images, classes, labels, ks=(1, 2)) == pytest.approx({"top1": 200 / 3, "top2": 100.0})
+
+
+def test_zero_shot_runs_only_for_labelled_galleries():
+    from pipeline.encoder import Gallery
+    from pipeline.evaluate import zero_shot
+
+    prompts = {"a photo of a cat": [1.0, 0.0], "a photo of a dog": [0.0, 1.0]}
+    encode = lambda texts: torch.tensor([prompts[t] for t in texts])  # noqa: E731
+    img = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    g = Gallery(img, img, torch.arange(3), ["a", "b", "c"], ["x", "y", "z"], ["cat", "dog", "dog"])
+    out = zero_shot(g, encode)
+    assert out["classes"] == 2 and out["top1"] == pytest.approx(200 / 3)  # image c looks like a cat
+    assert zero_shot(Gallery(img, img, torch.arange(3), ["a", "b", "c"], ["x", "y", "z"]), encode) is None
