@@ -27,7 +27,7 @@ class IndexSpec:
     nlist: int = 0  # 0: about 4 sqrt(n), at most n / 39 (FAISS wants >= 39 training points per list)
     pq_m: int = 0  # 0: d / 8 sub-quantisers (8 dims each, 8 bits per code)
     nprobe: int = 32
-    refine_k_factor: int = 16
+    refine_k_factor: int = 48
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 128

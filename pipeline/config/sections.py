@@ -219,7 +219,7 @@ class IndexConfig:
     nlist: int = _f(0, "ivfpq: inverted lists; 0: about 4 sqrt(n)")
     pq_m: int = _f(0, "ivfpq: sub-quantisers (bytes per code); 0: dimension / 8")
     nprobe: int = _f(32, "ivfpq: lists searched per query")
-    refine_k_factor: int = _f(16, "ivfpq: candidates re-ranked on the raw vectors, as a multiple of K")
+    refine_k_factor: int = _f(48, "ivfpq: candidates re-ranked on the raw vectors, as a multiple of K")
     hnsw_m: int = _f(32, "hnsw: neighbours per node")
     ef_search: int = _f(128, "hnsw: candidate list size at search time")
 
