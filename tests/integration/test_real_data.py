@@ -30,10 +30,11 @@ def test_train_from_s3_and_write_the_run_to_s3(ray_cluster, smoke_data, s3_endpo
             "--set", "run.name=s3run", "--set", f"storage.endpoint_url={s3_endpoint}", "--set", "train.epochs=1"]
     assert main(["run", *args]) == 0
     captured = capsys.readouterr()
-    assert "s3://runs-bucket/runs/s3run/report/report.md" in captured.out
+    assert "s3://runs-bucket/runs/s3run/report/report.html" in captured.out
     files = fs.find("runs-bucket/runs/s3run")
     for suffix in ("s3run/config.json", "checkpoints/epoch_0001/model.pt", "checkpoints/epoch_0001/state.json",
-                   "index/meta.json", "index/images.faiss", "report/report.json", "report/plots/training.png"):
+                   "index/meta.json", "index/images.faiss", "index/images.parquet", "report/report.json",
+                   "report/report.html", "report/plots/training.png"):
         assert any(f.endswith(suffix) for f in files), suffix
     rep = json.loads(fs.cat("runs-bucket/runs/s3run/report/report.json"))
     assert rep["n_images"] == 64 and rep["data"]["skipped"]["train"] == {"missing_shard": 1}
