@@ -40,7 +40,7 @@ def ensure_data(cfg: RunJobConfig) -> None:
 def run(cfg: RunJobConfig) -> RunSummary:
     from pipeline import evaluate, train
     from pipeline.data.ingest import expand_paths
-    from pipeline.index import collect_thumbnails, embed_dataset, write_index
+    from pipeline.index import build_gallery_indexes, collect_thumbnails, embed_dataset, write_index
 
     if cfg.tune.enabled:  # sweep, then carry the best trial's checkpoint into index and evaluation
         from pipeline import tune
@@ -56,12 +56,14 @@ def run(cfg: RunJobConfig) -> RunSummary:
     gallery = embed_dataset(result.checkpoint, val_paths, cfg.data.image_size,
                             cfg.scaling.num_workers, cfg.scaling.use_gpu, cfg.eval.batch_size)
     index_dir, report_dir = storage.join(result.run_dir, "index"), storage.join(result.run_dir, "report")
+    built = build_gallery_indexes(gallery, cfg.index.spec())  # saved, and searched by the evaluation
     with storage.staging_dir(index_dir) as local:  # s3:// run dirs: written locally, then uploaded
-        meta = write_index(local, gallery, result.checkpoint, cfg.index.spec())
+        meta = write_index(local, gallery, result.checkpoint, cfg.index.spec(), built)
     from pipeline.encoder import load
 
     metrics = evaluate.evaluate_gallery(gallery, cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.examples,
-                                        cfg.index.spec(), encode_text=load(result.checkpoint).encode_text)
+                                        cfg.index.spec(), encode_text=load(result.checkpoint).encode_text,
+                                        image_index=built["images"][0])
     from pipeline import report
     from pipeline.config import to_dict
 

@@ -93,19 +93,33 @@ def write_embeddings(out: Path, gallery: Gallery) -> None:
                              "caption": gallery.captions, "vector": vectors(txt)}), out / "captions.parquet")
 
 
-def write_index(out: str | Path, gallery: Gallery, checkpoint: str, spec: IndexSpec | None = None) -> dict:
-    """Embeddings as Parquet, an image index (text -> image search) and a caption index (image -> text),
-    each measured against exact search on held-out queries of the other modality, saved with id maps."""
+def build_gallery_indexes(gallery: Gallery, spec: IndexSpec, names=("images", "captions")) -> dict:
+    """name -> (index, info): the image index (text -> image search) and the caption index (image -> text),
+    each measured against exact search on held-out queries of the other modality. Built once and shared by
+    the saved index and the evaluation's approximate-search numbers."""
+    img, txt = gallery.image_emb.numpy(), gallery.text_emb.numpy()
+    built = {}
+    for name, vectors, queries in (("images", img, txt), ("captions", txt, img)):
+        if name in names:
+            index, build_s = build_index(vectors, spec)
+            built[name] = (index, {"type": spec.resolve(len(vectors)), "n": len(vectors), "build_s": build_s,
+                                   **measure(index, vectors, held_out(queries), k=min(10, len(vectors)))})
+    return built
+
+
+def write_index(out: str | Path, gallery: Gallery, checkpoint: str, spec: IndexSpec | None = None,
+                built: dict | None = None) -> dict:
+    """Embeddings as Parquet and both indexes (`built` by build_gallery_indexes, or built here), saved with
+    their id maps and metadata."""
     out, spec = Path(out), spec or IndexSpec()
     out.mkdir(parents=True, exist_ok=True)
     write_embeddings(out, gallery)
-    img, txt = gallery.image_emb.numpy(), gallery.text_emb.numpy()
+    img = gallery.image_emb.numpy()
+    built = built or build_gallery_indexes(gallery, spec)
     per_index = {}
-    for name, vectors, queries in (("images", img, txt), ("captions", txt, img)):
-        index, build_s = build_index(vectors, spec)
+    for name, (index, info) in built.items():
         save_index(index, str(out / f"{name}.faiss"))
-        per_index[name] = {"type": spec.resolve(len(vectors)), "n": len(vectors), "build_s": build_s,
-                           **measure(index, vectors, held_out(queries), k=min(10, len(vectors)))}
+        per_index[name] = info
     (out / "images.json").write_text(json.dumps(gallery.keys))
     owners = gallery.text_to_image.tolist()
     (out / "captions.json").write_text(json.dumps(

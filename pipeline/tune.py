@@ -133,12 +133,11 @@ def error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def _row(cfg: RunJobConfig, result, trials_root: str) -> tuple[dict, list]:
+def _row(cfg: RunJobConfig, result, trials_root: str, base_flat: dict) -> tuple[dict, list]:
     """One results row and the trial's learning curve from Tune's result and the trial's run directory."""
     point = result.config["point"]
     sampled = {k.split("::", 1)[1]: v for k, v in result.config.items() if k.startswith(f"{point['study']}::")}
-    over, _ = sweep.resolve_trial(point["overrides"], sampled, flatten(to_dict(narrow(cfg, TrainJobConfig))),
-                                  cfg.tune.lr_scaling)
+    over, _ = sweep.resolve_trial(point["overrides"], sampled, base_flat, cfg.tune.lr_scaling)
     metrics = result.metrics or {}
     trial_id = metrics.get("trial_id") or str(result.path).rstrip("/").rsplit("/", 1)[-1]  # dirs are trial ids
     ckpt = checkpoint.find_latest(storage.join(trials_root, trial_id))
@@ -159,9 +158,10 @@ def collect(cfg: RunJobConfig, grid, studies: list[sweep.Study], sweep_dir: str)
     """Rows, tables, CSV, plots and the best config/checkpoint of a finished sweep."""
     trials_root = storage.join(sweep_dir, "trials")
     rows, curves = [], {}
+    base_flat = flatten(to_dict(narrow(cfg, TrainJobConfig)))
     swept = {st.name: st.swept_keys() for st in studies}
     for result in grid:
-        row, curve = _row(cfg, result, trials_root)
+        row, curve = _row(cfg, result, trials_root, base_flat)
         rows.append(row)
         label = ", ".join(f"{k.split('.')[-1]}={sweep.fmt(row.get(k))}" for k in swept.get(row["study"], []))
         curves[f"{row['study']}: {label or row['trial']}"] = curve

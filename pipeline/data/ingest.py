@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pipeline.config import ConfigError
 from pipeline.data import transforms
-from pipeline.data.shards import NOT_SAMPLES, check_parquet_schema, make_source, shard_format
+from pipeline.data.shards import (NOT_SAMPLES, check_parquet_schema, make_source, parquet_schema,
+                                   shard_format)
 from pipeline.data.tokenizer import Tokenizer
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -127,11 +128,7 @@ def check_shards(paths: list[str], key: str) -> None:
     from pipeline import storage
 
     if shard_format(paths[0]) == "parquet":
-        import pyarrow.parquet as pq
-
-        fs, path = storage.filesystem(paths[0])
-        with fs.open(path, "rb") as f:
-            names = pq.ParquetFile(f).schema_arrow.names
+        names = parquet_schema(paths[0]).names
         try:
             check_parquet_schema(names, paths[0])
         except ValueError as e:

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.data import transforms
-from pipeline.data.shards import shard_format
+from pipeline.data.shards import parquet_schema, shard_format
 
 
 def _scan(batch: dict) -> dict:
@@ -32,11 +32,7 @@ def schema_lines(paths: list[str]) -> list[str]:
     """The columns of a Parquet shard with their types; WebDataset shards are described by their members."""
     if shard_format(paths[0]) != "parquet":
         return ["format: webdataset (.tar)"]
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(paths[0])
-    with fs.open(path, "rb") as f:
-        schema = pq.ParquetFile(f).schema_arrow
+    schema = parquet_schema(paths[0])
     return ["format: parquet", "columns: " + ", ".join(f"{n} ({t})" for n, t in zip(schema.names, schema.types))]
 
 

@@ -81,6 +81,17 @@ def _column(names: list[str], *wanted: str) -> str | None:
     return next((n for n in wanted if n in names), None)
 
 
+def parquet_schema(path: str):
+    """The Arrow schema in a Parquet shard's footer (local or s3://): a cheap read, done before Ray work."""
+    import pyarrow.parquet as pq
+
+    from pipeline import storage
+
+    fs, inner = storage.filesystem(path)
+    with fs.open(inner, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow
+
+
 def check_parquet_schema(names: list[str], path: str) -> None:
     """Fail early, naming the columns, when a Parquet shard lacks an image or a caption column."""
     if not ({"jpg", "image"} & set(names)) or not ({"caption", "txt", "captions"} & set(names)):
