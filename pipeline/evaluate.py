@@ -84,9 +84,12 @@ def evaluate_gallery(gallery: Gallery, ks=(1, 5, 10), chunk: int = 1024, n_examp
     t2i = t2i_ranks(gallery.image_emb, gallery.text_emb, gallery.text_to_image, chunk)  # (M,)
     metrics = metrics_from_ranks(i2t, t2i, tuple(ks))
     if len(gallery.keys) == 5000 and folds > 1:  # COCO's 5K test set: report 5K and the 1K folds
+        order = sorted(range(len(gallery.keys)), key=gallery.keys.__getitem__)  # folds follow the split's order
+        position = torch.empty(len(order), dtype=torch.long)
+        position[torch.tensor(order)] = torch.arange(len(order))
         metrics["protocols"] = {"5k": {k: metrics[k] for k in ("i2t", "t2i", "rsum")},
-                                "1k": fold_metrics(gallery.image_emb, gallery.text_emb, gallery.text_to_image,
-                                                   folds, tuple(ks), chunk)}
+                                "1k": fold_metrics(gallery.image_emb[order], gallery.text_emb,
+                                                   position[gallery.text_to_image], folds, tuple(ks), chunk)}
     if spec is not None and spec.resolve(len(gallery.keys)) != "flat":
         if image_index is None:  # not handed the index the job built: build one like it
             from pipeline.indexes import build_index
@@ -102,38 +105,75 @@ def evaluate_gallery(gallery: Gallery, ks=(1, 5, 10), chunk: int = 1024, n_examp
     return metrics
 
 
-def run(checkpoint: str, data: str, out: str, eval_cfg, scaling, train_history: list | None = None,
-        index_meta: dict | None = None, index_spec: IndexSpec | None = None) -> dict:
-    """Embed the eval shards with Ray Data, score them, write the report into `out`. -> report dict."""
+def checkpoint_label(ckpt: str, taken: set) -> str:
+    """A short unique name for a checkpoint in a comparison: its run and checkpoint folder names."""
+    parts = [p for p in str(ckpt).rstrip("/").split("/") if p and p != "checkpoints"]
+    label = "/".join(parts[-2:]) or str(ckpt)
+    while label in taken:
+        label += "'"
+    taken.add(label)
+    return label
+
+
+def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index_cfg, scaling, counter=None):
+    """Embed the gallery into `index_dir` (two Ray Data passes to Parquet), build and save its indexes, read
+    the gallery back and score it. -> (metrics, index meta, captions dropped with their skipped images)"""
+    from pipeline.checkpoint import read_config
+    from pipeline.gallery_embeddings import embed_to_parquet, read_gallery
+    from pipeline.encoder import load
+    from pipeline.index import build_gallery_indexes, load_gallery_index, write_index
+
+    spec = index_cfg.spec()
+    emb = embed_to_parquet(ckpt, paths, read_config(ckpt)["data"]["image_size"], index_dir, scaling.num_workers,
+                           scaling.use_gpu, eval_cfg.batch_size, counter)
+    built = build_gallery_indexes(index_dir, spec, index_cfg.shard_rows)
+    meta = write_index(index_dir, built, ckpt, spec, emb.n_images, emb.n_captions, emb.dim)
+    gallery, orphans = read_gallery(index_dir)
+    image_index = built["images"][0] or load_gallery_index(index_dir, "images", meta)
+    metrics = evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples, spec,
+                               encode_text=load(ckpt).encode_text, image_index=image_index)
+    return metrics, meta, orphans
+
+
+def comparison_row(label: str, ckpt: str, metrics: dict, meta: dict) -> dict:
+    return {"label": label, "checkpoint": str(ckpt), "i2t": metrics["i2t"], "t2i": metrics["t2i"],
+            "rsum": metrics["rsum"], "index": {k: meta.get(k) for k in ("type", "recall@10_vs_exact", "qps")},
+            **({"approximate": metrics["approximate"]} if "approximate" in metrics else {})}
+
+
+def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, index_cfg,
+        train_history: list | None = None) -> dict:
+    """Score one checkpoint, or several side by side: each gallery embedded and indexed under
+    `out`/index[/<label>], the first checkpoint's full report in `out`, with a comparison table of all.
+    -> report dict"""
+    import ray
+
     from pipeline import report
     from pipeline.checkpoint import find_latest, read_config, read_state
     from pipeline.data.ingest import expand_paths, skip_counter
-    from pipeline.index import collect_thumbnails, embed_dataset
+    from pipeline.index import collect_thumbnails
 
-    ckpt = find_latest(checkpoint)
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint under {checkpoint}")
-    cfg = read_config(ckpt)
-    counter = skip_counter()
+    checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
     paths = expand_paths(data, "--data")
-    gallery = embed_dataset(ckpt, paths, cfg["data"]["image_size"],
-                            scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, counter)
-    from pipeline.encoder import load
-
-    spec = index_spec or IndexSpec()
-    if index_meta is None:  # the index the report describes, also searched for the approximate numbers
-        from pipeline.index import build_gallery_indexes
-
-        index, index_meta = build_gallery_indexes(gallery, spec, names=("images",))["images"]
-    else:
-        index = None
-    metrics = evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples, spec,
-                               encode_text=load(ckpt).encode_text, image_index=index)
-    import ray
-
-    skipped = ray.get(counter.get.remote()).get("gallery", {})
+    rows, taken, first = [], set(), None
+    for i, given in enumerate(checkpoints):
+        ckpt = find_latest(given)
+        if ckpt is None:
+            raise FileNotFoundError(f"no checkpoint under {given}")
+        label = checkpoint_label(ckpt, taken)
+        index_dir = storage.join(out, "index", *([label.replace("/", "_")] if len(checkpoints) > 1 else []))
+        counter = skip_counter()
+        metrics, meta, orphans = index_and_score(ckpt, paths, index_dir, eval_cfg, index_cfg, scaling, counter)
+        rows.append(comparison_row(label, ckpt, metrics, meta))
+        if i == 0:
+            skipped = ray.get(counter.get.remote()).get("gallery", {})
+            first = (ckpt, metrics, meta, {r: len(k) for r, k in skipped.items()}, orphans)
+        print(f"[evaluate] {label}: rsum {metrics['rsum']:.1f} ({i + 1}/{len(checkpoints)})")
+    ckpt, metrics, meta, skipped, orphans = first
+    if len(rows) > 1:
+        metrics["comparison"] = rows
     history = train_history if train_history is not None else read_state(ckpt).get("history", [])
     thumbs = collect_thumbnails(paths, example_keys(metrics))
+    data_block = {"skipped": {"gallery": skipped}, **({"captions_of_skipped_images": orphans} if orphans else {})}
     with storage.staging_dir(out) as local:  # s3:// outputs are written locally, then uploaded
-        return report.write_report(local, metrics, index_meta, ckpt, cfg, history,
-                                   {"skipped": {"gallery": {r: len(k) for r, k in skipped.items()}}}, thumbs)
+        return report.write_report(local, metrics, meta, ckpt, read_config(ckpt), history, data_block, thumbs)

@@ -1,55 +1,30 @@
-"""Gallery embedding with Ray Data (an actor pool holding the model) and FAISS indexes over it.
+"""FAISS indexes over an embedded gallery (see `pipeline.gallery_embeddings`), built in one process or, for galleries
+above `index.shard_rows` vectors, as shards in parallel Ray tasks over one trained quantizer; saved, loaded
+and searched (shard-parallel, merged top-K).
 
     pipeline index --checkpoint runs/demo --data data/demo/val --out runs/demo/index
 
-An index directory holds images.faiss + images.json (keys), captions.faiss + captions.json (text, image key)
-and meta.json (checkpoint, dimension, index type, build time), so `pipeline search` needs nothing else.
+An index directory holds the embeddings (images.parquet/, captions.parquet/: ids, keys, captions, vectors),
+images.faiss (text -> image search) and captions.faiss (image -> text), or their shards
+images.shard-00000.faiss ..., and meta.json (checkpoint, dimension, index types, shards, build figures), so
+`pipeline search` needs nothing else.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import storage
-from pipeline.encoder import Encoder, Gallery, GalleryBuilder, load
-from pipeline.indexes import IndexSpec, build_index, load_index, measure, save_index
+from pipeline.gallery_embeddings import CAPTIONS, IMAGES, parquet_files, read_columns, read_file, row_counts, sample_vectors
+from pipeline.encoder import Encoder, load
+from pipeline.indexes import (IndexSpec, ShardedIndex, build_index, deserialize, fill_shard, measure, merge_top_k,
+                              recall_vs_exact, serialize, train_template)
 
-
-class EmbedBatch:
-    """Ray Data actor: loads the checkpoint once, then embeds batches of eval rows."""
-
-    def __init__(self, checkpoint: str, device: str = "cpu", storage_options: dict | None = None):
-        storage.configure(**(storage_options or {}))  # a checkpoint on s3:// is read from this process
-        self.encoder = load(checkpoint, device)
-
-    def __call__(self, batch: dict) -> dict:
-        caps = [json.loads(c) for c in batch["captions"]]
-        flat = [c for cs in caps for c in cs]
-        txt = self.encoder.encode_text(flat).numpy()
-        splits = np.cumsum([len(c) for c in caps])[:-1]
-        return {"key": batch["key"], "captions": batch["captions"], "label": batch["label"],
-                "image_emb": self.encoder.encode_pixels(batch["image"]).numpy(),  # (n, D)
-                "text_emb": np.array(np.split(txt, splits), dtype=object)}  # n x (k_i, D)
-
-
-def embed_dataset(checkpoint: str, paths: list[str], image_size: int, num_actors: int = 1, use_gpu: bool = False,
-                  batch_size: int = 256, counter=None) -> Gallery:
-    """Embed every image and caption of the eval shards with a pool of model-holding actors."""
-    from pipeline.data.ingest import eval_dataset
-
-    ds = eval_dataset(paths, image_size, counter, split="gallery").map_batches(
-        EmbedBatch, fn_constructor_kwargs={"checkpoint": checkpoint, "device": "cuda" if use_gpu else "cpu",
-                                           "storage_options": storage.options()},
-        batch_size=batch_size, batch_format="numpy", concurrency=num_actors, num_gpus=1 if use_gpu else 0)
-    g = GalleryBuilder()
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        g.img.append(batch["image_emb"])  # (n, D)
-        lists = g.add_rows(batch["key"], batch["captions"], batch.get("label"))
-        g.txt += [np.asarray(t, dtype=np.float32).reshape(len(caps), -1) for caps, t in zip(lists, batch["text_emb"])]
-    return g.build()
+N_QUERIES = 1000  # held-out queries of the other modality for recall and QPS
 
 
 def collect_thumbnails(paths: list[str], keys: list[str], side: int = 96) -> dict[str, str]:
@@ -70,89 +45,194 @@ def collect_thumbnails(paths: list[str], keys: list[str], side: int = 96) -> dic
     return out
 
 
-def held_out(queries: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:
-    """Up to n query vectors of the other modality, drawn once, for recall and QPS measurements."""
-    if len(queries) <= n:
-        return queries
-    return queries[np.sort(np.random.default_rng(seed).choice(len(queries), n, replace=False))]
+def build_one(directory: str, queries: np.ndarray, spec: IndexSpec):
+    """The whole gallery in one index, in this process -> (index, info)."""
+    from pipeline.gallery_embeddings import read_vectors
+
+    t0 = time.perf_counter()
+    vectors = read_vectors(directory)  # (n, D) in id order
+    index = build_index(vectors, spec)[0]
+    build_s = time.perf_counter() - t0  # reading the Parquet counts, as it does for the shards
+    k = min(10, len(vectors))
+    return index, {"type": spec.resolve(len(vectors)), "n": len(vectors), "build_s": build_s,
+                   **measure(index, vectors, queries, k)}
 
 
-def write_embeddings(out: Path, gallery: Gallery) -> None:
-    """images.parquet (id, key, vector) and captions.parquet (id, key of its image, caption, vector)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _shard_task(pieces: list, first_id: int, template: bytes | None, n_total: int, spec: dict,
+                queries: np.ndarray, k: int, uri: str, storage_options: dict) -> dict:
+    """A Ray task: read this shard's rows, fill a copy of the trained template, write it to `uri`, and
+    search the held-out queries exactly and through the shard (global ids) for the driver to merge."""
+    from pipeline.gallery_embeddings import vectors_of
 
-    def vectors(x: np.ndarray):
-        return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
+    storage.configure(**storage_options)
+    t0 = time.perf_counter()
+    vectors = np.concatenate([vectors_of(read_file(f, ["vector"]).slice(lo, hi - lo)) for f, lo, hi in pieces])
+    index = fill_shard(vectors, template, n_total, IndexSpec(**spec))
+    storage.write_bytes(uri, serialize(index))
+    build_s = time.perf_counter() - t0  # read, add, write: the measurement below is not part of the build
+    kk = min(k, len(vectors))
+    flat = build_index(vectors, IndexSpec(type="flat"))[0]
+    exact = flat.search(queries, kk)
+    t0 = time.perf_counter()
+    approx = index.search(queries, kk)
+    search_s = time.perf_counter() - t0
+    shift = lambda r: (r[0], np.where(r[1] >= 0, r[1] + first_id, -1))  # noqa: E731
+    return {"n": len(vectors), "first_id": first_id, "build_s": build_s, "search_s": search_s,
+            "exact": shift(exact), "approx": shift(approx)}
 
-    img, txt = gallery.image_emb.numpy(), gallery.text_emb.numpy()
-    pq.write_table(pa.table({"id": np.arange(len(img)), "key": gallery.keys, "vector": vectors(img)}),
-                   out / "images.parquet")
-    owners = gallery.text_to_image.tolist()
-    pq.write_table(pa.table({"id": np.arange(len(txt)), "key": [gallery.keys[o] for o in owners],
-                             "caption": gallery.captions, "vector": vectors(txt)}), out / "captions.parquet")
+
+def shard_pieces(counts: list[int], files: list[str], shard_rows: int) -> list[tuple[int, list]]:
+    """Split ids 0..n-1 into ceil(n / shard_rows) near-equal consecutive ranges -> [(first id, [(file, lo, hi)
+    row slices of the files that make up the range])]."""
+    n = sum(counts)
+    shards = -(-n // shard_rows)
+    bounds = np.linspace(0, n, shards + 1).round().astype(int)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        pieces = [(f, max(a, s) - s, min(b, e) - s) for f, s, e in zip(files, starts[:-1], starts[1:])
+                  if s < b and e > a and e > s]
+        out.append((int(a), pieces))
+    return out
 
 
-def build_gallery_indexes(gallery: Gallery, spec: IndexSpec, names=("images", "captions")) -> dict:
-    """name -> (index, info): the image index (text -> image search) and the caption index (image -> text),
-    each measured against exact search on held-out queries of the other modality. Built once and shared by
-    the saved index and the evaluation's approximate-search numbers."""
-    img, txt = gallery.image_emb.numpy(), gallery.text_emb.numpy()
+def build_sharded(directory: str, out: str, name: str, queries: np.ndarray, spec: IndexSpec, shard_rows: int):
+    """Shards of at most shard_rows vectors, built in parallel Ray tasks over one quantizer trained on a
+    sample of the whole gallery; each task writes its shard next to the embeddings and searches the held-out
+    queries through it and exactly, so recall and QPS are measured without gathering the gallery. -> info"""
+    import ray
+
+    t0 = time.perf_counter()
+    files = parquet_files(directory)
+    counts = row_counts(files)
+    n = int(sum(counts))
+    template = train_template(sample_vectors(directory, spec.train_sample), n, spec)
+    train_s = time.perf_counter() - t0
+    plan = shard_pieces(counts, files, shard_rows)
+    task = ray.remote(num_cpus=1)(_shard_task)
+    k = min(10, n)
+    uris = [storage.join(out, f"{name}.shard-{i:05d}.faiss") for i in range(len(plan))]
+    done = ray.get([task.remote(pieces, first, template, n, dataclasses.asdict(spec), queries, k, uri,
+                                storage.options()) for (first, pieces), uri in zip(plan, uris)])
+    build_s = train_s + max(d["build_s"] for d in done)  # shards build in parallel: the slowest bounds it
+    exact = merge_top_k([d["exact"] for d in done], k)[1]
+    found = merge_top_k([d["approx"] for d in done], k)[1]
+    slowest = max(d["search_s"] for d in done)  # shards search in parallel: the slowest bounds the latency
+    shards = [{"file": uri.rsplit("/", 1)[-1], "first_id": d["first_id"], "n": d["n"], "build_s": d["build_s"],
+               "qps": len(queries) / max(d["search_s"], 1e-9)} for uri, d in zip(uris, done)]
+    return {"type": spec.resolve(n), "n": n, "build_s": build_s, "train_s": train_s, "qps": len(queries) / max(slowest, 1e-9),
+            f"recall@{k}_vs_exact": recall_vs_exact(found, exact), "shards": shards}
+
+
+def build_gallery_indexes(out: str, spec: IndexSpec, shard_rows: int = 1_000_000,
+                          names=("images", "captions")) -> dict:
+    """name -> (index or None, info) for the image index (text -> image search) and the caption index
+    (image -> text) over the embeddings in `out`, each measured against exact search on held-out queries
+    of the other modality. Indexes built in one process are returned for saving and for the evaluation's
+    approximate search; sharded ones are written by their tasks and returned as None."""
     built = {}
-    for name, vectors, queries in (("images", img, txt), ("captions", txt, img)):
-        if name in names:
-            index, build_s = build_index(vectors, spec)
-            built[name] = (index, {"type": spec.resolve(len(vectors)), "n": len(vectors), "build_s": build_s,
-                                   **measure(index, vectors, held_out(queries), k=min(10, len(vectors)))})
+    for name, directory, other in (("images", IMAGES, CAPTIONS), ("captions", CAPTIONS, IMAGES)):
+        if name not in names:
+            continue
+        directory = storage.join(out, directory)
+        queries = np.ascontiguousarray(sample_vectors(storage.join(out, other), N_QUERIES), dtype=np.float32)
+        if sum(row_counts(parquet_files(directory))) <= shard_rows:
+            built[name] = build_one(directory, queries, spec)
+        else:
+            built[name] = (None, build_sharded(directory, out, name, queries, spec, shard_rows))
     return built
 
 
-def write_index(out: str | Path, gallery: Gallery, checkpoint: str, spec: IndexSpec | None = None,
-                built: dict | None = None) -> dict:
-    """Embeddings as Parquet and both indexes (`built` by build_gallery_indexes, or built here), saved with
-    their id maps and metadata."""
-    out, spec = Path(out), spec or IndexSpec()
-    out.mkdir(parents=True, exist_ok=True)
-    write_embeddings(out, gallery)
-    img = gallery.image_emb.numpy()
-    built = built or build_gallery_indexes(gallery, spec)
+def write_index(out: str, built: dict, checkpoint: str, spec: IndexSpec, n_images: int, n_captions: int,
+                dim: int) -> dict:
+    """Save the indexes `built` in one process (sharded ones are already written) and meta.json. -> meta"""
     per_index = {}
     for name, (index, info) in built.items():
-        save_index(index, str(out / f"{name}.faiss"))
+        if index is not None:
+            storage.write_bytes(storage.join(out, f"{name}.faiss"), serialize(index))
         per_index[name] = info
-    (out / "images.json").write_text(json.dumps(gallery.keys))
-    owners = gallery.text_to_image.tolist()
-    (out / "captions.json").write_text(json.dumps(
-        [{"caption": c, "image": gallery.keys[o]} for c, o in zip(gallery.captions, owners)]))
     main = per_index["images"]  # the contract's index block: text -> image search over the image gallery
-    meta = {"type": main["type"], "metric": "inner_product", "checkpoint": str(checkpoint),
-            "dim": int(img.shape[1]), "n_images": len(gallery.keys), "n_captions": len(gallery.captions),
-            "build_s": main["build_s"], "qps": main["qps"],
+    meta = {"type": main["type"], "metric": "inner_product", "checkpoint": str(checkpoint), "dim": int(dim),
+            "n_images": n_images, "n_captions": n_captions, "build_s": main["build_s"], "qps": main["qps"],
             "recall@10_vs_exact": main.get("recall@10_vs_exact", 1.0), "spec": dataclasses.asdict(spec),
             "indexes": per_index}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    storage.write_text(storage.join(out, "meta.json"), json.dumps(meta, indent=2))
     return meta
 
 
+def load_gallery_index(index_dir: str, name: str, meta: dict):
+    """The saved index `name` (images | captions): one FAISS index, or its shards as a ShardedIndex."""
+    spec = IndexSpec(**meta["spec"]) if "spec" in meta else IndexSpec()
+    shards = meta.get("indexes", {}).get(name, {}).get("shards")
+    if not shards:
+        return deserialize(storage.read_bytes(storage.join(index_dir, f"{name}.faiss")), spec)
+    return ShardedIndex([(deserialize(storage.read_bytes(storage.join(index_dir, s["file"])), spec), s["first_id"])
+                         for s in shards])
+
+
+class ShardServer:
+    """A Ray actor holding one shard, for galleries whose shards do not fit in one process together."""
+
+    def __init__(self, uri: str, first_id: int, spec: dict, storage_options: dict):
+        storage.configure(**storage_options)
+        self.index, self.first_id = deserialize(storage.read_bytes(uri), IndexSpec(**spec)), first_id
+
+    def search(self, queries: np.ndarray, k: int):
+        s, i = self.index.search(queries, min(k, self.index.ntotal))
+        return s, np.where(i >= 0, i + self.first_id, -1)
+
+
+class RayShardedIndex:
+    """`search(q, k)` over shards held by one ShardServer actor each, queried in parallel and merged. Each actor
+    asks for the memory its shard takes (so Ray spreads them over nodes), not for CPUs it would hold idle."""
+
+    def __init__(self, index_dir: str, name: str, meta: dict, timeout_s: float = 600.0):
+        import ray
+
+        spec, shards = meta.get("spec", {}), meta["indexes"][name]["shards"]
+        self.timeout_s = timeout_s
+        self.servers = []
+        for s in shards:
+            uri = storage.join(index_dir, s["file"])
+            fs, path = storage.filesystem(uri)
+            need = int(1.5 * fs.size(path)) + (64 << 20)
+            server = ray.remote(num_cpus=0, memory=need)(ShardServer)
+            self.servers.append(server.remote(uri, s["first_id"], spec, storage.options()))
+        self.ntotal = sum(s["n"] for s in shards)
+
+    def search(self, queries: np.ndarray, k: int):
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        try:
+            return merge_top_k(ray.get([s.search.remote(q, k) for s in self.servers], timeout=self.timeout_s), k)
+        except GetTimeoutError:
+            raise RuntimeError(f"the {len(self.servers)} shard actors did not answer within {self.timeout_s:.0f} s: "
+                               "the cluster may lack the memory to hold every shard (see `ray status`)") from None
+
+
 def search(index_dir: str | Path, text: str | None = None, image=None, k: int = 10,
-           encoder: Encoder | None = None) -> list[dict]:
-    """Text query -> top-k images; image query (a PIL image) -> top-k captions. -> [{rank, score, ...}]"""
-    index_dir = Path(index_dir)
-    if not (index_dir / "meta.json").is_file():
+           encoder: Encoder | None = None, distributed: bool = False) -> list[dict]:
+    """Text query -> top-k images; image query (a PIL image) -> top-k captions. -> [{rank, score, ...}].
+    distributed: search a sharded index through one Ray actor per shard instead of in this process."""
+    index_dir = str(index_dir)
+    if not storage.exists(storage.join(index_dir, "meta.json")):
         raise FileNotFoundError(f"{index_dir} holds no index (meta.json missing); build one with `pipeline index`")
-    meta = json.loads((index_dir / "meta.json").read_text())
-    encoder = encoder or load(meta["checkpoint"])
+    meta = json.loads(storage.read_text(storage.join(index_dir, "meta.json")))
     if (text is None) == (image is None):
         raise ValueError("give exactly one of text or image")
-    spec = IndexSpec(**meta["spec"]) if "spec" in meta else IndexSpec()
-    if text is not None:
-        index = load_index(str(index_dir / "images.faiss"), spec)
-        ids = json.loads((index_dir / "images.json").read_text())
-        q = encoder.encode_text([text]).numpy()
-    else:
-        index = load_index(str(index_dir / "captions.faiss"), spec)
-        ids = json.loads((index_dir / "captions.json").read_text())
-        q = encoder.encode_image([image]).numpy()
+    encoder = encoder or load(meta["checkpoint"])
+    name = "images" if text is not None else "captions"
+    sharded = bool(meta.get("indexes", {}).get(name, {}).get("shards"))
+    index = RayShardedIndex(index_dir, name, meta) if distributed and sharded else \
+        load_gallery_index(index_dir, name, meta)
+    q = (encoder.encode_text([text]) if text is not None else encoder.encode_image([image])).numpy()  # (1, D)
     scores, idx = index.search(q, min(k, index.ntotal))
-    return [{"rank": r + 1, "score": float(s), **({"key": ids[i]} if text is not None else ids[i])}
-            for r, (s, i) in enumerate(zip(scores[0], idx[0])) if i >= 0]
+    found = [(float(s), int(i)) for s, i in zip(scores[0], idx[0]) if i >= 0]
+    columns = ["key"] if text is not None else ["key", "caption"]
+    rows = read_columns(storage.join(index_dir, IMAGES if text is not None else CAPTIONS), columns)
+    rows = rows.take([i for _, i in found]).to_pylist()  # ids are positions: rows are in id order
+    return [{"rank": r + 1, "score": s, **({"key": row["key"]} if text is not None else
+                                           {"caption": row["caption"], "image": row["key"]})}
+            for r, ((s, _), row) in enumerate(zip(found, rows))]

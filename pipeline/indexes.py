@@ -124,6 +124,78 @@ def measure(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int
     return {f"recall@{k}_vs_exact": recall_vs_exact(found, exact), "qps": qps}
 
 
+# ------------------------------------------------------------------------------------------ shards
+
+
+def merge_top_k(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-shard (scores (q, k_s), global ids (q, k_s)) -> the best k overall (q, k) each, best first. Ids < 0
+    (a shard with fewer than k vectors) never win; ties keep shard order, like one index holding them all."""
+    scores = np.concatenate([r[0] for r in results], axis=1).astype(np.float32)  # (q, sum k_s)
+    ids = np.concatenate([r[1] for r in results], axis=1).astype(np.int64)
+    scores = np.where(ids < 0, -np.inf, scores)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (q, k)
+    top_s, top_i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    if top_s.shape[1] < k:  # fewer vectors in all shards together than k: pad like FAISS does
+        pad = k - top_s.shape[1]
+        top_s = np.pad(top_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        top_i = np.pad(top_i, ((0, 0), (0, pad)), constant_values=-1)
+    return top_s, np.where(np.isinf(top_s), -1, top_i)
+
+
+class ShardedIndex:
+    """Indexes over consecutive id ranges of one gallery, searched in parallel threads (FAISS releases the
+    GIL) and merged: the same `search(q, k) -> (scores, ids)` as one FAISS index over everything."""
+
+    def __init__(self, shards: list[tuple[faiss.Index, int]]):
+        self.shards = shards  # (index, first global id)
+        self.ntotal = sum(index.ntotal for index, _ in shards)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+
+        def one(shard):
+            index, offset = shard
+            s, i = index.search(q, min(k, index.ntotal))
+            return s, np.where(i >= 0, i + offset, -1)
+
+        with ThreadPoolExecutor(max_workers=len(self.shards)) as pool:
+            return merge_top_k(list(pool.map(one, self.shards)), k)
+
+
+def train_template(sample: np.ndarray, n_total: int, spec: IndexSpec) -> bytes | None:
+    """The shared trained (empty) index every shard starts from: IVF centroids and PQ codebooks learnt once
+    on a sample of the whole gallery, so the shards' codes are comparable. None for untrained types."""
+    index = make_index(sample.shape[1], n_total, spec)
+    if index.is_trained:
+        return None
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return faiss.serialize_index(index).tobytes()
+
+
+def fill_shard(vectors: np.ndarray, template: bytes | None, n_total: int, spec: IndexSpec) -> faiss.Index:
+    """One shard: a copy of the trained template (or a fresh untrained-type index) holding `vectors`."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if template is None:
+        index = make_index(x.shape[1], n_total, spec)
+    else:
+        index = faiss.deserialize_index(np.frombuffer(template, dtype=np.uint8))
+        configure_search(index, spec)
+    index.add(x)
+    return index
+
+
+def serialize(index: faiss.Index) -> bytes:
+    return faiss.serialize_index(index).tobytes()
+
+
+def deserialize(data: bytes, spec: IndexSpec | None = None) -> faiss.Index:
+    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    configure_search(index, spec or IndexSpec())
+    return index
+
+
 def save_index(index: faiss.Index, path: str) -> None:
     faiss.write_index(index, path)
 

@@ -162,6 +162,8 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
 
     from pipeline import storage
 
+    remote = storage.is_remote(paths[0])
+
     class ShardSource(FileBasedDatasource):
         _FILE_EXTENSIONS = ["tar", "parquet"]
 
@@ -184,6 +186,7 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
 
         def _read_stream(self, f, path):
             shard = PurePosixPath(path).name
+            source = f"s3://{path}" if remote else path  # the shard each row came from, for the embeddings
             reader = iter_tar_samples if shard_format(path) == "webdataset" else iter_parquet_samples
             base = shard_seed(shuffle_seed or 0, self.epoch, shard)
             rows = (dict(row, seed=base + i) for i, row in enumerate(reader(f, shard, with_images)))
@@ -193,15 +196,15 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
             for row in rows:
                 chunk.append(row)
                 if len(chunk) == block_rows:
-                    yield _to_table(chunk)
+                    yield _to_table(chunk, source)
                     chunk = []
             if chunk:
-                yield _to_table(chunk)
+                yield _to_table(chunk, source)
 
     return ShardSource()
 
 
-def _to_table(rows: list[dict]):
+def _to_table(rows: list[dict], shard: str = ""):
     import pyarrow as pa
 
     col = lambda name: [r[name] for r in rows]  # noqa: E731
@@ -213,6 +216,7 @@ def _to_table(rows: list[dict]):
         "problem": pa.array(col("problem"), pa.string()),
         "has_image": pa.array(col("has_image"), pa.bool_()),
         "seed": pa.array(col("seed"), pa.int64()),
+        "shard": pa.array([shard] * len(rows), pa.string()),
     })
 
 

@@ -188,14 +188,15 @@ def prepare_train_batch(
 
 
 def prepare_eval_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """Rows -> {'key', 'image' (n,3,S,S) uint8, 'captions' (JSON list per image)} for evaluation,
-    where every caption of an image is ground truth."""
-    keys, images, captions, labels, skips = [], [], [], [], {}
-    for key, raw, txt, meta, problem, _seed in iter_samples(batch):
+    """Rows -> {'key', 'label', 'image' (n,3,S,S) uint8, 'captions' (JSON list per image), 'shard'} for
+    evaluation, where every caption of an image is ground truth."""
+    keys, images, captions, labels, shards, skips = [], [], [], [], [], {}
+    for i, (key, raw, txt, meta, problem, _seed) in enumerate(iter_samples(batch)):
         caps, why = parse_captions(txt, meta)
         img = decode_or_skip(key, raw, problem, why, skips, min_side=size)
         if img is None:
             continue
+        shards.append(str(batch["shard"][i]) if "shard" in batch else "")
         keys.append(key)
         images.append(resize_image(img, size))
         captions.append(json.dumps(caps))
@@ -205,8 +206,23 @@ def prepare_eval_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, np.n
         "label": np.array(labels, dtype=object),
         "image": np.stack(images) if images else np.zeros((0, 3, size, size), np.uint8),
         "captions": np.array(captions, dtype=object),
+        "shard": np.array(shards, dtype=object),
     }
     return out, skips
+
+
+def caption_rows(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Rows (read without image bytes) -> one row per caption {'key', 'caption'} of every sample that has an
+    image member and a caption. The image pass decides which images decode; captions of an image it skipped
+    are dropped when the two passes are joined, and counted there under the image's reason."""
+    keys, captions = [], []
+    for i, (key, _raw, txt, meta, problem, _seed) in enumerate(iter_samples(batch)):
+        caps, why = parse_captions(txt, meta)
+        if problem or why or not bool(batch["has_image"][i]):
+            continue
+        keys += [key] * len(caps)
+        captions += caps
+    return {"key": np.array(keys, dtype=object), "caption": np.array(captions, dtype=object)}
 
 
 def scan_captions(batch: dict[str, Any]) -> dict[str, np.ndarray]:

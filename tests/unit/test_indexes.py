@@ -52,3 +52,69 @@ def test_auto_is_exact_below_the_threshold_and_approximate_above():
 def test_recall_vs_exact_hand_worked():
     found, exact = np.array([[1, 2, 3], [4, 5, 6]]), np.array([[3, 2, 9], [7, 8, 9]])
     assert indexes.recall_vs_exact(found, exact) == pytest.approx(1 / 3)  # 2/3 and 0/3
+
+
+# ------------------------------------------------------------------------------------------ shards
+
+
+def naive_merge(results, k):
+    """Slow reference: every (score, id) pair of every shard in one list per query, sorted."""
+    out_s, out_i = [], []
+    for q in range(results[0][0].shape[0]):
+        pairs = [(float(s), int(i)) for scores, ids in results for s, i in zip(scores[q], ids[q]) if i >= 0]
+        pairs.sort(key=lambda p: -p[0])
+        pairs = (pairs + [(-np.inf, -1)] * k)[:k]
+        out_s.append([p[0] for p in pairs])
+        out_i.append([p[1] for p in pairs])
+    return np.array(out_s), np.array(out_i)
+
+
+def test_merge_top_k_against_a_naive_merge():
+    rng = np.random.default_rng(0)
+    results = []
+    for shard in range(3):
+        scores = np.sort(rng.standard_normal((7, 4)), axis=1)[:, ::-1].astype(np.float32)
+        ids = rng.choice(1000, (7, 4), replace=False) + 1000 * shard
+        ids[0, 2:] = -1  # a shard with fewer than k vectors pads with -1
+        results.append((scores, ids))
+    s, i = indexes.merge_top_k(results, 5)
+    ns, ni = naive_merge(results, 5)
+    assert (i == ni).all() and np.allclose(s, ns)
+
+
+def test_merge_top_k_hand_worked_and_padding():
+    a = (np.array([[0.9, 0.1]]), np.array([[3, 4]]))
+    b = (np.array([[0.5, -1.0]]), np.array([[10, -1]]))
+    s, i = indexes.merge_top_k([a, b], 4)
+    assert i.tolist() == [[3, 10, 4, -1]] and np.allclose(s[0, :3], [0.9, 0.5, 0.1])
+
+
+def test_sharded_flat_equals_one_exact_index():
+    x, q = clustered(1000, 16), clustered(50, 16, seed=1)
+    spec = indexes.IndexSpec(type="flat")
+    bounds = [0, 300, 650, 1000]
+    template = indexes.train_template(x[:100], 1000, spec)
+    assert template is None  # flat needs no training
+    sharded = indexes.ShardedIndex([(indexes.fill_shard(x[a:b], template, 1000, spec), a)
+                                    for a, b in zip(bounds[:-1], bounds[1:])])
+    assert sharded.ntotal == 1000
+    s, i = sharded.search(q, 10)
+    es, ei = indexes.build_index(x, spec)[0].search(q, 10)
+    assert (i == ei).all() and np.allclose(s, es, atol=1e-6)
+
+
+def test_ivfpq_shards_share_one_trained_quantizer_and_keep_recall():
+    x, q = clustered(2000, 32), clustered(100, 32, seed=1)
+    spec = indexes.IndexSpec(type="ivfpq", nlist=16, nprobe=8, refine_k_factor=32)
+    template = indexes.train_template(x, 2000, spec)
+    shards = [(indexes.fill_shard(x[a:a + 500], template, 4000, spec), a) for a in range(0, 2000, 500)]
+    # the same centroids in every shard: the quantizer was trained once, not per shard
+    centroids = [faiss.extract_index_ivf(s).quantizer.reconstruct_n(0, 16) for s, _ in shards]
+    assert all(np.array_equal(centroids[0], c) for c in centroids[1:])
+    found = indexes.ShardedIndex(shards).search(q, 10)[1]
+    exact = indexes.exact_top_k(x, q, 10)
+    single = indexes.build_index(x, spec)[0].search(q, 10)[1]
+    assert indexes.recall_vs_exact(found, exact) >= 0.95
+    assert indexes.recall_vs_exact(found, exact) >= indexes.recall_vs_exact(single, exact) - 0.02
+    copy = indexes.deserialize(indexes.serialize(shards[0][0]), spec)
+    assert (copy.search(q, 10)[1] == shards[0][0].search(q, 10)[1]).all()

@@ -1,0 +1,219 @@
+"""Gallery embedding: two Ray Data passes (images, then captions) over the eval shards, each through a pool of
+model-holding actors and streamed to Parquet, so no vector passes through the driver; and reading them back.
+
+    <out>/images.parquet/    id, key, label, shard, vector     (a Parquet dataset: one file per write task)
+    <out>/captions.parquet/  id, key (of its image), caption, vector
+
+Ids are dense (0..n-1, in file-name order) and are the FAISS ids of the indexes built over these files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.encoder import Gallery
+
+IMAGES, CAPTIONS = "images.parquet", "captions.parquet"
+
+
+def vector_column(x: np.ndarray):
+    """(n, D) float32 -> a fixed-size-list Arrow column (readable by any Parquet reader, no Ray types)."""
+    import pyarrow as pa
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
+
+
+def vectors_of(table) -> np.ndarray:
+    """The `vector` column of an Arrow table -> (n, D) float32."""
+    col = table.column("vector").combine_chunks()
+    if len(col) == 0:
+        return np.zeros((0, col.type.list_size), np.float32)
+    return np.array(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(col), -1)  # writable
+
+
+class _EmbedActor:
+    def __init__(self, checkpoint: str, device: str = "cpu", storage_options: dict | None = None):
+        from pipeline.encoder import load
+
+        storage.configure(**(storage_options or {}))  # a checkpoint on s3:// is read from this process
+        self.encoder = load(checkpoint, device)
+
+
+class EmbedImages(_EmbedActor):
+    """Ray Data actor: eval rows {'key', 'label', 'image', 'shard', ...} -> {key, label, shard, vector}."""
+
+    def __call__(self, batch: dict):
+        import pyarrow as pa
+
+        vectors = self.encoder.encode_pixels(batch["image"]).numpy()  # (n, D)
+        return pa.table({"key": pa.array(batch["key"].tolist(), pa.string()),
+                         "label": pa.array([str(x) for x in batch["label"]], pa.string()),
+                         "shard": pa.array([str(x) for x in batch["shard"]], pa.string()),
+                         "vector": vector_column(vectors)})
+
+
+class EmbedCaptions(_EmbedActor):
+    """Ray Data actor: caption rows {'key', 'caption'} -> {key, caption, vector}."""
+
+    def __call__(self, batch: dict):
+        import pyarrow as pa
+
+        captions = [str(c) for c in batch["caption"]]
+        return pa.table({"key": pa.array(batch["key"].tolist(), pa.string()),
+                         "caption": pa.array(captions, pa.string()),
+                         "vector": vector_column(self.encoder.encode_text(captions).numpy())})  # (n, D)
+
+
+@dataclass
+class Embedded:
+    out: str  # the directory holding images.parquet/ and captions.parquet/
+    n_images: int
+    n_captions: int
+    dim: int
+
+
+def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int = 1,
+                     use_gpu: bool = False, batch_size: int = 256, counter=None) -> Embedded:
+    """Embed every image and every caption of the eval shards into `out` (local or s3://)."""
+    from pipeline.data.ingest import _read, eval_dataset
+    from pipeline.data.transforms import caption_rows
+
+    actors = dict(fn_constructor_kwargs={"checkpoint": checkpoint, "device": "cuda" if use_gpu else "cpu",
+                                         "storage_options": storage.options()},
+                  batch_size=batch_size, batch_format="numpy", concurrency=num_actors,
+                  num_gpus=1 if use_gpu else 0)
+    fs, root = storage.arrow_filesystem(out)
+    for name in (IMAGES, CAPTIONS):  # a rerun into the same directory replaces, never appends
+        if storage.exists(storage.join(out, name)):
+            storage.remove_tree(storage.join(out, name))
+    images = eval_dataset(paths, image_size, counter, split="gallery").map_batches(EmbedImages, **actors)
+    images.write_parquet(f"{root}/{IMAGES}", filesystem=fs)
+    captions = _read(paths, with_images=False).map_batches(caption_rows, batch_format="numpy")
+    captions.map_batches(EmbedCaptions, **actors).write_parquet(f"{root}/{CAPTIONS}", filesystem=fs)
+    n_images, n_captions = number_rows(storage.join(out, IMAGES)), number_rows(storage.join(out, CAPTIONS))
+    if n_images == 0:
+        raise ValueError(f"the gallery {paths[0]}{' ...' if len(paths) > 1 else ''} has no readable samples")
+    return Embedded(out, n_images, n_captions, parquet_dim(storage.join(out, IMAGES)))
+
+
+# ------------------------------------------------------------------------------------------ reading back
+
+
+def parquet_files(directory: str) -> list[str]:
+    """The Parquet files of a dataset directory, in the order ids are numbered (by name)."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage.arrow_filesystem(directory)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    return [f"s3://{f}" if storage.is_remote(directory) else f for f in files]
+
+
+def row_counts(files: list[str]) -> list[int]:
+    """Rows per Parquet file, from the footers alone."""
+    import pyarrow.parquet as pq
+
+    counts = []
+    for f in files:
+        fs, path = storage.arrow_filesystem(f)
+        with fs.open_input_file(path) as fh:
+            counts.append(pq.ParquetFile(fh).metadata.num_rows)
+    return counts
+
+
+def parquet_dim(directory: str) -> int:
+    import pyarrow.parquet as pq
+
+    files = parquet_files(directory)
+    fs, path = storage.arrow_filesystem(files[0])
+    with fs.open_input_file(path) as fh:
+        return pq.ParquetFile(fh).schema_arrow.field("vector").type.list_size
+
+
+def read_file(path: str, columns: list[str] | None = None):
+    import pyarrow.parquet as pq
+
+    fs, local = storage.arrow_filesystem(path)
+    return pq.read_table(local, filesystem=fs, columns=columns)
+
+
+def _number_file(path: str, first_id: int, storage_options: dict) -> int:
+    """Prepend the `id` column (first_id, first_id + 1, ...) to one Parquet file, replacing it atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    storage.configure(**storage_options)
+    table = read_file(path)
+    if "id" in table.column_names:
+        table = table.drop_columns(["id"])
+    table = table.add_column(0, "id", pa.array(np.arange(first_id, first_id + len(table)), pa.int64()))
+    fs, local = storage.arrow_filesystem(path)
+    pq.write_table(table, local + ".tmp", filesystem=fs)
+    fs.move(local + ".tmp", local)  # a crash mid-write leaves the old file, not a half-written one
+    return len(table)
+
+
+def number_rows(directory: str) -> int:
+    """Give every row of a Parquet dataset directory its dense id, one Ray task per file. -> rows."""
+    import ray
+
+    files = parquet_files(directory)
+    counts = row_counts(files)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
+    task = ray.remote(num_cpus=0.25)(_number_file)
+    ray.get([task.remote(f, s, storage.options()) for f, s in zip(files, starts)])
+    return int(sum(counts))
+
+
+def read_columns(directory: str, columns: list[str]):
+    """Selected columns of every file, ordered by id -> Arrow table."""
+    import pyarrow as pa
+
+    tables = [read_file(f, ["id", *[c for c in columns if c != "id"]]) for f in parquet_files(directory)]
+    return pa.concat_tables(tables).sort_by("id") if tables else None
+
+
+def read_vectors(directory: str) -> np.ndarray:
+    """Every vector of a dataset directory, in id order -> (n, D) float32."""
+    return vectors_of(read_columns(directory, ["vector"]))
+
+
+def sample_vectors(directory: str, n: int, seed: int = 0) -> np.ndarray:
+    """Up to n vectors drawn uniformly without replacement, reading one file at a time -> (<=n, D)."""
+    files = parquet_files(directory)
+    counts = np.array(row_counts(files))
+    total = int(counts.sum())
+    picked = np.sort(np.random.default_rng(seed).choice(total, min(n, total), replace=False))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    parts = []
+    for f, lo, hi in zip(files, starts[:-1], starts[1:]):
+        rows = picked[(picked >= lo) & (picked < hi)] - lo
+        if len(rows):
+            parts.append(vectors_of(read_file(f, ["vector"]).take(rows)))
+    return np.concatenate(parts) if parts else np.zeros((0, parquet_dim(directory)), np.float32)
+
+
+def read_gallery(out: str) -> tuple[Gallery, int]:
+    """Both passes joined into the evaluation's Gallery (images in id order, so Gallery positions are FAISS
+    ids) -> (gallery, captions dropped because the image pass skipped their image)."""
+    import torch
+
+    images = read_columns(storage.join(out, IMAGES), ["key", "label", "vector"])
+    captions = read_columns(storage.join(out, CAPTIONS), ["key", "caption", "vector"])
+    keys = images.column("key").to_pylist()
+    position = {k: i for i, k in enumerate(keys)}
+    owners = [position.get(k, -1) for k in captions.column("key").to_pylist()]
+    keep = np.array([o >= 0 for o in owners], dtype=bool)
+    if not keep.all():  # the caption pass cannot know which images fail to decode
+        import pyarrow as pa
+
+        captions = captions.filter(pa.array(keep))
+    labels = images.column("label").to_pylist()
+    labelled = all(labels) and len(set(labels)) > 1  # zero-shot needs every image labelled
+    gallery = Gallery(torch.from_numpy(vectors_of(images)), torch.from_numpy(vectors_of(captions)),
+                      torch.tensor([o for o in owners if o >= 0], dtype=torch.long), keys,
+                      captions.column("caption").to_pylist(), labels if labelled else None)
+    return gallery, int((~keep).sum())
