@@ -106,7 +106,9 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
 
         cfg, ctx = build(TrainJobConfig, c["config"]), WorkerContext.from_ray()
         tok = Tokenizer.from_dict(c["tokenizer"])
-        objective = ctx.prepare_model(ContrastiveObjective(build_model(cfg.model, len(tok)), build_loss(cfg.loss)))
+        model = build_model(cfg.model, len(tok), vocab=tok.vocab, image_size=cfg.data.image_size,
+                            max_tokens=tok.max_tokens)
+        objective = ctx.prepare_model(ContrastiveObjective(model, build_loss(cfg.loss)))
         opt = make_optimizer(objective, cfg.train)
 
         def step(batch):

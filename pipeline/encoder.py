@@ -63,7 +63,10 @@ def load(path: str | Path, device: str = "cpu") -> Encoder:
         raise FileNotFoundError(f"no checkpoint under {path}; expected model.pt, tokenizer.json, config.json")
     cfg = checkpoint.read_config(ckpt)
     tokenizer = checkpoint.read_tokenizer(ckpt)
-    model = build_model(build(ModelConfig, cfg["model"]), len(tokenizer))
+    # load_files=False: model.pt holds the trained weights, so the files the model started from (image weights,
+    # word vectors) need not exist where it is loaded.
+    model = build_model(build(ModelConfig, cfg["model"]), len(tokenizer), image_size=cfg["data"]["image_size"],
+                        max_tokens=tokenizer.max_tokens, load_files=False)
     checkpoint.load_weights(ckpt, model)
     enc = Encoder(model, tokenizer, cfg["data"]["image_size"], device)
     enc.checkpoint = str(ckpt)

@@ -67,6 +67,8 @@ def make_trainable(cfg: RunJobConfig, trials_root: str):
     base_raw["data"] |= {"train": absolute_spec(cfg.data.train), "val": absolute_spec(cfg.data.val)}
     if cfg.model.image.weights:
         base_raw["model"]["image"]["weights"] = absolute_spec(cfg.model.image.weights)
+    if cfg.model.text.embeddings.path:
+        base_raw["model"]["text"]["embeddings"]["path"] = absolute_spec(cfg.model.text.embeddings.path)
     base_flat, lr_scaling = flatten(base_raw), cfg.tune.lr_scaling
 
     def trial(config: dict) -> None:

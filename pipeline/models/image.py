@@ -1,5 +1,6 @@
-"""Image towers: a small CNN that trains in minutes on CPU, and torchvision ResNets (random init by default,
-or weights from a local file). Each returns a feature vector; the projection lives in `two_tower`.
+"""Image towers: a small CNN that trains in minutes on CPU, and torchvision ResNets, ViT-B/16 and ConvNeXt-T
+(random init by default, or weights from a local file). Each returns a feature vector (global average, or the
+class token for the ViT); the projection lives in `two_tower`.
 """
 from __future__ import annotations
 
@@ -29,30 +30,52 @@ class SmallCNN(nn.Module):
         return self.pool(self.stages(x)).flatten(1)
 
 
-def _resnet(name: str, weights: str) -> nn.Module:
+def _load_weights(net: nn.Module, weights: str, image_size: int) -> None:
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.image.weights={weights!r} does not exist; give a local .pth file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    pos = getattr(getattr(net, "encoder", None), "pos_embedding", None)
+    if pos is not None and "encoder.pos_embedding" in state and state["encoder.pos_embedding"].shape != pos.shape:
+        from torchvision.models.vision_transformer import interpolate_embeddings
+
+        # ViT weights trained at 224 px: resample the position grid to data.image_size's patch grid.
+        state = interpolate_embeddings(image_size, net.patch_size, state)
+    net.load_state_dict(state)
+
+
+def _torchvision(name: str, weights: str, image_size: int) -> nn.Module:
+    """A torchvision classifier with its last linear layer removed; `.out_dim` is the feature size left."""
     import torchvision
 
-    net = getattr(torchvision.models, name)(weights=None)
+    if name.startswith("vit"):
+        if image_size % 16:
+            raise ValueError(f"{name} cuts images into 16x16 patches: data.image_size={image_size} must be a "
+                             f"multiple of 16, e.g. {max(16, image_size // 16 * 16)}")
+        net = getattr(torchvision.models, name)(weights=None, image_size=image_size)
+    else:
+        net = getattr(torchvision.models, name)(weights=None)
     if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.image.weights={weights!r} does not exist; give a local .pth file")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-    net.out_dim = net.fc.in_features
-    net.fc = nn.Identity()  # keep the global-average feature; the projection maps it into the joint space
+        _load_weights(net, weights, image_size)
+    # Keep the pooled feature (global average; the class token for the ViT); the projection maps it into the
+    # joint space.
+    if name.startswith("resnet"):
+        net.out_dim, net.fc = net.fc.in_features, nn.Identity()
+    elif name.startswith("vit"):
+        net.out_dim, net.heads = net.hidden_dim, nn.Identity()
+    else:  # convnext: classifier = LayerNorm2d, Flatten, Linear
+        net.out_dim, net.classifier[2] = net.classifier[2].in_features, nn.Identity()
     return net
 
 
-IMAGE_ARCHS = {
-    "small_cnn": lambda width, weights: SmallCNN(width),
-    "resnet18": lambda width, weights: _resnet("resnet18", weights),
-    "resnet50": lambda width, weights: _resnet("resnet50", weights),
-}
+IMAGE_ARCHS = ("small_cnn", "resnet18", "resnet50", "vit_b_16", "convnext_tiny")
 
 
-def build_image_tower(arch: str, width: int = 32, weights: str = "") -> nn.Module:
-    """-> module with `.out_dim`, mapping (B,3,H,W) normalised floats to (B, out_dim)."""
+def build_image_tower(arch: str, width: int = 32, weights: str = "", image_size: int = 64) -> nn.Module:
+    """-> module with `.out_dim`, mapping (B,3,S,S) normalised floats to (B, out_dim). `image_size` (S) matters
+    only to the ViT, whose position embeddings are sized for it; the others take any size."""
     if arch not in IMAGE_ARCHS:
-        raise ValueError(f"unknown image tower {arch!r}; choose one of {sorted(IMAGE_ARCHS)}")
-    return IMAGE_ARCHS[arch](width, weights)
+        raise ValueError(f"unknown image tower {arch!r}; choose one of {list(IMAGE_ARCHS)}")
+    if arch == "small_cnn":
+        return SmallCNN(width)
+    return _torchvision(arch, weights, image_size)

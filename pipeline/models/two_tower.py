@@ -17,10 +17,17 @@ STD = (0.229, 0.224, 0.225)
 
 
 class TwoTower(nn.Module):
-    def __init__(self, image_tower: nn.Module, text_tower: nn.Module, embed_dim: int):
+    """`freeze_image`: locked-image tuning. The image tower's parameters take no gradient and the tower stays
+    in eval mode even when the model trains (its BatchNorm statistics are those it was loaded with); only the
+    image projection and the text side learn."""
+
+    def __init__(self, image_tower: nn.Module, text_tower: nn.Module, embed_dim: int, freeze_image: bool = False):
         super().__init__()
         self.image_tower = image_tower
         self.text_tower = text_tower
+        self.freeze_image = freeze_image
+        if freeze_image:
+            image_tower.requires_grad_(False)
         self.image_proj = nn.Linear(image_tower.out_dim, embed_dim)
         self.text_proj = nn.Linear(text_tower.out_dim, embed_dim)
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
@@ -33,6 +40,17 @@ class TwoTower(nn.Module):
         self.register_buffer("text_map", torch.eye(embed_dim))
         self.embed_dim = embed_dim
 
+    def train(self, mode: bool = True) -> TwoTower:
+        super().train(mode)
+        if self.freeze_image:
+            self.image_tower.eval()
+        return self
+
+    @property
+    def word_coverage(self) -> dict | None:
+        """How much of the vocabulary the word-vector file covered (see `load_word_vectors`); None without one."""
+        return getattr(self.text_tower, "coverage", None)
+
     def set_retrieval_maps(self, image_center, image_map, text_center, text_map) -> None:
         """(D,), (D,D), (D,), (D,D): encode_* return normalize((projection - center) @ map)."""
         for name, value in (("image_center", image_center), ("image_map", image_map),
@@ -43,7 +61,9 @@ class TwoTower(nn.Module):
         """(B,3,H,W) uint8 pixels (or floats in [0,1]) -> (B,D) projections, not normalised (deep CCA)."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
         x = (x - self.mean) / self.std
-        return self.image_proj(self.image_tower(x))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image):  # no activations kept
+            feats = self.image_tower(x)  # (B, F)
+        return self.image_proj(feats)
 
     def project_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B,L) int64 word ids, 0 = padding -> (B,D) projections, not normalised."""
@@ -62,8 +82,16 @@ class TwoTower(nn.Module):
         return (F.normalize(img, dim=-1), F.normalize(txt, dim=-1)) if normalize else (img, txt)
 
 
-def build_model(cfg, vocab_size: int) -> TwoTower:
-    """cfg: a `ModelConfig` section (or anything with the same attributes)."""
-    image = build_image_tower(cfg.image.arch, cfg.image.width, cfg.image.weights)
-    text = build_text_tower(cfg.text.arch, vocab_size, cfg.text.word_dim, cfg.text.hidden)
-    return TwoTower(image, text, cfg.embed_dim)
+def build_model(cfg, vocab_size: int, *, vocab: list[str] | None = None, image_size: int = 64,
+                max_tokens: int = 32, load_files: bool = True) -> TwoTower:
+    """cfg: a `ModelConfig` section (or anything with the same attributes).
+
+    vocab: the words behind the ids (`tokenizer.vocab`), needed when model.text.embeddings.path is set.
+    image_size, max_tokens: the data's `data.image_size` and the tokenizer's `max_tokens` (the ViT and the text
+    transformer size their position embeddings by them); the defaults are the demo's.
+    load_files: False skips model.image.weights and model.text.embeddings.path, for a caller that loads trained
+    weights over the model anyway (a checkpoint need not travel with the files it started from).
+    """
+    image = build_image_tower(cfg.image.arch, cfg.image.width, cfg.image.weights if load_files else "", image_size)
+    text = build_text_tower(cfg.text, vocab_size, max_tokens, vocab, load_vectors=load_files)
+    return TwoTower(image, text, cfg.embed_dim, freeze_image=cfg.image.freeze)
