@@ -1,0 +1,203 @@
+"""`pipeline cca`: linear and kernel CCA baselines, scored by the same evaluation and report as a trained run.
+
+    pipeline cca --config configs/demo.yaml                         # linear CCA, pixels 16x16 + bag of words
+    pipeline cca --config configs/demo.yaml --set cca.kind=kernel  # random Fourier features of each view
+
+Ray Data does the passes: every (image, caption) pair of data.train is featurised in `map_batches` by a pool
+of actors, each batch reduced to its CCA statistics (`cca.CCAStats`: n, means, centred co-moments), merged
+on the driver as they stream in; memory is O(d^2) whatever the dataset size. The closed-form fit is
+`cca.fit_linear_cca`; data.val is embedded by the same actors through the fitted projection and scored by
+`evaluate.evaluate_gallery`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.cca import CCAStats, fit_linear_cca
+from pipeline.cca_encoder import CCAEncoder, Featurizer, describe, load_towers
+from pipeline.data.tokenizer import Tokenizer
+
+STATS_BATCH = 1024  # images per statistics row: each row carries d x d matrices, so batches are large
+
+
+@dataclass
+class Fitted:
+    name: str  # linear_cca | kernel_cca: the report's key
+    description: str
+    encoder: CCAEncoder
+    pairs: int  # training (image, caption) pairs the statistics cover
+    fit_s: float  # statistics pass + closed-form fit, seconds
+
+
+def build_featurizer(cfg, tokenizer: Tokenizer | None = None, train_paths: list[str] | None = None
+                     ) -> Featurizer:
+    """Features as cca.* asks: the tokenizer of the training captions (scanned unless given), frozen towers,
+    word vectors aligned with the tokenizer."""
+    c = cfg.cca
+    model = None
+    if tokenizer is None and not (c.checkpoint and "tower" in (c.image_features, c.text_features)):
+        from pipeline.data.ingest import scan_training_data
+
+        tokenizer = scan_training_data(train_paths, cfg.data).tokenizer
+    if "tower" in (c.image_features, c.text_features):
+        model, tokenizer = load_towers(c, cfg.model, tokenizer)
+    vectors = None
+    if c.text_features == "word_vectors":
+        from pipeline.models.word_vectors import load_word_vectors
+
+        vectors = load_word_vectors(c.word_vectors, tokenizer.vocab)[0].numpy()
+    return Featurizer(c, tokenizer, model, vectors)
+
+
+class PairStats:
+    """Ray Data actor: eval rows of the training shards -> one row of CCA statistics per batch."""
+
+    def __init__(self, features: Featurizer):
+        self.features = features
+
+    def __call__(self, batch: dict) -> dict:
+        x, y = self.features.pairs(batch["image"], [json.loads(c) for c in batch["captions"]])
+        return CCAStats.of(x, y).to_row()
+
+
+class EmbedCCA:
+    """Ray Data actor: eval rows -> image and caption vectors through a fitted baseline."""
+
+    def __init__(self, encoder: CCAEncoder):
+        self.encoder = encoder
+
+    def __call__(self, batch: dict) -> dict:
+        caps = [json.loads(c) for c in batch["captions"]]
+        txt = self.encoder.encode_text([c for cs in caps for c in cs]).numpy()
+        splits = np.cumsum([len(c) for c in caps])[:-1]
+        return {"key": batch["key"], "captions": batch["captions"], "label": batch["label"],
+                "image_emb": self.encoder.encode_pixels(batch["image"]).numpy(),  # (n, k)
+                "text_emb": np.array(np.split(txt, splits) + [None], dtype=object)[:-1]}  # n x (k_i, k)
+
+
+def accumulate_stats(paths: list[str], features: Featurizer, image_size: int, num_actors: int = 1,
+                     counter=None) -> CCAStats:
+    """The statistics of every (image, caption) pair in `paths`, reduced per batch on the workers and merged
+    here in arrival order (the merge is exact in any order)."""
+    from ray.data import ActorPoolStrategy
+
+    from pipeline.data.ingest import eval_dataset
+
+    ds = eval_dataset(paths, image_size, counter, split="train").map_batches(
+        PairStats, fn_constructor_kwargs={"features": features}, batch_size=STATS_BATCH, batch_format="numpy",
+        compute=ActorPoolStrategy(size=num_actors))
+    total = None
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        part = CCAStats.from_rows(batch)
+        total = part if total is None else total.merge(part)
+    if total is None or total.n < 2:
+        raise ValueError("CCA found fewer than 2 usable (image, caption) pairs in data.train")
+    return total
+
+
+def fit_kernel_maps(paths: list[str], features: Featurizer, image_size: int, sample: int) -> None:
+    """Kernel CCA: bandwidths (and Nyström landmarks) from the first `sample` training images and captions."""
+    from pipeline.data.ingest import eval_dataset
+
+    pixels, captions = [], []
+    ds = eval_dataset(paths, image_size).limit(sample)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        pixels.append(batch["image"])
+        captions += [c for cs in batch["captions"] for c in json.loads(cs)]
+    features.fit_kernel_maps(np.concatenate(pixels), captions)
+
+
+def fit(cfg, tokenizer: Tokenizer | None = None, counter=None) -> Fitted:
+    """Featurise data.train, accumulate, fit in closed form. `tokenizer`: a trained run's (else scanned)."""
+    from pipeline.data.ingest import expand_paths
+
+    t0 = time.time()
+    c = cfg.cca
+    paths = expand_paths(cfg.data.train, "data.train")
+    features = build_featurizer(cfg, tokenizer, paths)
+    if c.kind == "kernel":
+        fit_kernel_maps(paths, features, cfg.data.image_size, c.sample)
+    stats = accumulate_stats(paths, features, cfg.data.image_size, cfg.scaling.num_workers, counter)
+    model = fit_linear_cca(stats, c.k, c.r1, c.r2)
+    encoder = CCAEncoder(features, model, c.power, cfg.data.image_size)
+    return Fitted(f"{c.kind}_cca", describe(c), encoder, stats.n, time.time() - t0)
+
+
+def embed_gallery(encoder: CCAEncoder, paths: list[str], image_size: int, num_actors: int = 1, counter=None):
+    """data.val through the fitted baseline -> the evaluation's Gallery."""
+    from ray.data import ActorPoolStrategy
+
+    from pipeline.data.ingest import eval_dataset
+    from pipeline.encoder import GalleryBuilder
+
+    ds = eval_dataset(paths, image_size, counter, split="gallery").map_batches(
+        EmbedCCA, fn_constructor_kwargs={"encoder": encoder}, batch_size=256, batch_format="numpy",
+        compute=ActorPoolStrategy(size=num_actors))
+    g = GalleryBuilder()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        g.img.append(batch["image_emb"])
+        lists = g.add_rows(batch["key"], batch["captions"], batch.get("label"))
+        g.txt += [np.asarray(t, dtype=np.float32).reshape(len(caps), -1)
+                  for caps, t in zip(lists, batch["text_emb"])]
+    return g.build()
+
+
+def score(cfg, fitted: Fitted, counter=None) -> tuple[dict, dict]:
+    """Embed and score data.val. -> (the evaluation's metrics, the index block of the report)."""
+    from pipeline import evaluate
+    from pipeline.data.ingest import expand_paths
+    from pipeline.indexes import build_index, measure, train_sample
+
+    paths = expand_paths(cfg.data.val, "data.val")
+    gallery = embed_gallery(fitted.encoder, paths, cfg.data.image_size, cfg.scaling.num_workers, counter)
+    spec = cfg.index.spec()
+    images = gallery.image_emb.numpy()
+    index, build_s = build_index(images, spec)
+    queries = train_sample(gallery.text_emb.numpy(), 1000)  # held-out queries of the other modality
+    index_meta = {"type": spec.resolve(len(images)), "build_s": build_s,
+                  **measure(index, images, queries, k=min(10, len(images)))}
+    metrics = evaluate.evaluate_gallery(gallery, cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.examples, spec,
+                                        encode_text=fitted.encoder.encode_text, image_index=index)
+    return metrics, index_meta
+
+
+def summary_row(fitted: Fitted, metrics: dict) -> dict:
+    """What the main report's `baselines` block holds for one baseline."""
+    return {"description": fitted.description, "rsum": metrics["rsum"], "i2t": metrics["i2t"],
+            "t2i": metrics["t2i"], "k": fitted.encoder.embed_dim, "train_pairs": fitted.pairs, "fit_s": round(fitted.fit_s, 2)}
+
+
+def run_baseline(cfg, tokenizer: Tokenizer | None = None) -> dict:
+    """`pipeline run` with cca.enabled: fit and score, no report of its own. -> {name: summary_row}"""
+    fitted = fit(cfg, tokenizer)
+    metrics, _ = score(cfg, fitted)
+    return {fitted.name: summary_row(fitted, metrics)}
+
+
+def run(cfg, out: str | None = None) -> tuple[dict, str]:
+    """`pipeline cca`: fit, score and write the report (and the projection, cca.npz) into `out`, by default
+    <run dir>/baselines/<kind>_cca. -> (report, out)"""
+    import ray
+
+    from pipeline import evaluate, report
+    from pipeline.config import to_dict
+    from pipeline.data.ingest import expand_paths, skip_counter
+    from pipeline.index import collect_thumbnails
+
+    counter = skip_counter()
+    fitted = fit(cfg, counter=counter)
+    metrics, index_meta = score(cfg, fitted, counter)
+    out = out or storage.join(cfg.run.run_dir(), "baselines", fitted.name)
+    by_split = ray.get(counter.get.remote())
+    skipped = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in by_split.items()}
+    thumbs = collect_thumbnails(expand_paths(cfg.data.val, "data.val"), evaluate.example_keys(metrics))
+    with storage.staging_dir(out) as local:
+        rep = report.write_report(local / "report", metrics, index_meta, fitted.description, to_dict(cfg), [],
+                                  {"skipped": skipped}, thumbs)
+        np.savez(local / "cca.npz", **fitted.encoder.cca.to_arrays())
+    return rep, out
