@@ -8,11 +8,17 @@
     <checkpoint>/state.json      {"epoch": .., "step": .., "n_train": .., "metrics": {..}}
 
 Checkpoints live in <run_dir>/checkpoints/epoch_NNNN/, on local disk or s3:// (read through `storage`).
+state.json is written last and is the manifest: the size and SHA-256 of every other file. A copy cut short
+(a crash during a write or an upload) fails the size check and is passed over; a file of the right size with
+the wrong bytes fails the hash when it is loaded.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,26 +29,81 @@ from pipeline.data.tokenizer import Tokenizer
 REQUIRED = ("model.pt", "tokenizer.json", "config.json", "state.json")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint whose files do not match its manifest: cut short or corrupted."""
+
+
 def epoch_dir_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 
 
+def _write_synced(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256(data_or_path: bytes | Path) -> str:
+    h = hashlib.sha256()
+    if isinstance(data_or_path, bytes):
+        h.update(data_or_path)
+        return h.hexdigest()
+    with open(data_or_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_checkpoint(path: Path, *, model, loss, optimizer, scheduler, tokenizer: Tokenizer, config: dict,
                      state: dict) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path / "model.pt")
-    torch.save(loss.state_dict(), path / "loss.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / "optimizer.pt")
-    tokenizer.save(path / "tokenizer.json")
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    # state.json last, with the size of every other file: a copy cut short (a crash during upload) shows up
-    # as a size mismatch and is passed over when looking for the checkpoint to resume from.
-    files = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file() and p.name != "state.json"}
-    (path / "state.json").write_text(json.dumps({**state, "files": files}, indent=2))
+    """Write the checkpoint at `path` atomically: the files go into a hidden sibling folder (fsynced, the
+    manifest state.json last), then one rename puts the folder in place. A crash leaves only the hidden
+    folder, which no reader looks at. `path` may be an empty folder (replaced) or an older checkpoint."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    blobs = {"model.pt": model.state_dict(), "loss.pt": loss.state_dict(),
+             "optimizer.pt": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}}
+    for name, obj in blobs.items():
+        _write_synced(tmp / name, lambda f, obj=obj: torch.save(obj, f))
+    texts = {"tokenizer.json": json.dumps(tokenizer.to_dict()), "config.json": json.dumps(config, indent=2)}
+    for name, text in texts.items():
+        _write_synced(tmp / name, lambda f, text=text: f.write(text.encode()))
+    names = sorted(p.name for p in tmp.iterdir())
+    manifest = {"files": {n: (tmp / n).stat().st_size for n in names},
+                "sha256": {n: _sha256(tmp / n) for n in names}}
+    _write_synced(tmp / "state.json", lambda f: f.write(json.dumps({**state, **manifest}, indent=2).encode()))
+    _replace_dir(tmp, path)
 
 
-def is_checkpoint(path: str | Path) -> bool:
-    """Complete: every required file there, and every file the manifest lists at its recorded size."""
+def _replace_dir(src: Path, dst: Path) -> None:
+    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+    if dst.exists():
+        if any(dst.iterdir()):
+            os.rename(dst, old)
+        else:
+            dst.rmdir()
+    os.rename(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    try:  # make the rename itself durable
+        fd = os.open(dst.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _manifest(path: str | Path) -> dict:
+    return json.loads(storage.read_text(storage.join(str(path), "state.json")))
+
+
+def is_checkpoint(path: str | Path, verify: bool = False) -> bool:
+    """Complete: every required file there, and every file the manifest lists at its recorded size; with
+    `verify`, also at its recorded SHA-256 (this reads every file)."""
     fs, root = storage.filesystem(str(path))
     try:
         sizes = {Path(e["name"]).name: e["size"] for e in fs.ls(root, detail=True) if e["type"] == "file"}
@@ -51,23 +112,27 @@ def is_checkpoint(path: str | Path) -> bool:
     if not all(f in sizes for f in REQUIRED):
         return False
     try:
-        files = json.loads(storage.read_text(storage.join(str(path), "state.json"))).get("files", {})
+        manifest = _manifest(path)
     except ValueError:
         return False
-    return all(sizes.get(name) == size for name, size in files.items())
+    if not all(sizes.get(name) == size for name, size in manifest.get("files", {}).items()):
+        return False
+    return not verify or all(_sha256(storage.read_bytes(storage.join(str(path), name))) == digest
+                             for name, digest in manifest.get("sha256", {}).items())
 
 
-def find_latest(path: str | Path) -> str | None:
+def find_latest(path: str | Path, verify: bool = False) -> str | None:
     """A checkpoint dir itself, or the newest complete epoch_* under a run dir or its checkpoints/ folder
-    (local or s3://)."""
+    (local or s3://). `verify`: complete down to every file's hash, so a damaged newest checkpoint is passed
+    over for the one before it (reads the files of each candidate it checks)."""
     path = str(path)
-    if is_checkpoint(path):
+    if is_checkpoint(path, verify):
         return path
     for base in (storage.join(path, "checkpoints"), path):
-        found = [storage.join(base, d) for d in storage.list_dirs(base) if d.startswith("epoch_")]
-        found = [p for p in found if is_checkpoint(p)]
-        if found:
-            return sorted(found)[-1]
+        found = sorted(storage.join(base, d) for d in storage.list_dirs(base) if d.startswith("epoch_"))
+        for p in reversed(found):
+            if is_checkpoint(p, verify):
+                return p
     return None
 
 
@@ -84,7 +149,14 @@ def read_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def _torch_load(path: str | Path, name: str):
+    """A file's tensors, after checking its bytes against the manifest's hash (checkpoints written before the
+    manifest had hashes are loaded unchecked)."""
     data = storage.read_bytes(storage.join(str(path), name))
+    expected = _manifest(path).get("sha256", {}).get(name)
+    if expected is not None and _sha256(data) != expected:
+        raise CheckpointError(f"{storage.join(str(path), name)} does not match the hash in its state.json: "
+                              f"the checkpoint was cut short or corrupted; delete {path} to resume from the "
+                              "one before")
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 

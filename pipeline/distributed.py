@@ -29,13 +29,26 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def all_reduce_min(value: int, device: torch.device) -> int:
+_CPU_GROUP: list = []  # a gloo group beside NCCL, made on first use (every rank reaches it on the same step)
+
+
+def _cpu_group():
+    """None (the default group) under gloo; under NCCL a gloo group, so that host-side agreements never
+    wait for the GPU: a `.item()` on a CUDA tensor would stall every step until the GPU had drained."""
+    if dist.get_backend() == "gloo":
+        return None
+    if not _CPU_GROUP:
+        _CPU_GROUP.append(dist.new_group(backend="gloo"))
+    return _CPU_GROUP[0]
+
+
+def all_reduce_min(value: int, device: torch.device | None = None) -> int:
     """Smallest value across workers: lets every worker agree to stop on the same step, so no worker waits
-    forever in an all-gather the others never join."""
+    forever in an all-gather the others never join. Runs on the CPU (`device` is not used)."""
     if not (dist.is_available() and dist.is_initialized()):
         return value
-    t = torch.tensor([value], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    t = torch.tensor([value])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_cpu_group())
     return int(t.item())
 
 
@@ -70,11 +83,21 @@ class WorkerContext:
 
         return ray.train.get_dataset_shard(name)
 
-    def prepare_model(self, module: nn.Module) -> nn.Module:
-        """Move to the device and wrap in DDP when there is more than one worker."""
+    def prepare_model(self, module: nn.Module, bucket_cap_mb: int = 25) -> nn.Module:
+        """Move to the device and wrap in DDP when there is more than one worker; gradients are all-reduced
+        in buckets of `bucket_cap_mb` MiB while the backward pass goes on."""
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(module)
+        return ray.train.torch.prepare_model(module,
+                                             parallel_strategy_kwargs={"bucket_cap_mb": bucket_cap_mb})
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` (anything picklable) on every worker, over the CPU group."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=_cpu_group())
+        return box[0]
 
     def report(self, metrics: dict, write_checkpoint: Callable[[Path], None] | None = None,
                name: str | None = None) -> None:

@@ -20,13 +20,19 @@ from pipeline.distributed import all_gather_with_grad
 class ContrastiveObjective(nn.Module):
     """Model + loss in one module, so DDP averages the loss's own parameters (logit scale, bias) too."""
 
-    def __init__(self, model: nn.Module, loss: nn.Module):
+    def __init__(self, model: nn.Module, loss: nn.Module, autocast_dtype: torch.dtype | None = None):
         super().__init__()
         self.model, self.loss = model, loss
         self.normalized = getattr(loss, "normalized_inputs", True)  # deep CCA wants raw projections
+        self.autocast_dtype = autocast_dtype  # e.g. torch.bfloat16: the towers run in it, the rest in fp32
 
     def embed(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(images, tokens, normalize=self.normalized)  # (b, D), (b, D)
+        if self.autocast_dtype is None:
+            return self.model(images, tokens, normalize=self.normalized)  # (b, D), (b, D)
+        with torch.autocast(images.device.type, dtype=self.autocast_dtype):
+            img, txt = self.model(images, tokens, normalize=self.normalized)
+        # fp32 from here on: the all-gather and the b x B logits keep full precision for the softmax
+        return img.float(), txt.float()
 
     def score(self, img: torch.Tensor, txt: torch.Tensor, rank: int) -> torch.Tensor:
         img_all, txt_all = all_gather_with_grad(img), all_gather_with_grad(txt)  # (B, D)

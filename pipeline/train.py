@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,11 +87,40 @@ def iterate_epoch(shard, cfg: TrainJobConfig, device, epoch: int, rank: int):
         to = lambda a: torch.from_numpy(a).pin_memory().to(device, non_blocking=True)  # noqa: E731
     else:
         to = torch.from_numpy
+    fmt = torch.channels_last if device.type == "cuda" and cfg.train.channels_last else torch.contiguous_format
     for batch in shard.iter_batches(
             batch_size=cfg.local_batch_size(), drop_last=True, batch_format="numpy", prefetch_batches=4,
             local_shuffle_buffer_size=buffer or None,
             local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch * 1_009 + rank) % 2**31 if buffer else None):
-        yield {"key": batch["key"], "image": to(batch["image"]), "tokens": to(batch["tokens"])}
+        yield {"key": batch["key"], "image": to(batch["image"]).contiguous(memory_format=fmt),
+               "tokens": to(batch["tokens"])}
+
+
+def train_step(objective, opt, sched, batch: dict, rank: int, cfg) -> torch.Tensor:
+    """One optimisation step on this worker's share of the global batch (`cfg`: the train section).
+    -> the loss on the device, detached; no host sync."""
+    opt.zero_grad(set_to_none=True)
+    loss = backward_step(objective, batch["image"], batch["tokens"], rank, cfg.micro_batch_size)
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+    opt.step()
+    sched.step()
+    return loss
+
+
+def speed_up(objective: ContrastiveObjective, cfg, device: torch.device) -> ContrastiveObjective:
+    """Settings that change speed, not the maths (`cfg`: the train section): bf16 autocast of the towers,
+    channels_last convolutions on GPU, compiled towers (compiled in place: state-dict keys, and so
+    checkpoints, stay the same)."""
+    dtype = cfg.autocast_dtype(device.type)
+    objective.autocast_dtype = getattr(torch, dtype) if dtype else None
+    model = objective.model
+    if device.type == "cuda" and cfg.channels_last:
+        model.image_tower.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.image_tower.compile()
+        model.text_tower.compile()
+    return objective
 
 
 def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, epoch: int, step: int,
@@ -105,12 +135,7 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
         t_wait += time.perf_counter() - t0
         if all_reduce_min(int(batch is not None), ctx.device) == 0:
             break
-        opt.zero_grad(set_to_none=True)
-        loss = backward_step(objective, batch["image"], batch["tokens"], ctx.rank, cfg.train.micro_batch_size)
-        if cfg.train.grad_clip > 0:
-            nn.utils.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
-        opt.step()
-        sched.step()
+        loss = train_step(objective, opt, sched, batch, ctx.rank, cfg.train)
         step, n = step + 1, n + 1
         loss_sum += loss  # no host sync and no collective on steps that are not logged
         if n % cfg.train.log_every == 0 or n == 1:  # the same steps on every rank: the all-reduce is collective
@@ -149,23 +174,59 @@ def skip_checker(ctx: WorkerContext, loop_cfg: dict, max_fraction: float):
     return check
 
 
+def resume_point(loop_cfg: dict, ctx: WorkerContext) -> str | None:
+    """The checkpoint to start from: the newest complete one in the run directory, picked by rank 0 (hashes
+    checked) and shared with the other ranks. At launch it is the driver's pick. After a worker failure, when
+    Ray restarts every worker's loop with the same config, it is the last one written before the failure:
+    Ray's own `get_checkpoint()` misses a checkpoint whose report it had not yet collected when the worker
+    died, and the epoch after it would be trained twice."""
+    return ctx.broadcast(checkpoint.find_latest(loop_cfg["run_dir"], verify=True) if ctx.is_main else None)
+
+
+def record_attempt(loop_cfg: dict, epoch: int, resumed_from: str | None) -> None:
+    """One line per start of the worker group in <run_dir>/attempts.jsonl: a launch of the driver with more
+    than one line recovered from worker failures. Only rank 0 writes, and attempts follow one another."""
+    path = storage.join(loop_cfg["run_dir"], "attempts.jsonl")
+    before = storage.read_text(path) if storage.exists(path) else ""
+    line = {"launch": loop_cfg["launch"], "start_epoch": epoch, "resumed_from": resumed_from,
+            "time": time.time()}
+    storage.write_text(path, before + json.dumps(line) + "\n")
+    if resumed_from and resumed_from != loop_cfg.get("resume_from"):
+        say(f"[train] workers restarted after a failure: resuming from {resumed_from} (epoch {epoch})")
+
+
+def count_attempts(run_dir: str, launch: str) -> int:
+    """How many times the worker group started in driver launch `launch` (1: no failure)."""
+    path = storage.join(run_dir, "attempts.jsonl")
+    lines = storage.read_text(path).splitlines() if storage.exists(path) else []
+    return sum(json.loads(ln).get("launch") == launch for ln in lines if ln.strip())
+
+
 def train_loop_per_worker(loop_cfg: dict) -> None:
     cfg = build(TrainJobConfig, loop_cfg["config"])
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     tokenizer = Tokenizer.from_dict(loop_cfg["tokenizer"])
     ctx = WorkerContext.from_ray()
     torch.manual_seed(cfg.train.seed)
-    model, loss = build_model(cfg.model, len(tokenizer)), build_loss(cfg.loss)
-    objective = ContrastiveObjective(model, loss)
+    model = build_model(cfg.model, len(tokenizer), vocab=tokenizer.vocab, image_size=cfg.data.image_size,
+                        max_tokens=tokenizer.max_tokens)
+    loss, coverage = build_loss(cfg.loss), model.word_coverage  # coverage: None without a word-vector file
+    if coverage and ctx.is_main:
+        say(f"[train] word vectors {coverage['path']}: {coverage['found']} of {coverage['vocab_words']} "
+            f"vocabulary words found ({100 * coverage['fraction']:.1f}%)")
+    objective = speed_up(ContrastiveObjective(model, loss), cfg.train, ctx.device)
     steps_per_epoch = max(1, loop_cfg["n_train"] // cfg.train.batch_size)
     opt = make_optimizer(objective, cfg.train)
     sched = make_scheduler(opt, cfg.train.warmup_steps, steps_per_epoch * cfg.train.epochs)
     state = {"epoch": 0, "step": 0, "n_train": loop_cfg["n_train"], "samples": loop_cfg.get("samples", 0),
              "history": [], "steps": []}
-    if loop_cfg.get("resume_from"):
-        checkpoint.load_weights(loop_cfg["resume_from"], model, loss, opt, sched)
-        state = {"steps": [], **checkpoint.read_state(loop_cfg["resume_from"])}
-    objective = ctx.prepare_model(objective)
+    resume = resume_point(loop_cfg, ctx)
+    if resume:
+        checkpoint.load_weights(resume, model, loss, opt, sched)
+        state = {"steps": [], **checkpoint.read_state(resume)}
+    if ctx.is_main:
+        record_attempt(loop_cfg, state["epoch"], resume)
+    objective = ctx.prepare_model(objective, cfg.scaling.ddp_bucket_cap_mb)
     check_skips = skip_checker(ctx, loop_cfg, cfg.data.max_skip_fraction)
     steps_log: list[dict] = []  # per-step records travel in the checkpoint: rank 0 may be on any node
 
@@ -184,6 +245,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                                          log, check_skips)
         metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss,
                    "data/samples_used": n * cfg.train.batch_size}
+        if coverage:
+            metrics["model/word_coverage"] = coverage["fraction"]
         if ctx.is_main:
             if check_skips is not None:
                 skipped = check_skips()
@@ -214,6 +277,7 @@ class TrainResult:
     history: list = field(default_factory=list)
     data: dict = field(default_factory=dict)  # skipped sample keys by split and reason
     resumed_from: str | None = None
+    attempts: int = 0  # worker-group starts in this launch: 1 plus the worker failures recovered from
 
 
 def _prepare_data(cfg: TrainJobConfig, latest: str | None):
@@ -243,7 +307,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
     run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
     storage.write_text(storage.join(run_dir, "config.json"), json.dumps(to_dict(cfg), indent=2))
     cfg = narrow(cfg, TrainJobConfig)  # a RunJobConfig's extra sections stay on the driver
-    latest = checkpoint.find_latest(run_dir)
+    latest = checkpoint.find_latest(run_dir, verify=True)  # a damaged newest checkpoint: the one before
     if latest is not None:
         state = checkpoint.read_state(latest)
         if state["epoch"] >= cfg.train.epochs:
@@ -264,18 +328,23 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
     for ds in datasets.values():  # bars drawn inside workers garble the progress lines; those stay
         ds.context.enable_progress_bars = False
     fs, storage_path = storage.arrow_filesystem(run_dir)
+    launch = uuid.uuid4().hex  # tells this launch's worker-group restarts from an earlier launch's
     trainer = TorchTrainer(
         train_loop_per_worker,
         # The driver picks the checkpoint to resume from (the newest complete one in storage) rather than
-        # Ray's own run snapshot, which lags behind a checkpoint that was uploaded just before a crash.
+        # Ray's own run snapshot, which lags behind a checkpoint that was uploaded just before a crash;
+        # workers restarted after a failure look again (resume_point).
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer.to_dict(), "n_train": n_train,
-                           "samples": samples, "counter": counter, "resume_from": latest},
+                           "samples": samples, "counter": counter, "resume_from": latest,
+                           "run_dir": run_dir, "launch": launch},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name="checkpoints", storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            # A failed worker (process or node) restarts the whole group from the newest checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             callbacks=callbacks or []),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -290,8 +359,12 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
     state = checkpoint.read_state(ckpt)
     storage.write_text(storage.join(run_dir, "metrics.jsonl"),
                        "".join(json.dumps(r) + "\n" for r in state.get("steps", [])))
+    attempts = count_attempts(run_dir, launch)
+    if attempts > 1:
+        print(f"[train] recovered from {attempts - 1} worker failure(s) (run.max_failures="
+              f"{cfg.run.max_failures}); each restart resumed from the last checkpoint")
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
-                       ray.get(counter.get.remote()), latest)
+                       ray.get(counter.get.remote()), latest, attempts)
 
 
 def root_cause(e: BaseException) -> str:

@@ -10,6 +10,12 @@ from tests import faults
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `own_cluster` start and stop a Ray cluster of their own: they run first, before the shared
+    one below starts, because two Ray instances must not run on one machine at once."""
+    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
