@@ -3,6 +3,8 @@
     pipeline run [--config FILE] [--set KEY=VALUE ...]
     pipeline train --config FILE [--set ...]
     pipeline tune --config FILE [--set ...]
+    pipeline cca --config FILE [--set ...] [--out DIR]
+    pipeline embeddings --config FILE --out FILE.txt [--dim 128] [--window 4] [--set ...]
     pipeline index --checkpoint DIR --data PATH --out DIR
     pipeline evaluate --checkpoint DIR --data PATH --out DIR
     pipeline search --index DIR (--text STR | --image FILE) [--k 10]
@@ -53,10 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="sweep tune.space with Ray Tune; prints the results table, the best config "
                        "and checkpoint")
     _config_args(p, required=True)
+    p = sub.add_parser("cca", help="fit a linear or kernel CCA baseline (cca.*) on data.train, score data.val; "
+                       "writes the same report as a trained run")
+    _config_args(p, required=True)
+    p.add_argument("--out", default=None, help="output folder (default <run dir>/baselines/<cca.kind>_cca)")
+    p = sub.add_parser("embeddings", help="word vectors from the training captions (co-occurrence, PPMI, SVD), "
+                       "written in GloVe text format for model.text.embeddings.path")
+    _config_args(p, required=True)
+    p.add_argument("--out", required=True, help="GloVe text file to write (local or s3://)")
+    p.add_argument("--dim", type=int, default=None, help="vector size (embeddings.dim, default 128)")
+    p.add_argument("--window", type=int, default=None, help="co-occurrence window in words (embeddings.window, "
+                   "default 4)")
     for name, helptext in (("index", "embed a gallery and build a FAISS index"),
                            ("evaluate", "retrieval evaluation of a checkpoint; writes the report")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (its newest checkpoint)")
+        if name == "evaluate":
+            p.add_argument("--checkpoint", required=True, action="append",
+                           help="checkpoint dir, or a run dir (its newest checkpoint); repeat it to compare several "
+                                "checkpoints on the same gallery (the report gains a comparison table)")
+        else:
+            p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (its newest checkpoint)")
         p.add_argument("--data", required=True, help="eval shards: path, folder, glob or brace list")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -70,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="results to return (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint when the index is on s3://")
+    p.add_argument("--distributed", action="store_true", help="sharded index: hold each shard in its own Ray actor "
+                   "(for galleries too large for this machine) instead of loading all shards here")
+    p.add_argument("--address", default=None, help="Ray cluster address (with --distributed)")
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the synthetic compositional-scenes dataset (WebDataset shards)")
     p.add_argument("--out", required=True, help="output folder; train/ and val/ are created in it")
@@ -138,9 +159,41 @@ def cmd_tune(args) -> None:
     print(tune.format_summary(res, cfg.tune.metric))
 
 
+def cmd_cca(args) -> None:
+    from pipeline import baselines, cluster, end_to_end
+    from pipeline.report import recall_table
+
+    cfg = load_config(RunJobConfig, args.config, args.overrides)
+    for key, path in (("cca.word_vectors", cfg.cca.word_vectors), ("cca.checkpoint", cfg.cca.checkpoint)):
+        if path and not storage.is_remote(path) and not Path(path).exists():
+            raise ConfigError(f"{key}={path!r} does not exist")
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    end_to_end.ensure_data(cfg)
+    _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
+    t0 = time.time()
+    cluster.connect(args.address)
+    rep, out = baselines.run(cfg, args.out)
+    print(f"{rep['checkpoint']}\n\n{recall_table(rep)}\n\nreport: {storage.join(out, 'report', 'report.html')} "
+          f"(+ report.md, report.json); projections: {storage.join(out, 'cca.npz')}\n"
+          f"total time {time.time() - t0:.0f} s")
+
+
+def cmd_embeddings(args) -> None:
+    from pipeline import cluster, end_to_end, word_embeddings
+
+    flags = [f"embeddings.{k}={v}" for k, v in (("dim", args.dim), ("window", args.window)) if v is not None]
+    cfg = load_config(RunJobConfig, args.config, [*args.overrides, *flags])
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    end_to_end.ensure_data(cfg)
+    _check_paths(cfg.data.train, "data.train")
+    cluster.connect(args.address)
+    print(word_embeddings.format_summary(word_embeddings.run(cfg, args.out)))
+
+
 def cmd_index(args) -> None:
     from pipeline import checkpoint, cluster
-    from pipeline.index import embed_dataset, write_index
+    from pipeline.gallery_embeddings import embed_to_parquet
+    from pipeline.index import build_gallery_indexes, write_index
 
     cfg = load_config(EvalJobConfig, None, args.overrides)
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
@@ -148,26 +201,30 @@ def cmd_index(args) -> None:
     paths = _check_paths(args.data, "--data")
     cluster.connect(args.address)
     image_size = checkpoint.read_config(ckpt)["data"]["image_size"]
-    gallery = embed_dataset(ckpt, paths, image_size, cfg.scaling.num_workers, cfg.scaling.use_gpu,
-                            cfg.eval.batch_size)
-    with storage.staging_dir(args.out) as out:
-        meta = write_index(out, gallery, ckpt, cfg.index.spec())
+    emb = embed_to_parquet(ckpt, paths, image_size, args.out, cfg.scaling.num_workers, cfg.scaling.use_gpu,
+                           cfg.eval.batch_size)
+    built = build_gallery_indexes(args.out, cfg.index.spec(), cfg.index.shard_rows)
+    meta = write_index(args.out, built, ckpt, cfg.index.spec(), emb.n_images, emb.n_captions, emb.dim)
+    shards = len(meta["indexes"]["images"].get("shards") or []) or 1
     print(f"index: {args.out} ({meta['n_images']} images, {meta['n_captions']} captions, {meta['type']}, "
-          f"built in {meta['build_s']:.3f} s, recall@10 vs exact {meta['recall@10_vs_exact']:.3f}, "
-          f"{meta['qps']:.0f} queries/s; embeddings in images.parquet, captions.parquet)")
+          f"{shards} shard{'s' if shards > 1 else ''}, built in {meta['build_s']:.3f} s, recall@10 vs exact "
+          f"{meta['recall@10_vs_exact']:.3f}, {meta['qps']:.0f} queries/s; embeddings in images.parquet/, "
+          f"captions.parquet/)")
 
 
 def cmd_evaluate(args) -> None:
     from pipeline import cluster, evaluate
-    from pipeline.report import recall_table
+    from pipeline.report import comparison_table, recall_table
 
     cfg = load_config(EvalJobConfig, None, args.overrides)
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    ckpt = _require_checkpoint(args.checkpoint)
+    ckpts = [_require_checkpoint(c) for c in args.checkpoint]
     _check_paths(args.data, "--data")
     cluster.connect(args.address)
-    rep = evaluate.run(ckpt, args.data, args.out, cfg.eval, cfg.scaling, index_spec=cfg.index.spec())
-    print(recall_table(rep) + f"\n\nreport: {storage.join(args.out, 'report.html')} (+ report.md, report.json)")
+    rep = evaluate.run(ckpts, args.data, args.out, cfg.eval, cfg.scaling, cfg.index)
+    table = comparison_table(rep["comparison"]) if rep.get("comparison") else recall_table(rep)
+    print(table + f"\n\nreport: {storage.join(args.out, 'report.html')} (+ report.md, report.json); "
+                  f"embeddings and index: {storage.join(args.out, 'index')}")
 
 
 def cmd_search(args) -> None:
@@ -181,8 +238,14 @@ def cmd_search(args) -> None:
             raise ConfigError(f"--image {args.image} does not exist")
         image = Image.open(args.image)
     storage.configure(args.endpoint_url)
-    with storage.local_copy(args.index) as index_dir:  # an s3:// index is fetched first
-        hits = search(index_dir, text=args.text, image=image, k=args.k)
+    if args.distributed:
+        from pipeline import cluster
+
+        cluster.connect(args.address)
+        hits = search(args.index, text=args.text, image=image, k=args.k, distributed=True)
+    else:
+        with storage.local_copy(args.index) as index_dir:  # an s3:// index is fetched first
+            hits = search(index_dir, text=args.text, image=image, k=args.k)
     if args.json:
         print(json.dumps(hits, indent=2))
         return
@@ -246,7 +309,8 @@ def _require_checkpoint(path: str) -> str:
     return ckpt
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "tune": cmd_tune, "index": cmd_index, "evaluate": cmd_evaluate,
+COMMANDS = {"run": cmd_run, "train": cmd_train, "tune": cmd_tune, "cca": cmd_cca, "embeddings": cmd_embeddings,
+            "index": cmd_index, "evaluate": cmd_evaluate,
             "search": cmd_search, "data": cmd_data, "keys": cmd_keys}
 
 

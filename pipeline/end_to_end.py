@@ -38,9 +38,11 @@ def ensure_data(cfg: RunJobConfig) -> None:
 
 
 def run(cfg: RunJobConfig) -> RunSummary:
+    import ray
+
     from pipeline import evaluate, train
-    from pipeline.data.ingest import expand_paths
-    from pipeline.index import build_gallery_indexes, collect_thumbnails, embed_dataset, write_index
+    from pipeline.data.ingest import expand_paths, skip_counter
+    from pipeline.index import collect_thumbnails
 
     if cfg.tune.enabled:  # sweep, then carry the best trial's checkpoint into index and evaluation
         from pipeline import tune
@@ -53,25 +55,27 @@ def run(cfg: RunJobConfig) -> RunSummary:
     else:
         result = train.run(cfg)
     val_paths = expand_paths(cfg.data.val, "data.val")
-    gallery = embed_dataset(result.checkpoint, val_paths, cfg.data.image_size,
-                            cfg.scaling.num_workers, cfg.scaling.use_gpu, cfg.eval.batch_size)
     index_dir, report_dir = storage.join(result.run_dir, "index"), storage.join(result.run_dir, "report")
-    built = build_gallery_indexes(gallery, cfg.index.spec())  # saved, and searched by the evaluation
-    with storage.staging_dir(index_dir) as local:  # s3:// run dirs: written locally, then uploaded
-        meta = write_index(local, gallery, result.checkpoint, cfg.index.spec(), built)
-    from pipeline.encoder import load
-
-    metrics = evaluate.evaluate_gallery(gallery, cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.examples,
-                                        cfg.index.spec(), encode_text=load(result.checkpoint).encode_text,
-                                        image_index=built["images"][0])
+    counter = skip_counter()
+    metrics, meta, orphans = evaluate.index_and_score(result.checkpoint, val_paths, index_dir, cfg.eval, cfg.index,
+                                                      cfg.scaling, counter)
     from pipeline import report
     from pipeline.config import to_dict
 
     data = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in result.data.items()}
+    gallery = {r: len(k) for r, k in ray.get(counter.get.remote()).get("gallery", {}).items()}
+    if gallery:
+        data["gallery"] = gallery
+    if cfg.cca.enabled:  # the CCA baseline (cca.*), fitted on data.train and scored on data.val beside the model
+        from pipeline import baselines
+        from pipeline.checkpoint import read_tokenizer
+
+        metrics["baselines"] = baselines.run_baseline(cfg, read_tokenizer(result.checkpoint))
     thumbs = collect_thumbnails(val_paths, evaluate.example_keys(metrics))
+    data_block = {"skipped": data, **({"captions_of_skipped_images": orphans} if orphans else {})}
     with storage.staging_dir(report_dir) as local:
         rep = report.write_report(local, metrics, meta, result.checkpoint, to_dict(cfg), result.history,
-                                  {"skipped": data}, thumbs)
+                                  data_block, thumbs)
     return RunSummary(result.run_dir, result.checkpoint, index_dir, report_dir, rep, data)
 
 
@@ -83,6 +87,8 @@ def format_summary(s: RunSummary) -> str:
              recall_table(s.report), ""]
     if "untrained_rsum" in s.report:
         lines += [f"untrained model rsum: {s.report['untrained_rsum']:.1f}", ""]
+    for b in (s.report.get("baselines") or {}).values():
+        lines += [f"baseline rsum: {b['rsum']:.1f} ({b['description']})", ""]
     lines += [f"run directory : {s.run_dir}", f"checkpoint    : {s.checkpoint}", f"index         : {s.index_dir}",
               f"report        : {storage.join(s.report_dir, 'report.html')}  (+ report.md, report.json, plots/)",
               f"skipped samples: {skipped if skipped else 'none'}", "=" * 72]

@@ -18,6 +18,25 @@ def recall_table(metrics: dict) -> str:
                                             f"and {metrics['n_captions']} captions"
 
 
+def comparison_table(rows: list[dict], first: str = "checkpoint") -> str:
+    """Several checkpoints (or models) on the same gallery, one markdown row each."""
+    ks = [k for k in rows[0]["i2t"] if k.startswith("R@")]
+    head = (f"| {first} | " + " | ".join(f"i2t {k}" for k in ks) + " | " + " | ".join(f"t2i {k}" for k in ks)
+            + " | rsum | medr i2t / t2i |")
+    lines = [head, "|---" * (2 * len(ks) + 3) + "|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | " + " | ".join(f"{r['i2t'][k]:.1f}" for k in ks) + " | "
+                     + " | ".join(f"{r['t2i'][k]:.1f}" for k in ks)
+                     + f" | {r['rsum']:.1f} | {r['i2t']['medr']:.0f} / {r['t2i']['medr']:.0f} |")
+    return "\n".join(lines)
+
+
+def baseline_rows(report: dict) -> list[dict]:
+    """The report's model and its `baselines` (e.g. CCA, fitted on the same training data), as table rows."""
+    own = {"label": "this model", **{k: report[k] for k in ("i2t", "t2i", "rsum")}}
+    return [own] + [{"label": b["description"], **b} for b in (report.get("baselines") or {}).values()]
+
+
 def plot_history(history: list, path: Path) -> bool:
     """Training loss and validation rsum per epoch (epoch 0 = the untrained model)."""
     if not history:
@@ -47,7 +66,7 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
     URIs for the example queries."""
     from pipeline.report_html import plot_rank_histogram, plot_recall_curves, write_html
 
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(parents=True, exist_ok=True)  # the recall and rank plots need it even without training
     examples = metrics.get("examples", [])
     report = {
         "i2t": metrics["i2t"], "t2i": metrics["t2i"], "rsum": metrics["rsum"],
@@ -55,7 +74,8 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
         "index": {k: index_meta.get(k) for k in INDEX_KEYS},
         "checkpoint": checkpoint, "config": config,
         "history": history or [], "data": data or {}, "examples": examples,
-        **{k: metrics[k] for k in ("protocols", "approximate", "zero_shot", "curves", "image_examples") if k in metrics},
+        **{k: metrics[k] for k in ("protocols", "approximate", "zero_shot", "curves", "image_examples", "comparison",
+                                           "baselines") if k in metrics},
     }
     untrained = next((h for h in report["history"] if h.get("epoch") == 0 and "val/rsum" in h), None)
     if untrained:
@@ -67,8 +87,12 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
              ranks: plot_rank_histogram(metrics.get("ranks"), ranks), training: has_plot}
     write_html(out, report, [p for p, ok in drawn.items() if ok], thumbs or {})
     lines = ["# Retrieval report", "", f"Checkpoint: `{checkpoint}`", "", recall_table(metrics), ""]
+    if report.get("comparison"):
+        lines += ["## Checkpoints compared (same gallery)", "", comparison_table(report["comparison"]), ""]
     if untrained:
         lines += [f"Untrained model (same architecture, epoch 0): rsum = {untrained['val/rsum']:.1f}", ""]
+    if report.get("baselines"):
+        lines += ["## Baselines (same validation set)", "", comparison_table(baseline_rows(report), "model"), ""]
     idx = report["index"]
     lines += ["## Index", "", f"{idx['type']} index, recall@10 vs exact {idx['recall@10_vs_exact']}, "
               f"built in {idx['build_s']:.3f} s, {idx['qps']:.0f} queries/s", ""]

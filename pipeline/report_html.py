@@ -105,6 +105,19 @@ def write_html(out: Path, report: dict, plots: list[Path], thumbs: dict[str, str
              f"{report['n_images']} images, {report['n_captions']} captions; rsum <b>{report['rsum']:.1f}</b>"
              + (f" (untrained: {report['untrained_rsum']:.1f})" if "untrained_rsum" in report else "") + "</p>",
              "<h2>Exact search</h2>", _table(head, _recall_rows(report, ks))]
+    if report.get("comparison"):
+        rows = report["comparison"]
+        parts += ["<h2>Checkpoints compared (same gallery)</h2>", _table(
+            ["checkpoint", *(f"i2t {k}" for k in ks), *(f"t2i {k}" for k in ks), "rsum", "medr i2t / t2i"],
+            [[html.escape(r["label"]), *(f"{r['i2t'][k]:.1f}" for k in ks), *(f"{r['t2i'][k]:.1f}" for k in ks),
+              f"{r['rsum']:.1f}", f"{r['i2t']['medr']:.0f} / {r['t2i']['medr']:.0f}"] for r in rows])]
+    if report.get("baselines"):
+        from pipeline.report import baseline_rows
+
+        parts += ["<h2>Baselines (same validation set)</h2>", _table(
+            ["model", *(f"i2t {k}" for k in ks), *(f"t2i {k}" for k in ks), "rsum"],
+            [[html.escape(r["label"]), *(f"{r['i2t'][k]:.1f}" for k in ks), *(f"{r['t2i'][k]:.1f}" for k in ks),
+              f"{r['rsum']:.1f}"] for r in baseline_rows(report)])]
     for name, block in (report.get("protocols") or {}).items():
         parts += [f"<h2>COCO {html.escape(name.upper())} protocol</h2>", _table(head, _recall_rows(block, ks))]
     approx, idx = report.get("approximate"), report["index"]

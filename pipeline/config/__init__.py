@@ -3,13 +3,13 @@ dotted-override loading with errors that say what to change (`loading`). No Ray 
 from pipeline.config.jobs import EvalJobConfig, RunJobConfig, TrainJobConfig
 from pipeline.config.loading import (ConfigError, apply_overrides, build, describe_keys, flat_config, flatten,
                                      load_config, narrow, parse_override, to_dict, valid_keys)
-from pipeline.config.sections import (DataConfig, EvalConfig, ImageTowerConfig, IndexConfig, LossConfig, ModelConfig,
-                                      RunConfig, ScalingConfig, StorageConfig, SweepConfig, SynthConfig,
-                                      TextTowerConfig, TrainConfig)
+from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, ImageTowerConfig,
+                                      IndexConfig, LossConfig, ModelConfig, RunConfig, ScalingConfig, StorageConfig,
+                                      SweepConfig, SynthConfig, TextTowerConfig, TrainConfig)
 
 __all__ = [
-    "ConfigError", "DataConfig", "EvalConfig", "EvalJobConfig", "ImageTowerConfig", "IndexConfig", "LossConfig",
-    "ModelConfig",
+    "CCAConfig", "ConfigError", "DataConfig", "EmbeddingsConfig", "EvalConfig", "EvalJobConfig", "ImageTowerConfig",
+    "IndexConfig", "LossConfig", "ModelConfig",
     "RunConfig", "RunJobConfig", "ScalingConfig", "StorageConfig", "SweepConfig", "SynthConfig",
     "TextTowerConfig", "TrainConfig", "TrainJobConfig", "apply_overrides", "build", "describe_keys",
     "flat_config", "flatten", "load_config", "narrow", "parse_override", "to_dict", "valid_keys",

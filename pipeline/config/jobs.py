@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config.loading import _check, _f
-from pipeline.config.sections import (DataConfig, EvalConfig, IndexConfig, LossConfig, ModelConfig, RunConfig,
-                                      ScalingConfig, StorageConfig, SweepConfig, TrainConfig)
+from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
+                                      ModelConfig, RunConfig, ScalingConfig, StorageConfig, SweepConfig, TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class TrainJobConfig:
             f"train.batch_size={self.train.batch_size} is not divisible by scaling.num_workers={n}; "
             f"use a multiple of {n}, e.g. {max(n, self.train.batch_size // n * n)}",
         )
+        self.model.check_files()
+        if self.model.image.arch == "vit_b_16":
+            size = self.data.image_size
+            _check(size % 16 == 0, f"model.image.arch=vit_b_16 cuts images into 16x16 patches: data.image_size="
+                                   f"{size} must be a multiple of 16, e.g. {max(16, size // 16 * 16)}")
         if self.loss.name == "dcca":
             _check(self.train.batch_size > self.model.embed_dim,
                    f"loss dcca needs train.batch_size > model.embed_dim ({self.train.batch_size} <= "
@@ -43,6 +48,8 @@ class RunJobConfig(TrainJobConfig):
     eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
     index: IndexConfig = _f(IndexConfig(), "FAISS index over the gallery")
     tune: SweepConfig = _f(SweepConfig(), "sweeps with Ray Tune (`pipeline tune`, or `pipeline run` with tune.enabled)")
+    cca: CCAConfig = _f(CCAConfig(), "CCA baselines (`pipeline cca`, or `pipeline run` with cca.enabled)")
+    embeddings: EmbeddingsConfig = _f(EmbeddingsConfig(), "word vectors from the captions (`pipeline embeddings`)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.config.loading import ConfigError, _check, _f
 
@@ -50,9 +51,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ImageTowerConfig:
-    arch: str = _f("small_cnn", "image tower: small_cnn | resnet18 | resnet50")
+    arch: str = _f("small_cnn", "image tower: small_cnn | resnet18 | resnet50 | vit_b_16 | convnext_tiny")
     width: int = _f(32, "channels of the first small_cnn stage (doubles per stage)")
-    weights: str = _f("", "local file with torchvision weights for resnet18/50 (empty: random init)")
+    weights: str = _f("", "local file with torchvision weights for resnet18/50, vit_b_16, convnext_tiny (empty: "
+                          "random init); ViT position embeddings are resized to data.image_size")
+    freeze: bool = _f(False, "locked-image tuning: train only the image projection; the tower's weights and "
+                             "BatchNorm statistics stay as initialised (use with model.image.weights)")
 
     def __post_init__(self) -> None:
         from pipeline.models.image import IMAGE_ARCHS
@@ -61,15 +65,39 @@ class ImageTowerConfig:
 
 
 @dataclass(frozen=True)
+class WordEmbeddingsConfig:
+    path: str = _f("", "GloVe or word2vec text file (local or s3://, may be .gz) initialising the word vectors "
+                       "of the words it has; empty: random init. Its dimension must equal model.text.word_dim")
+    freeze: bool = _f(False, "keep the word vectors fixed during training (the rest of the text tower learns)")
+
+
+@dataclass(frozen=True)
 class TextTowerConfig:
-    arch: str = _f("gru", "text tower: bow (mean of word vectors) | gru (bidirectional)")
+    arch: str = _f("gru", "text tower: bow (mean of word vectors) | gru | lstm (bidirectional) | cnn (word "
+                          "windows, max-pooled) | transformer")
     word_dim: int = _f(128, "word embedding size")
-    hidden: int = _f(256, "hidden size per direction of the GRU")
+    hidden: int = _f(256, "gru/lstm: hidden size per direction; cnn: filters per width; transformer: model width")
+    pooling: str | None = _f(None, "gru/lstm: mean | last; transformer: mean | cls; empty: mean (cnn always "
+                                   "max-pools, bow averages)")
+    cnn_widths: list = _f([1, 2, 3], "cnn: filter widths in words, one bank of model.text.hidden filters each")
+    layers: int = _f(2, "transformer: encoder layers")
+    heads: int = _f(4, "transformer: attention heads (must divide model.text.hidden)")
+    embeddings: WordEmbeddingsConfig = _f(WordEmbeddingsConfig(), "pretrained word vectors")
 
     def __post_init__(self) -> None:
-        from pipeline.models.text import TEXT_ARCHS
+        from pipeline.models.text import POOLINGS, TEXT_ARCHS
 
         _check(self.arch in TEXT_ARCHS, f"model.text.arch={self.arch!r}; choose one of {sorted(TEXT_ARCHS)}")
+        _check(self.word_dim >= 1 and self.hidden >= 1, "model.text.word_dim and model.text.hidden must be >= 1")
+        _check(self.pooling is None or self.pooling in POOLINGS[self.arch],
+               f"model.text.pooling={self.pooling!r} does not apply to model.text.arch={self.arch}; use one of "
+               f"{list(POOLINGS[self.arch])} or leave it empty")
+        _check(bool(self.cnn_widths) and all(isinstance(w, int) and w >= 1 for w in self.cnn_widths),
+               f"model.text.cnn_widths={self.cnn_widths!r} must be a non-empty list of positive integers")
+        _check(self.layers >= 1 and self.heads >= 1, "model.text.layers and model.text.heads must be >= 1")
+        if self.arch == "transformer":
+            _check(self.hidden % self.heads == 0, f"model.text.heads={self.heads} must divide model.text.hidden="
+                                                  f"{self.hidden}; change one of them")
 
 
 @dataclass(frozen=True)
@@ -80,6 +108,20 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.embed_dim >= 2, "model.embed_dim must be at least 2")
+
+    def check_files(self) -> None:
+        """The files training starts from exist, and the word vectors fit model.text.word_dim. Only a job that
+        builds a fresh model needs them: one rebuilt from a checkpoint takes its weights from the checkpoint."""
+        from pipeline.models.word_vectors import dim_mismatch_message, vector_file_dim
+
+        weights, vectors = self.image.weights, self.text.embeddings.path
+        _check(not weights or Path(weights).is_file(),
+               f"model.image.weights={weights!r} does not exist; give a local .pth file or leave it empty")
+        if vectors and not vectors.startswith("s3://"):  # s3:// files are checked when the workers read them
+            _check(Path(vectors).is_file(), f"model.text.embeddings.path={vectors!r} does not exist; give a GloVe "
+                                            "or word2vec text file, or leave it empty for random word vectors")
+            dim = vector_file_dim(vectors)
+            _check(dim == self.text.word_dim, dim_mismatch_message(vectors, dim, self.text.word_dim))
 
 
 @dataclass(frozen=True)
@@ -124,6 +166,11 @@ class TrainConfig:
                                   "size (0: off); the loss still sees the whole global batch")
     seed: int = _f(0, "seed for model init and augmentation")
     log_every: int = _f(20, "print a progress line every this many steps")
+    precision: str = _f("auto", "auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16: autocast of the towers; "
+                                "embeddings, all-gather and loss stay fp32")
+    channels_last: bool = _f(True, "GPU: image tower and image batches in channels_last memory format (faster "
+                                   "convolutions); ignored on CPU")
+    compile: bool = _f(False, "torch.compile the image and text towers (the first steps are slow while compiling)")
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 2, "train.batch_size must be at least 2 (in-batch negatives)")
@@ -131,6 +178,13 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be positive")
         _check(self.warmup_steps >= 0 and self.grad_clip >= 0, "train.warmup_steps, train.grad_clip >= 0")
         _check(self.micro_batch_size >= 0, "train.micro_batch_size must be >= 0 (0 turns gradient caching off)")
+        _check(self.precision in ("auto", "fp32", "bf16"), f"train.precision={self.precision!r}; use auto, fp32 "
+                                                           "or bf16")
+
+    def autocast_dtype(self, device_type: str) -> str | None:
+        """'bfloat16' when the towers run under autocast on `device_type` ('cuda', 'cpu'), else None."""
+        on = self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+        return "bfloat16" if on else None
 
 
 @dataclass(frozen=True)
@@ -138,10 +192,13 @@ class ScalingConfig:
     num_workers: int = _f(2, "Ray Train workers; each holds train.batch_size / num_workers samples per step")
     use_gpu: bool = _f(False, "one GPU per worker, NCCL; otherwise CPU workers over gloo")
     cpus_per_worker: float = _f(1.0, "logical CPUs reserved per training worker (the rest feed Ray Data)")
+    ddp_bucket_cap_mb: int = _f(25, "DDP gradient bucket size in MiB (torch's default 25): larger buckets mean "
+                                    "fewer, bigger all-reduces overlapped with the backward pass")
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "scaling.num_workers must be at least 1")
         _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker must be positive")
+        _check(self.ddp_bucket_cap_mb >= 1, "scaling.ddp_bucket_cap_mb must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -149,10 +206,13 @@ class RunConfig:
     name: str = _f("demo", "run name; running the same name again resumes from its latest checkpoint")
     storage_path: str = _f("runs", "parent of the run directory (local or s3://bucket/prefix)")
     keep_checkpoints: int = _f(2, "how many epoch checkpoints to keep (the latest are kept)")
+    max_failures: int = _f(0, "worker failures (a crashed process, a lost node) recovered from by restarting the "
+                              "workers from the last checkpoint; 0: fail at once, -1: no limit")
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "run.name must be a non-empty name without '/'")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints must be at least 1")
+        _check(self.max_failures >= -1, "run.max_failures must be >= -1 (-1: no limit)")
 
     def run_dir(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
@@ -222,16 +282,75 @@ class IndexConfig:
     refine_k_factor: int = _f(48, "ivfpq: candidates re-ranked on the raw vectors, as a multiple of K")
     hnsw_m: int = _f(32, "hnsw: neighbours per node")
     ef_search: int = _f(128, "hnsw: candidate list size at search time")
+    shard_rows: int = _f(1000000, "galleries with more vectors are built as shards of at most this many, in "
+                                  "parallel Ray tasks over one trained quantizer, and searched shard-parallel")
 
     def __post_init__(self) -> None:
         from pipeline.indexes import TYPES
 
         _check(self.type in TYPES, f"index.type={self.type!r}; choose one of {list(TYPES)}")
         _check(min(self.nlist, self.pq_m) >= 0 and min(self.nprobe, self.refine_k_factor, self.hnsw_m,
-                                                       self.ef_search, self.auto_threshold) >= 1,
+                                                       self.ef_search, self.auto_threshold, self.shard_rows) >= 1,
                "index.nlist and index.pq_m must be >= 0, the other index.* counts >= 1")
 
     def spec(self):
         from pipeline.indexes import IndexSpec
 
-        return IndexSpec(**dataclasses.asdict(self))
+        return IndexSpec(**{k: v for k, v in dataclasses.asdict(self).items() if k != "shard_rows"})
+
+
+@dataclass(frozen=True)
+class EmbeddingsConfig:
+    dim: int = _f(128, "`pipeline embeddings`: word vector size (a text tower loads them when it equals "
+                       "model.text.word_dim)")
+    window: int = _f(4, "`pipeline embeddings`: words at most this many positions apart co-occur")
+    weighting: str = _f("harmonic", "`pipeline embeddings`: a pair d words apart counts 1/d (harmonic) or 1 (uniform)")
+    alpha: float = _f(0.75, "`pipeline embeddings`: context-distribution smoothing of PPMI (Levy et al.); 1: none")
+    shift: float = _f(1.0, "`pipeline embeddings`: PPMI keeps PMI - log(shift) > 0 (SGNS's k negatives); 1: no shift")
+    power: float = _f(0.5, "`pipeline embeddings`: vectors are U_d S_d^power of the PPMI matrix's truncated SVD")
+
+    def __post_init__(self) -> None:
+        _check(self.dim >= 1 and self.window >= 1, "embeddings.dim and embeddings.window must be at least 1")
+        _check(self.weighting in ("harmonic", "uniform"),
+               f"embeddings.weighting={self.weighting!r}; use harmonic or uniform")
+        _check(0 < self.alpha <= 1 and self.shift >= 1, "embeddings.alpha must lie in (0, 1], embeddings.shift >= 1")
+        _check(0 <= self.power <= 1, "embeddings.power must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class CCAConfig:
+    enabled: bool = _f(False, "`pipeline run`: also fit this CCA baseline on data.train and report its rsum beside "
+                              "the trained model's (report `baselines`)")
+    kind: str = _f("linear", "linear | kernel (linear CCA on cca.kernel_map features of each view)")
+    k: int = _f(64, "canonical directions kept for retrieval (at most the smaller feature dimension)")
+    r1: float = _f(1e-3, "ridge on the image covariance, as a fraction of its mean variance")
+    r2: float = _f(1e-3, "ridge on the text covariance, as a fraction of its mean variance")
+    power: float = _f(4.0, "retrieval weights canonical direction i by correlation_i^power (0: unweighted)")
+    image_features: str = _f("pixels", "pixels (averaged down to cca.pixel_size) | tower (frozen image tower)")
+    pixel_size: int = _f(16, "pixels: side of the downsampled image; 3 x side^2 features")
+    text_features: str = _f("bow", "bow (word counts, L2-normalised) | word_vectors (mean of cca.word_vectors) | "
+                                   "tower (frozen text tower)")
+    bow_words: int = _f(4096, "bow: the most frequent vocabulary words used as features")
+    word_vectors: str = _f("", "word_vectors: GloVe-format text file, e.g. written by `pipeline embeddings`")
+    checkpoint: str = _f("", "tower features: towers and tokenizer of this checkpoint or run dir; empty: model.* "
+                             "at random init (model.image.weights applies)")
+    kernel_map: str = _f("rff", "kernel: rff (random Fourier features) | nystrom")
+    kernel_dim: int = _f(1024, "kernel: features per view (Fourier features, or Nyström landmarks)")
+    bandwidth: float = _f(0.0, "kernel: Gaussian kernel width; 0: each view's median pairwise distance on the sample")
+    sample: int = _f(2000, "kernel: training images sampled to set the bandwidth and pick the landmarks")
+    seed: int = _f(0, "seed of the kernel maps, the sample and random-init towers")
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("linear", "kernel"), f"cca.kind={self.kind!r}; use linear or kernel")
+        _check(self.image_features in ("pixels", "tower"), f"cca.image_features={self.image_features!r}; "
+                                                            "use pixels or tower")
+        _check(self.text_features in ("bow", "word_vectors", "tower"),
+               f"cca.text_features={self.text_features!r}; use bow, word_vectors or tower")
+        _check(self.text_features != "word_vectors" or bool(self.word_vectors),
+               "cca.text_features=word_vectors needs cca.word_vectors (a GloVe file; `pipeline embeddings` "
+               "writes one)")
+        _check(self.kernel_map in ("rff", "nystrom"), f"cca.kernel_map={self.kernel_map!r}; use rff or nystrom")
+        _check(min(self.k, self.pixel_size, self.bow_words, self.kernel_dim) >= 1 and self.sample >= 2,
+               "cca.k, cca.pixel_size, cca.bow_words, cca.kernel_dim must be >= 1 and cca.sample >= 2")
+        _check(self.r1 >= 0 and self.r2 >= 0 and self.bandwidth >= 0 and self.power >= 0,
+               "cca.r1, cca.r2, cca.bandwidth and cca.power must be >= 0")

@@ -7,7 +7,8 @@ import pytest
 from pipeline.cli import build_parser
 
 PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metrics", "pipeline.checkpoint",
-        "pipeline.sweep", "pipeline.storage", "pipeline.data.transforms", "pipeline.data.karpathy"]
+        "pipeline.sweep", "pipeline.storage", "pipeline.data.transforms", "pipeline.data.karpathy",
+        "pipeline.cca", "pipeline.cca_encoder", "pipeline.ppmi", "pipeline.word_embeddings", "pipeline.baselines"]
 
 
 def test_pure_modules_do_not_import_ray():
@@ -16,7 +17,7 @@ def test_pure_modules_do_not_import_ray():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("argv", [[], ["run"], ["train"], ["tune"], ["index"], ["evaluate"], ["search"], ["data"],
+@pytest.mark.parametrize("argv", [[], ["run"], ["train"], ["tune"], ["cca"], ["embeddings"], ["index"], ["evaluate"], ["search"], ["data"],
                                   ["data", "synth"], ["data", "convert-karpathy"], ["data", "inspect"], ["keys"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
