@@ -111,15 +111,3 @@ def _in_memory_captions(paths):
                 if not row["problem"] and row["has_image"]:
                     caps += parse_captions(row["txt"], row["json"])[0]
     return caps
-
-
-def test_run_reports_the_baseline_beside_the_model(ray_cluster, smoke_data, tmp_path, capsys):
-    assert main(["run", *smoke_args(smoke_data, tmp_path, "withcca", "--set", "train.epochs=1",
-                                    "--set", "cca.enabled=true")]) == 0
-    assert "baseline rsum: " in capsys.readouterr().out
-    report = tmp_path / "withcca" / "report"
-    rep = json.loads((report / "report.json").read_text())
-    base = rep["baselines"]["linear_cca"]
-    assert base["rsum"] > 2 * CHANCE_RSUM and base["description"] == "linear CCA: pixels 16x16 + bag of words"
-    assert "## Baselines" in (report / "report.md").read_text()
-    assert "Baselines" in (report / "report.html").read_text()

@@ -33,9 +33,10 @@ def test_train_from_s3_and_write_the_run_to_s3(ray_cluster, smoke_data, s3_endpo
     assert "s3://runs-bucket/runs/s3run/report/report.html" in captured.out
     files = fs.find("runs-bucket/runs/s3run")
     for suffix in ("s3run/config.json", "checkpoints/epoch_0001/model.pt", "checkpoints/epoch_0001/state.json",
-                   "index/meta.json", "index/images.faiss", "index/images.parquet", "report/report.json",
+                   "index/meta.json", "index/images.faiss", "index/captions.faiss", "report/report.json",
                    "report/report.html", "report/plots/training.png"):
         assert any(f.endswith(suffix) for f in files), suffix
+    assert any("/index/images.parquet/" in f for f in files)  # the embedding passes wrote straight to S3
     rep = json.loads(fs.cat("runs-bucket/runs/s3run/report/report.json"))
     assert rep["n_images"] == 64 and rep["data"]["skipped"]["train"] == {"missing_shard": 1}
 

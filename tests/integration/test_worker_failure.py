@@ -12,8 +12,8 @@ from pipeline import checkpoint
 
 from .conftest import ROOT, smoke_args
 
-EPOCHS = 4
-KILL_AT = "epoch 2/4 step 1/"  # rank 0's first progress line of epoch 2: both workers are inside the epoch
+EPOCHS = 3
+KILL_AT = f"epoch 2/{EPOCHS} step 1/"  # rank 0's first progress line of epoch 2: both workers are inside the epoch
 # A small batch makes epochs of 34 steps: time for the kill to land inside epoch 2 after rank 0's line arrives.
 COMMON = ["--set", f"train.epochs={EPOCHS}", "--set", "train.batch_size=8", "--set", "train.log_every=4",
           "--set", f"run.keep_checkpoints={EPOCHS}"]

@@ -23,7 +23,6 @@ def _ray_schema() -> dict:
 
 def test_validates_against_the_installed_launcher_schema():
     jsonschema.validate(_config(), _ray_schema())
-    assert "ray" not in sys.modules
 
 
 def test_launcher_rules_beyond_the_schema():

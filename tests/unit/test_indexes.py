@@ -104,12 +104,12 @@ def test_sharded_flat_equals_one_exact_index():
 
 
 def test_ivfpq_shards_share_one_trained_quantizer_and_keep_recall():
-    x, q = clustered(2000, 32), clustered(100, 32, seed=1)
-    spec = indexes.IndexSpec(type="ivfpq", nlist=16, nprobe=8, refine_k_factor=32)
-    template = indexes.train_template(x, 2000, spec)
-    shards = [(indexes.fill_shard(x[a:a + 500], template, 4000, spec), a) for a in range(0, 2000, 500)]
+    x, q = clustered(1200, 32), clustered(100, 32, seed=1)
+    spec = indexes.IndexSpec(type="ivfpq", nlist=8, nprobe=8, refine_k_factor=32)
+    template = indexes.train_template(x, 1200, spec)
+    shards = [(indexes.fill_shard(x[a:a + 300], template, 1200, spec), a) for a in range(0, 1200, 300)]
     # the same centroids in every shard: the quantizer was trained once, not per shard
-    centroids = [faiss.extract_index_ivf(s).quantizer.reconstruct_n(0, 16) for s, _ in shards]
+    centroids = [faiss.extract_index_ivf(s).quantizer.reconstruct_n(0, 8) for s, _ in shards]
     assert all(np.array_equal(centroids[0], c) for c in centroids[1:])
     found = indexes.ShardedIndex(shards).search(q, 10)[1]
     exact = indexes.exact_top_k(x, q, 10)
