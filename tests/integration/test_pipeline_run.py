@@ -66,42 +66,6 @@ def test_evaluate_and_index_commands(ray_cluster, smoke_data, tmp_path, capsys):
     assert main(["train", *smoke_args(smoke_data, tmp_path, "ev", "--set", "train.epochs=2")]) == 0
     ckpt = tmp_path / "ev"
     val = str(smoke_data / "val")
-    assert main(["index", "--checkpoint", str(ckpt), "--data", val, "--out", str(tmp_path / "idx"),
-                 "--set", "index.type=flat"]) == 0
-    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
-    assert meta["n_images"] == 64 and meta["n_captions"] == 320 and "shards" not in meta["indexes"]["images"]
-    # Embeddings streamed to Parquet by the two passes, every row with a dense id.
-    images, captions = (pq.read_table(tmp_path / "idx" / f"{n}.parquet") for n in ("images", "captions"))
-    assert set(images.column_names) == {"id", "key", "label", "shard", "vector"}
-    assert sorted(images.column("id").to_pylist()) == list(range(64))
-    assert sorted(captions.column("id").to_pylist()) == list(range(320))
-    assert set(captions.column("key").to_pylist()) == set(images.column("key").to_pylist())
-
-    # The same gallery as shards (20 vectors at most: 4 image shards, 16 caption shards), built in parallel
-    # Ray tasks: exact shards merged must answer exactly what the single exact index answers.
-    assert main(["index", "--checkpoint", str(ckpt), "--data", val, "--out", str(tmp_path / "sharded"),
-                 "--set", "index.type=flat", "--set", "index.shard_rows=20"]) == 0
-    meta = json.loads((tmp_path / "sharded" / "meta.json").read_text())
-    assert [s["n"] for s in meta["indexes"]["images"]["shards"]] == [16, 16, 16, 16]
-    assert len(meta["indexes"]["captions"]["shards"]) == 16 and meta["recall@10_vs_exact"] == 1.0
-    capsys.readouterr()
-
-    def search(index, *query, distributed=False):
-        args = ["search", "--index", str(tmp_path / index), *query, "--k", "5", "--json"]
-        assert main(args + (["--distributed"] if distributed else [])) == 0
-        out = capsys.readouterr().out
-        assert "[\n" in out, out
-        # --json prints one indented list; Ray may log a line of its own first when actors start
-        return [(h.get("key"), h.get("caption"), round(h["score"], 5)) for h in json.loads(out[out.index("[\n"):])]
-
-    image_file = tmp_path / "query.png"
-    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(image_file)
-    for query in (["--text", "a red circle left of a blue square"], ["--image", str(image_file)]):
-        single = search("idx", *query)
-        assert len(single) == 5
-        assert search("sharded", *query) == single  # shard-parallel in threads, merged top-K
-        assert search("sharded", *query, distributed=True) == single  # one Ray actor per shard
-
     # Two checkpoints of the run compared on the same gallery; the report's main block is the first one's.
     epochs = sorted(str(p) for p in (ckpt / "checkpoints").glob("epoch_*"))
     assert main(["evaluate", "--checkpoint", epochs[-1], "--checkpoint", epochs[0], "--data", val,
@@ -117,6 +81,42 @@ def test_evaluate_and_index_commands(ray_cluster, smoke_data, tmp_path, capsys):
     assert "Checkpoints compared" in html and "Checkpoints compared" in (tmp_path / "rep" / "report.md").read_text()
     for label in (r["label"] for r in rows):
         assert (tmp_path / "rep" / "index" / label.replace("/", "_") / "meta.json").is_file()
+
+    # The newest checkpoint's gallery, as evaluate left it: one exact index (auto is flat at 64 images) and the
+    # embeddings streamed to Parquet by the two passes, every row with a dense id.
+    idx = tmp_path / "rep" / "index" / rows[0]["label"].replace("/", "_")
+    meta = json.loads((idx / "meta.json").read_text())
+    assert meta["n_images"] == 64 and meta["type"] == "flat" and "shards" not in meta["indexes"]["images"]
+    images, captions = (pq.read_table(idx / f"{n}.parquet") for n in ("images", "captions"))
+    assert set(images.column_names) == {"id", "key", "label", "shard", "vector"}
+    assert sorted(images.column("id").to_pylist()) == list(range(64))
+    assert sorted(captions.column("id").to_pylist()) == list(range(320))
+    assert set(captions.column("key").to_pylist()) == set(images.column("key").to_pylist())
+
+    # The same gallery as shards (20 vectors at most: 4 image shards, 16 caption shards), built in parallel
+    # Ray tasks: exact shards merged must answer exactly what the single exact index answers.
+    assert main(["index", "--checkpoint", epochs[-1], "--data", val, "--out", str(tmp_path / "sharded"),
+                 "--set", "index.type=flat", "--set", "index.shard_rows=20"]) == 0
+    meta = json.loads((tmp_path / "sharded" / "meta.json").read_text())
+    assert [s["n"] for s in meta["indexes"]["images"]["shards"]] == [16, 16, 16, 16]
+    assert len(meta["indexes"]["captions"]["shards"]) == 16 and meta["recall@10_vs_exact"] == 1.0
+    capsys.readouterr()
+
+    def search(index, *query, distributed=False):
+        args = ["search", "--index", str(index), *query, "--k", "5", "--json"]
+        assert main(args + (["--distributed"] if distributed else [])) == 0
+        out = capsys.readouterr().out
+        assert "[\n" in out, out
+        # --json prints one indented list; Ray may log a line of its own first when actors start
+        return [(h.get("key"), h.get("caption"), round(h["score"], 5)) for h in json.loads(out[out.index("[\n"):])]
+
+    image_file = tmp_path / "query.png"
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(image_file)
+    for query in (["--text", "a red circle left of a blue square"], ["--image", str(image_file)]):
+        single = search(idx, *query)
+        assert len(single) == 5
+        assert search(tmp_path / "sharded", *query) == single  # shard-parallel in threads, merged top-K
+        assert search(tmp_path / "sharded", *query, distributed=True) == single  # one Ray actor per shard
     assert main(["data", "inspect", str(smoke_data / "train")]) == 0
     out = capsys.readouterr().out
     for needle in ("format: webdataset", "corrupt_image x2", "empty_caption x2", "undecodable_caption x1",
