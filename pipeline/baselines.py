@@ -151,16 +151,14 @@ def score(cfg, fitted: Fitted, counter=None) -> tuple[dict, dict]:
     """Embed and score data.val. -> (the evaluation's metrics, the index block of the report)."""
     from pipeline import evaluate
     from pipeline.data.ingest import expand_paths
-    from pipeline.indexes import build_index, measure, train_sample
+    from pipeline.index import build_measured
+    from pipeline.indexes import train_sample
 
     paths = expand_paths(cfg.data.val, "data.val")
     gallery = embed_gallery(fitted.encoder, paths, cfg.data.image_size, cfg.scaling.num_workers, counter)
     spec = cfg.index.spec()
-    images = gallery.image_emb.numpy()
-    index, build_s = build_index(images, spec)
     queries = train_sample(gallery.text_emb.numpy(), 1000)  # held-out queries of the other modality
-    index_meta = {"type": spec.resolve(len(images)), "build_s": build_s,
-                  **measure(index, images, queries, k=min(10, len(images)))}
+    index, index_meta = build_measured(gallery.image_emb.numpy(), queries, spec)
     metrics = evaluate.evaluate_gallery(gallery, cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.examples, spec,
                                         encode_text=fitted.encoder.encode_text, image_index=index)
     return metrics, index_meta
