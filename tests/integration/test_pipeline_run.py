@@ -1,7 +1,11 @@
-"""`pipeline run` end to end on the smoke config inside the shared local Ray."""
+"""`pipeline run` end to end on the smoke config inside the shared local Ray, then `evaluate`, `index` and
+`search` on the checkpoints that run left (one training for both tests: a second costs ~25 s)."""
+import contextlib
+import io
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import pipeline
@@ -12,11 +16,20 @@ from tests import faults
 from .conftest import smoke_args
 
 
-def test_run_end_to_end(ray_cluster, smoke_data, tmp_path, capsys):
-    # with the linear CCA baseline fitted beside the model (one run covers both; a second costs ~40 s)
-    assert main(["run", *smoke_args(smoke_data, tmp_path, "e2e", "--set", "cca.enabled=true")]) == 0
-    out = capsys.readouterr().out
-    run_dir = tmp_path / "e2e"
+@pytest.fixture(scope="module")
+def e2e_run(ray_cluster, smoke_data, tmp_path_factory):
+    """-> (run directory, what `pipeline run` printed): 3 epochs, with the linear CCA baseline fitted beside the
+    model (one run covers both; a second costs ~40 s)."""
+    storage = tmp_path_factory.mktemp("e2e")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["run", *smoke_args(smoke_data, storage, "e2e", "--set", "cca.enabled=true")])
+    assert rc == 0, printed.getvalue()[-3000:]
+    return storage / "e2e", printed.getvalue()
+
+
+def test_run_end_to_end(e2e_run, capsys):
+    run_dir, out = e2e_run
     # The closing summary says where everything went and shows the R@K table.
     for needle in ("Run finished", "text → image", str(run_dir / "report" / "report.html"), "checkpoint",
                    "baseline rsum: "):
@@ -60,27 +73,29 @@ def test_run_end_to_end(ray_cluster, smoke_data, tmp_path, capsys):
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[-1]["score"]
 
 
-def test_evaluate_and_index_commands(ray_cluster, smoke_data, tmp_path, capsys):
+def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):
     import pyarrow.parquet as pq
 
-    assert main(["train", *smoke_args(smoke_data, tmp_path, "ev", "--set", "train.epochs=2")]) == 0
-    ckpt = tmp_path / "ev"
     val = str(smoke_data / "val")
     # Two checkpoints of the run compared on the same gallery; the report's main block is the first one's.
-    epochs = sorted(str(p) for p in (ckpt / "checkpoints").glob("epoch_*"))
+    epochs = sorted(str(p) for p in (e2e_run[0] / "checkpoints").glob("epoch_*"))
+    assert len(epochs) >= 2, epochs
     assert main(["evaluate", "--checkpoint", epochs[-1], "--checkpoint", epochs[0], "--data", val,
                  "--out", str(tmp_path / "rep")]) == 0
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rep["n_captions"] == 320 and rep["checkpoint"] == epochs[-1]
     rows = rep["comparison"]
     assert [r["checkpoint"] for r in rows] == epochs[::-1] and rows[0]["rsum"] == rep["rsum"]
-    assert rows[0]["rsum"] != rows[1]["rsum"]  # two different models, each scored on its own embeddings
     out = capsys.readouterr().out
-    assert "| checkpoint |" in out and "ev/epoch_" in out
+    assert "| checkpoint |" in out and "e2e/epoch_" in out
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "Checkpoints compared" in html and "Checkpoints compared" in (tmp_path / "rep" / "report.md").read_text()
-    for label in (r["label"] for r in rows):
-        assert (tmp_path / "rep" / "index" / label.replace("/", "_") / "meta.json").is_file()
+    dirs = [tmp_path / "rep" / "index" / r["label"].replace("/", "_") for r in rows]
+    assert all((d / "meta.json").is_file() for d in dirs)
+    # two different models, each scored on its own embeddings of the same images
+    first, second = (pq.read_table(d / "images.parquet").sort_by("key") for d in dirs)
+    assert first.column("key").equals(second.column("key"))
+    assert not np.allclose(*(np.array(t.column("vector").to_pylist()) for t in (first, second)))
 
     # The newest checkpoint's gallery, as evaluate left it: one exact index (auto is flat at 64 images) and the
     # embeddings streamed to Parquet by the two passes, every row with a dense id.

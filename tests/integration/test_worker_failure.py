@@ -28,15 +28,27 @@ def _train_workers() -> dict[int, str]:
     return {a.pid: a.actor_id for a in actors}
 
 
-def _kill_a_worker_when(log, marker: str, proc, timeout: float = 240) -> int:
-    """Wait for `marker` in the driver's output, then SIGKILL a training worker other than the one that printed
+def _wait_for_workers(n: int, proc, log, timeout: float = 120) -> set[int]:
+    """Wait until `n` Ray Train workers are alive (those of `proc`, the only run yet). -> their pids."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        pids = set(_train_workers())
+        if len(pids) >= n:
+            return pids
+        time.sleep(0.2)
+    raise AssertionError(f"{n} training workers never started (driver exit code {proc.poll()}):\n"
+                         f"{log.read_text()[-3000:]}")
+
+
+def _kill_a_worker_when(log, marker: str, proc, workers: set[int], timeout: float = 240) -> int:
+    """Wait for `marker` in the driver's output, then SIGKILL one of `workers` other than the one that printed
     it (rank 0, named in Ray's '(RayTrainWorker pid=N ...)' prefix). -> the killed pid."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text())  # Ray colours the prefixes
         m = re.search(r"pid=(\d+)[^)]*\)\s*\[train\] " + re.escape(marker), text)
         if m:
-            others = [pid for pid in _train_workers() if pid != int(m.group(1))]
+            others = [pid for pid in _train_workers() if pid in workers and pid != int(m.group(1))]
             assert others, "no second training worker found to kill"
             os.kill(others[0], signal.SIGKILL)
             return others[0]
@@ -56,23 +68,28 @@ def _train(args: list[str], address: str, log) -> subprocess.Popen:
 
 
 def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, smoke_data, tmp_path):
-    t0 = time.time()
-    steady_proc = _train(smoke_args(smoke_data, tmp_path, "steady", *COMMON), ray_cluster, tmp_path / "steady.log")
-    assert steady_proc.wait(timeout=300) == 0, (tmp_path / "steady.log").read_text()[-3000:]
-    t_steady = time.time() - t0
-
+    # The two runs go side by side (they fit the shared cluster's 8 CPUs), which saves ~30 s over one after the
+    # other. The killed run starts first so that the workers alive then are known to be its own.
     log = tmp_path / "killed.log"
     proc = _train(smoke_args(smoke_data, tmp_path, "killed", *COMMON, "--set", "run.max_failures=1"), ray_cluster,
                   log)
+    steady_proc = None
     try:
-        _kill_a_worker_when(log, KILL_AT, proc)
+        workers = _wait_for_workers(2, proc, log)
+        t0 = time.time()
+        steady_proc = _train(smoke_args(smoke_data, tmp_path, "steady", *COMMON), ray_cluster,
+                             tmp_path / "steady.log")
+        _kill_a_worker_when(log, KILL_AT, proc, workers)
         ckpts = tmp_path / "killed" / "checkpoints"
         at_kill = sorted(p.name for p in ckpts.glob("epoch_*") if checkpoint.is_checkpoint(p))
         epoch1 = checkpoint.read_state(ckpts / "epoch_0001")["metrics"] if at_kill else None
         rc = proc.wait(timeout=300)
+        assert steady_proc.wait(timeout=300) == 0, (tmp_path / "steady.log").read_text()[-3000:]
+        t_steady = time.time() - t0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        for p in (proc, steady_proc):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
     output = log.read_text()
     assert rc == 0, output[-3000:]
     assert at_kill == ["epoch_0001"], at_kill  # killed inside epoch 2: epoch 1 was the last checkpoint
@@ -98,6 +115,6 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, smoke_data, tmp
     a, b = final["metrics"], steady["metrics"]
     trace = lambda s: [(h["epoch"], round(h.get("train/loss", 0), 4), round(h["val/rsum"], 1))  # noqa: E731
                        for h in s["history"]]
-    print(f"steady run {t_steady:.0f} s\n  steady {trace(steady)}\n  killed {trace(final)}")
+    print(f"steady run {t_steady:.0f} s (beside the killed one)\n  steady {trace(steady)}\n  killed {trace(final)}")
     assert abs(a["train/loss"] - b["train/loss"]) <= TOL_LOSS * b["train/loss"]
     assert abs(a["val/rsum"] - b["val/rsum"]) <= TOL_RSUM

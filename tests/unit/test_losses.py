@@ -156,6 +156,7 @@ def test_dcca_every_worker_computes_the_global_objective():
     assert float(loss(x[:4], y[:4], image_all=x, text_all=y, offset=0)) == pytest.approx(float(loss(x, y)))
 
 
+@torch.no_grad()  # reading learnable scalars: float() of a tensor that needs grad warns
 def test_logit_scale_clamped_and_fixed_when_not_learned():
     assert float(InfoNCE(temperature=0.001).scale()) == 100.0
     assert not InfoNCE(learn_temperature=False).logit_scale.requires_grad
