@@ -115,7 +115,8 @@ class GalleryBuilder:
 
 def _stack(parts: list) -> torch.Tensor:
     """Row blocks (tensors or arrays) -> one float32 tensor."""
-    return torch.cat([torch.as_tensor(np.asarray(p, dtype=np.float32)) for p in parts])
+    # np.array copies: blocks from Ray's object store are read-only, which torch warns about
+    return torch.cat([torch.from_numpy(np.array(p, dtype=np.float32)) for p in parts])
 
 
 def embed_gallery(encode_pixels, encode_text, batches) -> Gallery:
