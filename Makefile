@@ -13,6 +13,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	# LAION's clip_benchmark is the reference the retrieval-metric tests compare against; its metric module needs
+	# only torch, so its heavy requirements (open_clip, pycocoevalcap, transformers) are not installed.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps 'clip-benchmark==1.6.2' 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(BIN)/python -c "import torch, torchvision, ray, faiss, pipeline"
 	touch $(STAMP)
 

@@ -52,6 +52,15 @@ def all_reduce_min(value: int, device: torch.device | None = None) -> int:
     return int(t.item())
 
 
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise largest value across workers (a copy; `values` is left alone)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()):
         return values

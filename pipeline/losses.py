@@ -53,8 +53,25 @@ def _check_temperature(t: float) -> float:
     return float(t)
 
 
-class InfoNCE(nn.Module):
-    """Symmetric CLIP loss / NT-Xent with logit scale s = 1/tau (exp of a parameter, clamped at 100):
+class _LearnedScale(nn.Module):
+    """A logit scale s = exp(logit_scale), capped at MAX_LOGIT_SCALE. The cap is applied to the parameter
+    after each optimiser step (`clamp_parameters_`, as OpenCLIP does), not inside forward: a clamp in
+    forward has zero gradient above the cap, so a parameter that once passed it could never come back."""
+
+    def _init_scale(self, temperature: float, learn: bool) -> None:
+        start = min(math.log(1.0 / _check_temperature(temperature)), math.log(MAX_LOGIT_SCALE))
+        self.logit_scale = nn.Parameter(torch.tensor(start), requires_grad=learn)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_parameters_(self) -> None:
+        self.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+
+
+class InfoNCE(_LearnedScale):
+    """Symmetric CLIP loss / NT-Xent with logit scale s = 1/tau (exp of a parameter, capped at 100):
 
         L = 1/2 mean_i [ -log softmax_j(s <x_i, y_j>)_i  -  log softmax_j(s <y_i, x_j>)_i ]
 
@@ -65,12 +82,8 @@ class InfoNCE(nn.Module):
         super().__init__()
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1)")
-        t = _check_temperature(temperature)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / t)), requires_grad=learn_temperature)
+        self._init_scale(temperature, learn_temperature)
         self.label_smoothing = label_smoothing
-
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def forward(self, image_emb, text_emb, image_all=None, text_all=None, offset: int = 0):
         image_all, text_all = _globals(image_emb, text_emb, image_all, text_all)
@@ -81,7 +94,7 @@ class InfoNCE(nn.Module):
                       + F.cross_entropy(logits_t2i, labels, label_smoothing=ls))
 
 
-class SigLIP(nn.Module):
+class SigLIP(_LearnedScale):
     """Sigmoid / NT-Logistic loss over every (image, text) pair, z_ij = +1 on the diagonal, -1 elsewhere:
 
         L = -1/B sum_i sum_j log sigmoid(z_ij (t <x_i, y_j> + b))
@@ -93,12 +106,8 @@ class SigLIP(nn.Module):
 
     def __init__(self, temperature: float = 0.1, learn_temperature: bool = True, bias_init: float = -10.0):
         super().__init__()
-        t = _check_temperature(temperature)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / t)), requires_grad=learn_temperature)
+        self._init_scale(temperature, learn_temperature)
         self.logit_bias = nn.Parameter(torch.tensor(float(bias_init)), requires_grad=learn_temperature)
-
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def forward(self, image_emb, text_emb, image_all=None, text_all=None, offset: int = 0):
         _, text_all = _globals(image_emb, text_emb, image_all, text_all)

@@ -2,12 +2,30 @@
 
 i2t: an image query hits at K when any of its captions is among the top K texts.
 t2i: a caption query hits at K when its image is among the top K images. Ranks are 1-based.
+Ties count against the query: an item's rank is 1 + the number of other candidates (for i2t, other than
+the image's own captions) scoring at least as high. Without ties this is the usual rank (clip_benchmark's,
+VSE++'s); with ties a collapsed model (all-zero or identical embeddings) ranks last instead of first.
+A non-finite score is the worst there is: a NaN or infinite candidate outranks every true item, and a
+query whose true item scores non-finite gets the worst rank.
 Recalls are percentages. The chunked versions bound memory to chunk x N and are tested against naive loops.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def _rank(sims: torch.Tensor, own: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """sims (c, N) scores of each query's candidates, own (c,) the true item's score, truth (c, N) the
+    query's true items -> (c,) 1-based rank: 1 + the other candidates scoring >= own. Non-finite scores
+    become +inf (they beat everything), a non-finite own score -inf (it beats nothing)."""
+    sims = torch.where(torch.isfinite(sims), sims, torch.inf)
+    own = torch.where(torch.isfinite(own), own, -torch.inf)
+    return ((sims >= own[:, None]) & ~truth).sum(1) + 1
+
+
+def _one_hot(index: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(index.shape[0], n, dtype=torch.bool).scatter_(1, index[:, None], True)  # (c, n)
 
 
 def t2i_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
@@ -17,8 +35,8 @@ def t2i_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: to
     ranks = torch.empty(text_emb.shape[0], dtype=torch.long)
     for s in range(0, text_emb.shape[0], chunk):
         sims = text_emb[s:s + chunk] @ image_emb.T  # (c, N)
-        own = sims.gather(1, text_to_image[s:s + chunk, None])  # (c, 1)
-        ranks[s:s + chunk] = (sims > own).sum(1) + 1  # ties resolved in the query's favour
+        own = sims.gather(1, text_to_image[s:s + chunk, None])[:, 0]  # (c,)
+        ranks[s:s + chunk] = _rank(sims, own, _one_hot(text_to_image[s:s + chunk], sims.shape[1]))
     return ranks
 
 
@@ -30,8 +48,9 @@ def i2t_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: to
     for s in range(0, n, chunk):
         sims = image_emb[s:s + chunk] @ text_emb.T  # (c, M)
         is_gt = text_to_image[None, :] == torch.arange(s, min(s + chunk, n))[:, None]  # (c, M)
-        best_gt = sims.masked_fill(~is_gt, float("-inf")).max(1).values  # (c,)
-        ranks[s:s + chunk] = (sims > best_gt[:, None]).sum(1) + 1
+        # the best own caption with a finite score (a NaN one is no hit); the image's other captions are hits
+        best_gt = torch.where(torch.isfinite(sims) & is_gt, sims, -torch.inf).max(1).values  # (c,)
+        ranks[s:s + chunk] = _rank(sims, best_gt, is_gt)
     return ranks
 
 
@@ -92,6 +111,5 @@ def zero_shot_accuracy(image_emb: torch.Tensor, class_emb: torch.Tensor, labels:
     """image_emb (N,D), class_emb (C,D) one prompt embedding per class, labels (N,) class index ->
     {'top1': %, 'top5': %}: an image is right at K when its class is among the K most similar prompts."""
     sims = image_emb @ class_emb.T  # (N, C)
-    own = sims.gather(1, labels[:, None])  # (N, 1)
-    rank = (sims > own).sum(1) + 1  # (N,) 1-based rank of the true class
+    rank = _rank(sims, sims.gather(1, labels[:, None])[:, 0], _one_hot(labels, sims.shape[1]))  # (N,)
     return {f"top{k}": float(100.0 * (rank <= k).float().mean()) for k in ks if k <= class_emb.shape[0]}

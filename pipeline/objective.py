@@ -25,14 +25,30 @@ class ContrastiveObjective(nn.Module):
         self.model, self.loss = model, loss
         self.normalized = getattr(loss, "normalized_inputs", True)  # deep CCA wants raw projections
         self.autocast_dtype = autocast_dtype  # e.g. torch.bfloat16: the towers run in it, the rest in fp32
+        self.nonfinite: torch.Tensor | None = None  # (2,) bool: image, text embeddings non-finite since last read
 
     def embed(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.autocast_dtype is None:
-            return self.model(images, tokens, normalize=self.normalized)  # (b, D), (b, D)
-        with torch.autocast(images.device.type, dtype=self.autocast_dtype):
-            img, txt = self.model(images, tokens, normalize=self.normalized)
-        # fp32 from here on: the all-gather and the b x B logits keep full precision for the softmax
-        return img.float(), txt.float()
+            img, txt = self.model(images, tokens, normalize=self.normalized)  # (b, D), (b, D)
+        else:
+            with torch.autocast(images.device.type, dtype=self.autocast_dtype):
+                img, txt = self.model(images, tokens, normalize=self.normalized)
+            # fp32 from here on: the all-gather and the b x B logits keep full precision for the softmax
+            img, txt = img.float(), txt.float()
+        self._note_finite(img, txt)
+        return img, txt
+
+    @torch.no_grad()
+    def _note_finite(self, img: torch.Tensor, txt: torch.Tensor) -> None:
+        """Flag a tower whose embeddings hold NaN or inf, on the device (no host sync on the hot path)."""
+        bad = torch.stack([~torch.isfinite(img).all(), ~torch.isfinite(txt).all()])
+        self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
+
+    def take_nonfinite(self, device: torch.device) -> torch.Tensor:
+        """-> (2,) bool, image and text towers non-finite since the last call; resets the flags."""
+        out = self.nonfinite if self.nonfinite is not None else torch.zeros(2, dtype=torch.bool, device=device)
+        self.nonfinite = None
+        return out
 
     def score(self, img: torch.Tensor, txt: torch.Tensor, rank: int) -> torch.Tensor:
         img_all, txt_all = all_gather_with_grad(img), all_gather_with_grad(txt)  # (B, D)

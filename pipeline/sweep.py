@@ -117,10 +117,25 @@ def fmt(v: Any) -> str:
     return "—" if v is None or v == "" else str(v)
 
 
-def results_table(rows: list[dict], keys: list[str], metric: str) -> str:
+def is_score(v: Any) -> bool:
+    """A finite number: what a trial's metric must be to rank at all."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def rank_rows(rows: list[dict], metric: str, mode: str = "max") -> list[dict]:
+    """Rows best first by `metric` (`mode` max or min). A missing or non-finite metric (a diverged trial's NaN)
+    ranks last whatever the mode: NaN compares false both ways, so a plain sort could put it first."""
+    def key(r: dict) -> tuple[int, float]:
+        v = r.get(metric)
+        return (0, -v if mode == "max" else v) if is_score(v) else (1, 0.0)
+
+    return sorted(rows, key=key)
+
+
+def results_table(rows: list[dict], keys: list[str], metric: str, mode: str = "max") -> str:
     """Markdown table, best first: swept keys, metric, R@1 both ways, epochs, status."""
     cols = ["trial", *keys, metric, "val/i2t_R@1", "val/t2i_R@1", "epochs", "status"]
-    ordered = sorted(rows, key=lambda r: -(r.get(metric) if isinstance(r.get(metric), (int, float)) else -1e9))
+    ordered = rank_rows(rows, metric, mode)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in ordered]
     return "\n".join(lines)

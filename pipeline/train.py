@@ -19,7 +19,7 @@ from torch import nn
 from pipeline import checkpoint, storage
 from pipeline.config import TrainJobConfig, build, narrow, to_dict
 from pipeline.data.tokenizer import Tokenizer
-from pipeline.distributed import WorkerContext, all_reduce_mean, all_reduce_min
+from pipeline.distributed import WorkerContext, all_reduce_max, all_reduce_mean, all_reduce_min
 from pipeline.encoder import embed_gallery
 from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics, retrieval_metrics
@@ -96,6 +96,14 @@ def iterate_epoch(shard, cfg: TrainJobConfig, device, epoch: int, rank: int):
                "tokens": to(batch["tokens"])}
 
 
+def logit_scale_record(loss: nn.Module) -> dict:
+    """The effective logit scale the loss multiplies by, and its raw parameter (log scale), for the logs."""
+    if not hasattr(loss, "scale"):
+        return {"train/logit_scale": None}
+    with torch.no_grad():
+        return {"train/logit_scale": loss.scale().item(), "train/logit_scale_param": loss.logit_scale.item()}
+
+
 def train_step(objective, opt, sched, batch: dict, rank: int, cfg) -> torch.Tensor:
     """One optimisation step on this worker's share of the global batch (`cfg`: the train section).
     -> the loss on the device, detached; no host sync."""
@@ -105,6 +113,9 @@ def train_step(objective, opt, sched, batch: dict, rank: int, cfg) -> torch.Tens
         nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
     opt.step()
     sched.step()
+    bare = objective.module if isinstance(objective, nn.parallel.DistributedDataParallel) else objective
+    if hasattr(bare.loss, "clamp_parameters_"):  # the logit-scale cap, after the step (see losses._LearnedScale)
+        bare.loss.clamp_parameters_()
     return loss
 
 
@@ -123,12 +134,28 @@ def speed_up(objective: ContrastiveObjective, cfg, device: torch.device) -> Cont
     return objective
 
 
+NONFINITE = ("the image tower's embeddings", "the text tower's embeddings", "the loss")
+
+
+def check_finite(first_bad: torch.Tensor, epoch: int) -> None:
+    """first_bad (3,): the first step at which the image embeddings, the text embeddings or the loss were NaN
+    or inf on any worker (0: never). A diverged run stops here rather than training on and scoring NaNs.
+    Collective: every rank calls it on the same steps, and every rank raises together."""
+    bad = all_reduce_max(first_bad).tolist()
+    if any(bad):
+        what, at = min(((NONFINITE[i], s) for i, s in enumerate(bad) if s), key=lambda p: p[1])
+        raise FloatingPointError(
+            f"training diverged: {what} became non-finite (NaN or inf) at step {at} (epoch {epoch}); lower "
+            "train.lr, keep train.grad_clip > 0, use train.precision=fp32, or resume from an earlier checkpoint")
+
+
 def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, epoch: int, step: int,
                 steps_per_epoch: int, log, check_skips=None) -> tuple[int, float, int]:
     """One pass over this worker's shard; every worker stops on the same step. -> (step, mean loss, steps)."""
     it = iterate_epoch(ctx.dataset_shard("train"), cfg, ctx.device, epoch, ctx.rank)
     loss_sum, t_wait, t_start, n = torch.zeros((), device=ctx.device), 0.0, time.perf_counter(), 0
-    loss_module = objective.module.loss if hasattr(objective, "module") else objective.loss
+    bare = objective.module if hasattr(objective, "module") else objective
+    first_bad = torch.zeros(3, dtype=torch.long, device=ctx.device)  # image, text, loss: step first non-finite
     while True:
         t0 = time.perf_counter()
         batch = next(it, None)
@@ -138,7 +165,10 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
         loss = train_step(objective, opt, sched, batch, ctx.rank, cfg.train)
         step, n = step + 1, n + 1
         loss_sum += loss  # no host sync and no collective on steps that are not logged
+        flags = torch.cat([bare.take_nonfinite(ctx.device), ~torch.isfinite(loss)[None]])  # (3,)
+        first_bad = torch.where((first_bad == 0) & flags, step, first_bad)
         if n % cfg.train.log_every == 0 or n == 1:  # the same steps on every rank: the all-reduce is collective
+            check_finite(first_bad, epoch)
             global_loss = float(all_reduce_mean(loss).item())  # the loss on the whole global batch
             if not ctx.is_main:
                 continue
@@ -146,11 +176,12 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
                 check_skips()
             elapsed = time.perf_counter() - t_start
             log({"epoch": epoch, "step": step, "train/loss": global_loss,
-                 "train/logit_scale": float(loss_module.scale().item()) if hasattr(loss_module, "scale") else None,
+                 **logit_scale_record(bare.loss),
                  "train/lr": sched.get_last_lr()[0],
                  "train/samples_per_s": n * cfg.train.batch_size / elapsed,
                  "train/data_wait_share": t_wait / elapsed,
                  "train/peak_mem_mb": peak_memory_mb(ctx.device)}, f"{n}/{steps_per_epoch}")
+    check_finite(first_bad, epoch)
     # Workers hold equal shares, so the mean of their per-step means is the mean of the global-batch losses.
     return step, (float(all_reduce_mean(loss_sum / n).item()) if n else float("nan")), n
 

@@ -167,9 +167,9 @@ def collect(cfg: RunJobConfig, grid, studies: list[sweep.Study], sweep_dir: str)
         rows.append(row)
         label = ", ".join(f"{k.split('.')[-1]}={sweep.fmt(row.get(k))}" for k in swept.get(row["study"], []))
         curves[f"{row['study']}: {label or row['trial']}"] = curve
-    metric, sign = cfg.tune.metric, (1 if cfg.tune.mode == "max" else -1)
-    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and r["checkpoint"]]
-    best = max(scored, key=lambda r: sign * r[metric]) if scored else None
+    metric = cfg.tune.metric
+    scored = [r for r in sweep.rank_rows(rows, metric, cfg.tune.mode) if r["checkpoint"] and sweep.is_score(r[metric])]
+    best = scored[0] if scored else None
     best_cfg = checkpoint.read_config(best["checkpoint"]) if best else None
     if best_cfg is not None:  # a recipe `pipeline train` accepts, under the sweep's own run name
         best_cfg = {**best_cfg, "run": {**best_cfg["run"], "storage_path": cfg.run.storage_path,
@@ -182,7 +182,7 @@ def collect(cfg: RunJobConfig, grid, studies: list[sweep.Study], sweep_dir: str)
         for st in studies:
             st_rows = [r for r in rows if r["study"] == st.name]
             keys = st.swept_keys()
-            tables.append(f"### {st.name}\n\n" + sweep.results_table(st_rows, keys, metric))
+            tables.append(f"### {st.name}\n\n" + sweep.results_table(st_rows, keys, metric, cfg.tune.mode))
             for key in keys:
                 sweep.plot_metric_vs(out / "plots" / f"{st.name}_{key.replace('.', '_')}.png", st_rows, key, metric)
         sweep.plot_curves(out / "plots" / "learning_curves.png", curves, metric)

@@ -158,7 +158,7 @@ def test_dcca_every_worker_computes_the_global_objective():
 
 @torch.no_grad()  # reading learnable scalars: float() of a tensor that needs grad warns
 def test_logit_scale_clamped_and_fixed_when_not_learned():
-    assert float(InfoNCE(temperature=0.001).scale()) == 100.0
+    assert float(InfoNCE(temperature=0.001).scale()) == pytest.approx(100.0)  # the init is capped too
     assert not InfoNCE(learn_temperature=False).logit_scale.requires_grad
     assert float(InfoNCE().logit_scale) == pytest.approx(math.log(1 / 0.07))
     sig = build_loss("siglip")
@@ -235,3 +235,27 @@ def test_dcca_retrieval_maps_whiten_and_align_the_views():
     assert float(cross.diagonal().sum()) == pytest.approx(corr, rel=1e-4)
     torch.testing.assert_close(cross - torch.diag(cross.diagonal()), torch.zeros(3, 3, dtype=torch.float64),
                                atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["infonce", "siglip"])
+def test_a_scale_above_the_cap_keeps_its_gradient_and_comes_back(name):
+    """The cap is applied to the parameter after the step: above it the gradient is not zero, so the scale
+    can move (a clamp inside forward would freeze it there for good)."""
+    from pipeline.losses import MAX_LOGIT_SCALE
+    from pipeline.train import logit_scale_record
+
+    x, y = _emb(3, n=8)
+    loss = build_loss(name)
+    with torch.no_grad():
+        loss.logit_scale.fill_(math.log(MAX_LOGIT_SCALE) + 0.5)
+    loss(x, y).backward()
+    assert loss.logit_scale.grad is not None and float(loss.logit_scale.grad.abs()) > 0
+    opt = torch.optim.SGD(loss.parameters(), lr=0.01)
+    before = loss.logit_scale.item()
+    opt.step()
+    assert loss.logit_scale.item() != before  # the optimiser moved it
+    loss.clamp_parameters_()
+    rec = logit_scale_record(loss)
+    assert rec["train/logit_scale_param"] <= math.log(MAX_LOGIT_SCALE) + 1e-6
+    assert rec["train/logit_scale"] == pytest.approx(math.exp(rec["train/logit_scale_param"]))
+    assert rec["train/logit_scale"] <= MAX_LOGIT_SCALE * (1 + 1e-6)

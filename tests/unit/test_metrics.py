@@ -105,3 +105,71 @@ def test_zero_shot_runs_only_for_labelled_galleries():
     out = zero_shot(g, encode)
     assert out["classes"] == 2 and out["top1"] == pytest.approx(200 / 3)  # image c looks like a cat
     assert zero_shot(Gallery(img, img, torch.arange(3), ["a", "b", "c"], ["x", "y", "z"]), encode) is None
+
+
+def _random_gallery(n=30, per=3, noise=0.8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=1)
+    owner = torch.arange(n).repeat_interleave(per)
+    txt = torch.nn.functional.normalize(img[owner] + noise * torch.randn(n * per, 8, generator=g), dim=1)
+    return img, txt, owner
+
+
+def test_recalls_equal_clip_benchmark_without_ties():
+    """LAION's clip_benchmark retrieval recall (its own code) gives the same numbers when no scores tie."""
+    from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k
+
+    img, txt, owner = _random_gallery()
+    scores = txt @ img.T  # (M, N)
+    positive = torch.nn.functional.one_hot(owner, img.shape[0]).bool()  # (M, N)
+    m = retrieval_metrics(img, txt, owner, ks=(1, 5, 10), chunk=7)
+    for k in (1, 5, 10):
+        t2i = 100 * (recall_at_k(scores, positive, k) > 0).float().mean().item()
+        i2t = 100 * (recall_at_k(scores.T, positive.T, k) > 0).float().mean().item()
+        assert m["t2i"][f"R@{k}"] == pytest.approx(t2i) and m["i2t"][f"R@{k}"] == pytest.approx(i2t)
+
+
+def naive_ranks_ties_against(sims_rows, truth_rows):
+    """Slow and obvious: for each query, the best true item's score s, and 1 + the others scoring >= s;
+    non-finite scores beat everything, a non-finite true score beats nothing."""
+    out = []
+    for row, truth in zip(sims_rows, truth_rows):
+        row = [float(v) if np.isfinite(float(v)) else float("inf") for v in row]
+        own = max((v for v, t in zip(row, truth) if t and v != float("inf")), default=float("-inf"))
+        out.append(1 + sum(1 for v, t in zip(row, truth) if not t and v >= own))
+    return out
+
+
+@pytest.mark.parametrize("case", ["zeros", "identical", "nan", "one_nan_image", "partial_ties"])
+def test_ties_and_non_finite_count_against_the_query(case):
+    img, txt, owner = _random_gallery(n=12, per=2)
+    if case == "zeros":  # what F.normalize gives a dead tower
+        img, txt = torch.zeros_like(img), torch.zeros_like(txt)
+    elif case == "identical":
+        img, txt = img[:1].expand_as(img).clone(), img[:1].expand_as(txt).clone()
+    elif case == "nan":
+        img, txt = torch.full_like(img, float("nan")), torch.full_like(txt, float("nan"))
+    elif case == "one_nan_image":
+        img[3] = float("nan")
+    else:  # two images share an embedding: their captions tie between them
+        img[5] = img[4]
+    sims = (img @ txt.T).numpy()
+    truth_i2t = (owner[None, :] == torch.arange(len(img))[:, None]).numpy()
+    assert i2t_ranks(img, txt, owner, chunk=5).tolist() == naive_ranks_ties_against(sims, truth_i2t)
+    assert t2i_ranks(img, txt, owner, chunk=5).tolist() == naive_ranks_ties_against(sims.T, truth_i2t.T)
+    m = retrieval_metrics(img, txt, owner)
+    if case in ("zeros", "identical", "nan"):  # a collapsed or diverged model scores as badly as it can
+        assert m["i2t"]["R@1"] == 0.0 and m["t2i"]["R@1"] == 0.0 and m["rsum"] == 0.0
+        assert m["t2i"]["medr"] == len(img) and m["i2t"]["medr"] == len(txt) - 1
+    if case == "one_nan_image":  # its captions find it last; it finds its captions last
+        assert (t2i_ranks(img, txt, owner)[owner == 3] == len(img)).all()
+        assert i2t_ranks(img, txt, owner)[3] == len(txt) - 1
+
+
+def test_zero_shot_ties_and_nan_count_against():
+    from pipeline.metrics import zero_shot_accuracy
+
+    labels = torch.tensor([0, 1, 2])
+    assert zero_shot_accuracy(torch.zeros(3, 3), torch.eye(3), labels, ks=(1,)) == {"top1": 0.0}
+    assert zero_shot_accuracy(torch.full((3, 3), float("nan")), torch.eye(3), labels, ks=(1,)) == {"top1": 0.0}
+    assert zero_shot_accuracy(torch.eye(3), torch.eye(3), labels, ks=(1,)) == {"top1": 100.0}

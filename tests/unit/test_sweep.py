@@ -67,3 +67,15 @@ def test_results_table_orders_best_first():
     table = sweep.results_table(rows, ["loss.temperature"], "val/rsum").splitlines()
     assert table[0].startswith("| trial | loss.temperature | val/rsum")
     assert [line.split("|")[1].strip() for line in table[2:]] == ["b", "a", "c"]
+
+
+@pytest.mark.parametrize("mode, order", [("max", ["b", "a", "nan", "inf", "none"]),
+                                         ("min", ["a", "b", "nan", "inf", "none"])])
+def test_a_diverged_trial_ranks_last(mode, order):
+    """A NaN (or infinite) metric must never be picked as the best, whichever end is best."""
+    rows = [{"trial": "nan", "val/rsum": float("nan")}, {"trial": "a", "val/rsum": 10.0},
+            {"trial": "inf", "val/rsum": float("inf")}, {"trial": "b", "val/rsum": 30.0},
+            {"trial": "none", "val/rsum": None}]
+    assert [r["trial"] for r in sweep.rank_rows(rows, "val/rsum", mode)] == order
+    table = sweep.results_table(rows, [], "val/rsum", mode).splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == order
