@@ -1,10 +1,18 @@
 """report.json (the contract's fields), report.md and plots: formatting only, no computation."""
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
 INDEX_KEYS = ("type", "recall@10_vs_exact", "build_s", "qps")
+_MD_PUNCT = str.maketrans({c: "\\" + c for c in "\\`*_[]|~"})
+
+
+def md_text(text: str) -> str:
+    """A caption, key or label as literal markdown: its HTML shows as text (markdown passes raw HTML through),
+    its punctuation makes no emphasis, link or table cell, and its line breaks no new block."""
+    return html.escape(" ".join(str(text).split()).translate(_MD_PUNCT), quote=False)
 
 
 def recall_table(metrics: dict) -> str:
@@ -25,7 +33,7 @@ def comparison_table(rows: list[dict], first: str = "checkpoint") -> str:
             + " | rsum | medr i2t / t2i |")
     lines = [head, "|---" * (2 * len(ks) + 3) + "|"]
     for r in rows:
-        lines.append(f"| {r['label']} | " + " | ".join(f"{r['i2t'][k]:.1f}" for k in ks) + " | "
+        lines.append(f"| {md_text(r['label'])} | " + " | ".join(f"{r['i2t'][k]:.1f}" for k in ks) + " | "
                      + " | ".join(f"{r['t2i'][k]:.1f}" for k in ks)
                      + f" | {r['rsum']:.1f} | {r['i2t']['medr']:.0f} / {r['t2i']['medr']:.0f} |")
     return "\n".join(lines)
@@ -38,21 +46,27 @@ def baseline_rows(report: dict) -> list[dict]:
 
 
 def plot_history(history: list, path: Path) -> bool:
-    """Training loss and validation rsum per epoch (epoch 0 = the untrained model)."""
+    """Training loss and validation rsum per epoch (epoch 0 = the untrained model), drawn for the page's full
+    width."""
     if not history:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    # shared x: both panels span every epoch, though the loss has no epoch 0
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10.5, 3.6), sharex=True)
     tr = [h for h in history if "train/loss" in h]
     a.plot([h["epoch"] for h in tr], [h["train/loss"] for h in tr], marker="o")
     a.set(xlabel="epoch", ylabel="train loss", title="training loss")
     va = [h for h in history if "val/rsum" in h]
     b.plot([h["epoch"] for h in va], [h["val/rsum"] for h in va], marker="o", color="C1")
     b.set(xlabel="epoch", ylabel="rsum", title="validation rsum (epoch 0: untrained)")
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: a 0.2 tick means nothing
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -109,7 +123,8 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
     if examples:
         lines += ["## Example queries (text → image, ✓ = the caption's own image)", ""]
         for ex in examples:
-            hits = ", ".join(f"{t['key']}{' ✓' if t['hit'] else ''} ({t['score']:.2f})" for t in ex["top"])
-            lines += [f"- *{ex['query']}* → {hits}"]
+            hits = ", ".join(f"{md_text(t['key'])}{' ✓' if t['hit'] else ''} ({t['score']:.2f})"
+                             for t in ex["top"])
+            lines += [f"- *{md_text(ex['query'])}* → {hits}"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return report

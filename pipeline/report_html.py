@@ -35,19 +35,34 @@ def plot_recall_curves(curves: dict, path: Path) -> bool:
     return True
 
 
+def _rank_bins(top: int) -> list[int]:
+    """Upper ends of log-spaced rank bins, 1, 2, 5, 10, 20, 50, ... up to the first at or past `top`: the bins
+    end where recall@K is read, so the first bars add up to R@1, R@5, R@10."""
+    uppers = [m * 10 ** e for e in range(len(str(top)) + 1) for m in (1, 2, 5)]
+    return uppers[:next(i for i, u in enumerate(uppers) if u >= top) + 1]
+
+
 def plot_rank_histogram(ranks: dict, path: Path) -> bool:
-    """How far down the list the right answer sits, both directions, on log-spaced bins."""
+    """How far down the list the right answer sits, as a share of each direction's queries (there are several
+    captions per image, so raw counts would not compare), on log-spaced rank bins labelled by the ranks they
+    hold, the two directions' bars side by side."""
     if not ranks:
         return False
     import numpy as np
 
     plt = _plt()
-    top = max(max(ranks["i2t"], default=1), max(ranks["t2i"], default=1), 2)
-    bins = np.unique(np.geomspace(1, top + 1, 30).astype(int))
+    uppers = _rank_bins(max(max(ranks["i2t"], default=1), max(ranks["t2i"], default=1)))
+    edges = np.array([0, *uppers]) + 0.5  # integer ranks, so no rank sits on an edge
+    labels = [str(hi) if hi == lo + 1 else f"{lo + 1}–{hi}" for lo, hi in zip([0, *uppers], uppers)]
+    x = np.arange(len(uppers))
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for d, label in (("i2t", "image → text"), ("t2i", "text → image")):
-        ax.hist(ranks[d], bins=bins, alpha=0.6, label=label)
-    ax.set(xscale="log", xlabel="rank of the ground truth (1 = first)", ylabel="queries", title="rank histogram")
+    for d, label, shift in (("i2t", "image → text", -0.2), ("t2i", "text → image", 0.2)):
+        counts, _ = np.histogram(ranks[d], bins=edges)
+        ax.bar(x + shift, 100 * counts / max(len(ranks[d]), 1), width=0.4, label=label)
+    crowded = len(labels) > 7  # past ~7 ranges like "1001–2000" run into each other unless slanted
+    ax.set_xticks(x, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set(xlabel="rank of the ground truth (1 = first)", ylabel="% of queries", title="rank histogram")
+    ax.grid(axis="y", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -83,18 +98,88 @@ def _recall_rows(block: dict, ks: list[str]) -> list[list]:
             for d, name in (("i2t", "image → text"), ("t2i", "text → image"))]
 
 
-def _img(uri: str | None, key: str, hit: bool = False) -> str:
-    cls = "hit" if hit else "miss"
+def _img(uri: str | None, key: str, role: str) -> str:
+    """A thumbnail framed by its role: `hit` (green and ticked, as hit captions are), `miss`, or `query`, the
+    image asked about, which is neither."""
     inner = f'<img src="{uri}" alt="{html.escape(key)}">' if uri else '<div class="noimg">no image</div>'
-    return f'<figure class="{cls}">{inner}<figcaption>{html.escape(key.rsplit("/", 1)[-1])}</figcaption></figure>'
+    name = html.escape(key.rsplit("/", 1)[-1]) + (" ✓" if role == "hit" else "")
+    return f'<figure class="{role}">{inner}<figcaption>{name}</figcaption></figure>'
 
 
+def _rank_words(ranks: list[int]) -> str:
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    return "ranks " + ", ".join(map(str, ranks[:-1])) + f" and {ranks[-1]}"
+
+
+def _caption_groups(top: list[dict]) -> list[dict]:
+    """The top-K captions with identical texts merged (datasets repeat a text across images): one entry per
+    text at its best rank, with every rank it holds and those where the copy is the query image's own."""
+    groups: dict[str, dict] = {}
+    for rank, t in enumerate(top, 1):
+        g = groups.setdefault(t["caption"], {"caption": t["caption"], "score": t["score"], "ranks": [],
+                                             "own": []})
+        g["ranks"].append(rank)
+        g["own"] += [rank] if t["hit"] else []
+    return list(groups.values())
+
+
+def _duplicate_note(g: dict) -> str:
+    """Why one line stands for several ranks, and which copy (if any) is the query image's."""
+    if len(g["ranks"]) == 1:
+        return ""
+    others = [r for r in g["ranks"] if r not in g["own"]]
+    at = f"same text at {_rank_words(g['ranks'])}"
+    if not g["own"]:
+        note = f"{at}, each the caption of another image"
+    elif not others:
+        note = f"{at}, all captions of this image"
+    else:
+        whose = "belongs to another image" if len(others) == 1 else "belong to other images"
+        verb = "is" if len(g["own"]) == 1 else "are"
+        note = f"{at}: {_rank_words(g['own'])} {verb} this image's own, {_rank_words(others)} {whose}"
+    return f" <span class='dup'>({note})</span>"
+
+
+def _caption_list(top: list[dict]) -> str:
+    """An image query's top-K captions; `value` numbers each line by its rank once repeats are merged."""
+    items = []
+    for g in _caption_groups(top):
+        role, tick = ("hit", " ✓") if g["own"] else ("miss", "")
+        items.append(f"<li value='{g['ranks'][0]}' class='{role}'>{html.escape(g['caption'])} "
+                     f"({g['score']:.2f}){tick}{_duplicate_note(g)}</li>")
+    return f"<ol class='caps'>{''.join(items)}</ol>"
+
+
+# Green means a hit, the same in both directions; the query image gets a dark neutral frame of its own.
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}
-th{background:#f3f3f3}td:first-child{text-align:left}.plots img{max-width:49%}.q{margin:1em 0}
+th{background:#f3f3f3}td:first-child{text-align:left}
+.plots img{max-width:49%}.plots img.wide{width:100%;max-width:100%}
+.q{margin:1em 0}.q.i2t{display:flex;align-items:flex-start;gap:1em}.q.i2t ol{margin:0}
 figure{display:inline-block;margin:.2em;text-align:center;font-size:.75em;border:3px solid #ddd;padding:2px}
-figure.hit{border-color:#2a2}figure img{display:block;width:96px;height:96px;object-fit:cover}
-.noimg{width:96px;height:96px;background:#eee}ol.caps li.hit{color:#161;font-weight:600}code{font-size:.9em}"""
+figure.hit{border-color:#2a2}figure.query{border-color:#444}
+figure img{display:block;width:96px;height:96px;object-fit:cover}
+.noimg{width:96px;height:96px;background:#eee}ol.caps li.hit{color:#161;font-weight:600}code{font-size:.9em}
+.dup{color:#666;font-weight:normal;font-size:.9em}"""
+WIDE_PLOTS = {"training"}  # two panels side by side: shrunk to half the page, their labels would not read
+
+
+def _example_parts(report: dict, thumbs: dict[str, str]) -> list[str]:
+    """Example queries both ways, hits framed or written in green and ticked."""
+    parts = []
+    if report.get("examples"):
+        parts.append(f"<h2>Caption → top-{len(report['examples'][0]['top'])} images</h2>")
+        for ex in report["examples"]:
+            imgs = "".join(_img(thumbs.get(t["key"]), t["key"], "hit" if t["hit"] else "miss")
+                           for t in ex["top"])
+            parts.append(f"<div class='q'><p><i>{html.escape(ex['query'])}</i></p>{imgs}</div>")
+    if report.get("image_examples"):
+        parts.append(f"<h2>Image → top-{len(report['image_examples'][0]['top'])} captions</h2>")
+        for ex in report["image_examples"]:
+            parts.append(f"<div class='q i2t'>{_img(thumbs.get(ex['query']), ex['query'], 'query')}"
+                         f"{_caption_list(ex['top'])}</div>")
+    return parts
 
 
 def write_html(out: Path, report: dict, plots: list[Path], thumbs: dict[str, str]) -> Path:
@@ -135,20 +220,10 @@ def write_html(out: Path, report: dict, plots: list[Path], thumbs: dict[str, str
                  f"{idx.get('recall@10_vs_exact')}, built in {idx.get('build_s') or 0:.3f} s, "
                  f"{idx.get('qps') or 0:.0f} queries/s.</p>")
     if plots:
-        parts += ["<h2>Plots</h2><div class='plots'>"] + [f'<img src="{_png(p)}" alt="{p.stem}">' for p in plots]
+        parts += ["<h2>Plots</h2><div class='plots'>"] + [
+            f'<img src="{_png(p)}" alt="{p.stem}"{" class=wide" * (p.stem in WIDE_PLOTS)}>' for p in plots]
         parts.append("</div>")
-    if report.get("examples"):
-        parts.append("<h2>Caption → top-5 images</h2>")
-        for ex in report["examples"]:
-            imgs = "".join(_img(thumbs.get(t["key"]), t["key"], t["hit"]) for t in ex["top"])
-            parts.append(f"<div class='q'><p><i>{html.escape(ex['query'])}</i></p>{imgs}</div>")
-    if report.get("image_examples"):
-        parts.append("<h2>Image → top-5 captions</h2>")
-        for ex in report["image_examples"]:
-            caps = "".join(f"<li class='{'hit' if t['hit'] else 'miss'}'>{html.escape(t['caption'])} "
-                           f"({t['score']:.2f}){' ✓' if t['hit'] else ''}</li>" for t in ex["top"])
-            parts.append(f"<div class='q'>{_img(thumbs.get(ex['query']), ex['query'], True)}"
-                         f"<ol class='caps'>{caps}</ol></div>")
+    parts += _example_parts(report, thumbs)
     skipped = {s: by for s, by in (report.get("data", {}).get("skipped") or {}).items() if by}
     parts.append("<h2>Data</h2><p>" + ("; ".join(f"{html.escape(s)}: " + ", ".join(
         f"{html.escape(r)} ×{n}" for r, n in by.items()) for s, by in skipped.items()) or "No sample was skipped.")
