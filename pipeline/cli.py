@@ -117,12 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> None:
-    from pipeline import cluster, end_to_end
-
     cfg = load_config(RunJobConfig, args.config or default_config(), args.overrides)
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    end_to_end.ensure_data(cfg)
-    _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
+    _preflight(cfg)
+    from pipeline import cluster, end_to_end  # after the checks: they must answer before torch is loaded
+
     t0 = time.time()
     where = cluster.connect(args.address)
     print(f"[run] {cfg.run.name}: {'embedded local Ray' if where == 'local' else 'Ray cluster'}, "
@@ -133,43 +131,39 @@ def cmd_run(args) -> None:
 
 
 def cmd_train(args) -> None:
+    # Recipes are shared with `pipeline run`: read the whole schema, keep the training sections.
+    cfg = load_config(RunJobConfig, args.config, args.overrides)
+    _preflight(cfg)
     from pipeline import cluster, train
 
-    # Recipes are shared with `pipeline run`: read the whole schema, keep the training sections.
-    cfg = narrow(load_config(RunJobConfig, args.config, args.overrides), TrainJobConfig)
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
+    cfg = narrow(cfg, TrainJobConfig)
     cluster.connect(args.address)
     res = train.run(cfg)
     print(f"run directory: {res.run_dir}\ncheckpoint: {res.checkpoint}\nmetrics: {json.dumps(res.metrics)}")
 
 
 def cmd_tune(args) -> None:
-    from pipeline import cluster, end_to_end, tune
-
     cfg = load_config(RunJobConfig, args.config, args.overrides)
     if not (cfg.tune.space or cfg.tune.studies):
         raise ConfigError("nothing to sweep: set tune.space (e.g. --set 'tune.space={loss.temperature: "
                           "{grid: [0.05, 0.1]}}') or tune.studies in the recipe")
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    end_to_end.ensure_data(cfg)
-    _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
+    _preflight(cfg)
+    from pipeline import cluster, tune
+
     cluster.connect(args.address)
     res = tune.run(cfg)
     print(tune.format_summary(res, cfg.tune.metric))
 
 
 def cmd_cca(args) -> None:
-    from pipeline import baselines, cluster, end_to_end
-    from pipeline.report import recall_table
-
     cfg = load_config(RunJobConfig, args.config, args.overrides)
     for key, path in (("cca.word_vectors", cfg.cca.word_vectors), ("cca.checkpoint", cfg.cca.checkpoint)):
         if path and not storage.is_remote(path) and not Path(path).exists():
             raise ConfigError(f"{key}={path!r} does not exist")
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    end_to_end.ensure_data(cfg)
-    _check_paths(cfg.data.train, "data.train", cfg.data.val, "data.val")
+    _preflight(cfg, writes=[(args.out, "--out")] if args.out else [])
+    from pipeline import baselines, cluster
+    from pipeline.report import recall_table
+
     t0 = time.time()
     cluster.connect(args.address)
     rep, out = baselines.run(cfg, args.out)
@@ -179,13 +173,13 @@ def cmd_cca(args) -> None:
 
 
 def cmd_embeddings(args) -> None:
-    from pipeline import cluster, end_to_end, word_embeddings
-
     flags = [f"embeddings.{k}={v}" for k, v in (("dim", args.dim), ("window", args.window)) if v is not None]
     cfg = load_config(RunJobConfig, args.config, [*args.overrides, *flags])
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    end_to_end.ensure_data(cfg)
-    _check_paths(cfg.data.train, "data.train")
+    _preflight(cfg, splits=("train",), writes=[])
+    storage.check_access(args.out.rsplit("/", 1)[0] if storage.is_remote(args.out) else
+                         str(Path(args.out).resolve().parent), "--out", write=True)
+    from pipeline import cluster, word_embeddings
+
     cluster.connect(args.address)
     print(word_embeddings.format_summary(word_embeddings.run(cfg, args.out)))
 
@@ -196,7 +190,7 @@ def cmd_index(args) -> None:
     from pipeline.index import build_gallery_indexes, write_index
 
     cfg = load_config(EvalJobConfig, None, args.overrides)
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    _preflight_eval(cfg, args.data, args.out, [args.checkpoint])
     ckpt = _require_checkpoint(args.checkpoint)
     paths = _check_paths(args.data, "--data")
     cluster.connect(args.address)
@@ -217,7 +211,7 @@ def cmd_evaluate(args) -> None:
     from pipeline.report import comparison_table, recall_table
 
     cfg = load_config(EvalJobConfig, None, args.overrides)
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    _preflight_eval(cfg, args.data, args.out, args.checkpoint)
     ckpts = [_require_checkpoint(c) for c in args.checkpoint]
     _check_paths(args.data, "--data")
     cluster.connect(args.address)
@@ -230,13 +224,9 @@ def cmd_evaluate(args) -> None:
 def cmd_search(args) -> None:
     from pipeline.index import search
 
-    image = None
-    if args.image:
-        from PIL import Image
-
-        if not Path(args.image).is_file():
-            raise ConfigError(f"--image {args.image} does not exist")
-        image = Image.open(args.image)
+    if args.k < 1:
+        raise ConfigError(f"--k {args.k}: ask for at least 1 result")
+    image = _query_image(args.image) if args.image else None
     storage.configure(args.endpoint_url)
     if args.distributed:
         from pipeline import cluster
@@ -252,6 +242,29 @@ def cmd_search(args) -> None:
     for h in hits:
         what = h.get("key") or f"{h['caption']}  [{h['image']}]"
         print(f"{h['rank']:>3}  {h['score']:.3f}  {what}")
+
+
+def _query_image(path: str):
+    """The --image query decoded here, so a corrupt, truncated or oversized file is one line, not PIL's
+    traceback from inside the search."""
+    import warnings
+
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--image {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns below 2x its limit
+            with Image.open(path) as img:
+                img.load()
+                return img.convert("RGB")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ConfigError(f"--image {path}: the image claims more than {Image.MAX_IMAGE_PIXELS} pixels; "
+                          "resize it before searching") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ConfigError(f"--image {path} cannot be read as an image ({e}); give a JPEG, PNG or WebP "
+                          "file") from None
 
 
 def cmd_data(args) -> None:
@@ -286,6 +299,38 @@ def cmd_keys(args) -> None:
     width = max(len(k) for k, _, _ in rows)
     for key, help_text, default in rows:
         print(f"{key:<{width}}  {json.dumps(default):<14}  {help_text}")
+
+
+def _preflight(cfg, splits=("train", "val"), writes=None) -> None:
+    """What a training job checks before any Ray work, each failure one line: S3 reachable with the AWS chain's
+    credentials for every s3:// path, the run directory (and `writes`) writable, synthetic data written only
+    where the config points at the synthetic default, the shards there and non-empty."""
+    from pipeline.end_to_end import ensure_data
+
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    specs = {f"data.{s}": getattr(cfg.data, s) for s in splits}
+    for key, spec in specs.items():
+        for part in _remote_parts(spec):
+            storage.check_access(part, key)
+    for uri, key in [(cfg.run.storage_path, "run.storage_path"), *(writes or [])]:
+        storage.check_access(uri, key, write=True)
+    ensure_data(cfg)
+    _check_paths(*[x for key, spec in specs.items() for x in (spec, key)])
+
+
+def _preflight_eval(cfg, data: str, out: str, checkpoints: list[str]) -> None:
+    """index / evaluate: the S3 paths reachable, the output folder writable, before any Ray work."""
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    for part in _remote_parts(data):
+        storage.check_access(part, "--data")
+    for c in checkpoints:
+        if storage.is_remote(c):
+            storage.check_access(c, "--checkpoint")
+    storage.check_access(out, "--out", write=True)
+
+
+def _remote_parts(spec: str) -> list[str]:
+    return [p.strip() for p in spec.split(",") if storage.is_remote(p.strip())]
 
 
 def _check_paths(*pairs: str) -> list[str]:
@@ -324,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: `pipeline {args.command}` stopped. Training runs resume from their newest checkpoint "
+              "when the same command is run again", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -21,18 +21,27 @@ class RunSummary:
 
 
 def ensure_data(cfg: RunJobConfig) -> None:
-    """Write the synthetic dataset when the config asks for it and data.train matches nothing yet."""
+    """Write the synthetic dataset when the config asks for it, data.train / data.val are the synthetic
+    default (`<data.synth.out>/train`, `/val`) and it is not there yet. A path of the user's own that matches
+    nothing is their mistake: it fails (the caller's path check says so) and nothing is written."""
+    import os
+
     from pipeline.config import ConfigError
     from pipeline.data.ingest import expand_paths
     from pipeline.data.synthetic import write_dataset
 
-    if not cfg.data.synth.enabled:
+    s = cfg.data.synth
+    if not s.enabled:
         return
-    try:
-        expand_paths(cfg.data.train, "data.train")
-        expand_paths(cfg.data.val, "data.val")
-    except ConfigError:
-        s = cfg.data.synth
+    missing = []
+    for split, spec in (("train", cfg.data.train), ("val", cfg.data.val)):
+        try:
+            expand_paths(spec, f"data.{split}")
+        except ConfigError:
+            if os.path.normpath(spec) != os.path.normpath(os.path.join(s.out, split)):
+                return  # not the synthetic default: leave it to the path check to explain
+            missing.append(split)
+    if missing:
         print(f"[data] writing synthetic data to {s.out} ({s.train} train, {s.val} val, seed {s.seed})")
         write_dataset(s.out, s.train, s.val, s.seed)
 

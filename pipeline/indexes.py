@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-TYPES = ("flat", "hnsw", "ivfpq", "auto")
+from pipeline.config.registry import INDEX_TYPES
+
+TYPES = INDEX_TYPES
 
 
 @dataclass(frozen=True)

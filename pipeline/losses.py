@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config.registry import (check_dcca, check_label_smoothing, check_margin, check_mining,
+                                      check_temperature)
+
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: beyond it the softmax saturates and training turns unstable
 
 
@@ -41,16 +44,6 @@ def _positive_mask(x: torch.Tensor, n_cols: int, offset: int) -> torch.Tensor:
     return F.one_hot(_labels(x, offset), n_cols).bool()
 
 
-def _check_margin(margin: float, hi: float = 4.0) -> float:
-    if not 0 <= margin <= hi:
-        raise ValueError(f"margin={margin} must lie in [0, {hi}] (embeddings are unit vectors)")
-    return float(margin)
-
-
-def _check_temperature(t: float) -> float:
-    if not 0.001 <= t <= 10:
-        raise ValueError(f"temperature={t} must lie in [0.001, 10]")
-    return float(t)
 
 
 class _LearnedScale(nn.Module):
@@ -59,7 +52,7 @@ class _LearnedScale(nn.Module):
     forward has zero gradient above the cap, so a parameter that once passed it could never come back."""
 
     def _init_scale(self, temperature: float, learn: bool) -> None:
-        start = min(math.log(1.0 / _check_temperature(temperature)), math.log(MAX_LOGIT_SCALE))
+        start = min(math.log(1.0 / check_temperature(temperature)), math.log(MAX_LOGIT_SCALE))
         self.logit_scale = nn.Parameter(torch.tensor(start), requires_grad=learn)
 
     def scale(self) -> torch.Tensor:
@@ -80,8 +73,7 @@ class InfoNCE(_LearnedScale):
 
     def __init__(self, temperature: float = 0.07, learn_temperature: bool = True, label_smoothing: float = 0.0):
         super().__init__()
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1)")
+        check_label_smoothing(label_smoothing)
         self._init_scale(temperature, learn_temperature)
         self.label_smoothing = label_smoothing
 
@@ -124,7 +116,7 @@ class _Hinge(nn.Module):
 
     def __init__(self, margin: float = 0.2):
         super().__init__()
-        self.margin = _check_margin(margin)
+        self.margin = check_margin(margin)
 
     def _direction(self, anchors, others, offset):
         sims = anchors @ others.T  # (b, B)
@@ -172,7 +164,7 @@ class PairwiseContrastive(nn.Module):
 
     def __init__(self, margin: float = 1.0):
         super().__init__()
-        self.margin = _check_margin(margin, hi=2.0)
+        self.margin = check_margin(margin, hi=2.0)
 
     def forward(self, image_emb, text_emb, image_all=None, text_all=None, offset: int = 0):
         _, text_all = _globals(image_emb, text_emb, image_all, text_all)
@@ -194,13 +186,9 @@ class Triplet(nn.Module):
     over every negative). Use `semi-hard` to avoid the collapse hardest-negative mining can cause early on.
     """
 
-    MINING = ("hardest", "semi-hard", "all")
-
     def __init__(self, margin: float = 0.2, mining: str = "semi-hard"):
         super().__init__()
-        if mining not in self.MINING:
-            raise ValueError(f"mining={mining!r}; choose one of {list(self.MINING)}")
-        self.margin, self.mining = _check_margin(margin), mining
+        self.margin, self.mining = check_margin(margin), check_mining(mining)
 
     def _direction(self, anchors, others, offset):
         d2 = 2.0 - 2.0 * anchors @ others.T  # (b, B) squared distances
@@ -259,8 +247,7 @@ class DCCA(nn.Module):
 
     def __init__(self, top_k: int = 0, r1: float = 1e-3, r2: float = 1e-3):
         super().__init__()
-        if top_k < 0 or r1 <= 0 or r2 <= 0:
-            raise ValueError("dcca needs top_k >= 0 (0: all components) and ridge terms r1, r2 > 0")
+        check_dcca(top_k, r1, r2)
         self.top_k, self.r1, self.r2 = int(top_k), float(r1), float(r2)
         for name in ("mean1", "mean2", "s11", "s22", "s12"):
             self.register_buffer(name, torch.zeros(0))  # sized on the first batch

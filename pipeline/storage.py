@@ -7,6 +7,7 @@ store. `configure` is called once per process (driver and each Ray worker) from 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,8 +30,9 @@ def is_remote(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
-def s3_filesystem():
-    """An s3fs filesystem honouring the configured endpoint; credentials from the AWS chain."""
+def s3_filesystem(fail_fast: bool = False):
+    """An s3fs filesystem honouring the configured endpoint; credentials from the AWS chain. `fail_fast`: short
+    connect timeouts and one retry, for the pre-flight checks that must answer within seconds."""
     import s3fs
 
     client_kwargs = {}
@@ -38,8 +40,67 @@ def s3_filesystem():
         client_kwargs["endpoint_url"] = _OPTIONS["endpoint_url"]
     if _OPTIONS["region"]:
         client_kwargs["region_name"] = _OPTIONS["region"]
+    # Bounded everywhere: a closed endpoint must fail, never hang. Reads of large shards keep the long read
+    # timeout; only the pre-flight shortens it.
+    config = {"connect_timeout": 5 if fail_fast else 20, "read_timeout": 10 if fail_fast else 120,
+              "retries": {"max_attempts": 2 if fail_fast else 5, "mode": "standard"}}
     # A fresh instance each call: fsspec's instance cache would otherwise keep an endpoint across configure().
-    return s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True)
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs=config, skip_instance_cache=True)
+
+
+def check_access(uri: str, key: str, write: bool = False) -> None:
+    """Before any Ray work: `uri` (the value of config key or flag `key`) can be listed, and with `write`
+    written to. Any failure is one ConfigError line naming the key, the URI and what to set."""
+    from pipeline.config import ConfigError
+
+    if not is_remote(uri):
+        if write:
+            _check_local_writable(Path(uri), key)
+        return
+    bucket, _, prefix = str(uri)[len("s3://"):].partition("/")
+    prefix = re.split(r"[*?\[{]", prefix, maxsplit=1)[0]  # a glob or brace list: list what precedes it
+    fs = s3_filesystem(fail_fast=True)
+    try:
+        fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        if write:
+            probe = f"{bucket}/{prefix.rstrip('/') + '/' if prefix else ''}.pipeline-write-check"
+            fs.pipe(probe, b"")
+            fs.rm(probe)
+    except Exception as e:  # botocore's and s3fs's errors are many classes; say which case this is
+        raise ConfigError(f"{key}={uri}: {_explain_s3_error(e, bucket, write)}") from None
+
+
+def _explain_s3_error(e: Exception, bucket: str, write: bool) -> str:
+    endpoint = _OPTIONS["endpoint_url"] or "AWS S3 (set storage.endpoint_url for MinIO, Ceph, ...)"
+    name = type(e).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+        return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, "
+                "~/.aws/credentials, an instance role)")
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError") \
+            or isinstance(e, (ConnectionError, TimeoutError)):
+        return f"cannot reach the S3 endpoint {endpoint}; check storage.endpoint_url (and that the server is up)"
+    if isinstance(e, FileNotFoundError):
+        return f"bucket {bucket!r} does not exist at {endpoint}; create it or fix the bucket name"
+    if isinstance(e, PermissionError):
+        what = "list and write" if write else "list"
+        return (f"access denied ({e}); the credentials in the AWS chain may not {what} bucket {bucket!r}: "
+                "check AWS_ACCESS_KEY_ID / AWS_PROFILE and the bucket policy")
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"S3 request to {endpoint} failed: {name}: {first[:300]}"
+
+
+def _check_local_writable(path: Path, key: str) -> None:
+    """The folder (created when missing) takes a new file: a read-only disk or folder is one line now, not a
+    bare OSError from inside a Ray worker later."""
+    from pipeline.config import ConfigError
+
+    probe = path / ".pipeline-write-check"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{key}={path}: cannot write there ({e.strerror or e}); choose a writable folder") from None
 
 
 def filesystem(uri: str):

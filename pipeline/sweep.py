@@ -206,9 +206,9 @@ def plot_curves(path: Path, curves: dict[str, list[tuple[int, float]]], metric: 
 
 
 def loss_keys(loss_name: str) -> set[str]:
-    from pipeline.losses import LOSSES, loss_params
+    from pipeline.config.registry import LOSS_PARAMS
 
-    return {"loss." + p for p in loss_params(loss_name)} if loss_name in LOSSES else set()
+    return {"loss." + p for p in LOSS_PARAMS.get(loss_name, ())}
 
 
 def resolve_trial(point: dict, sampled: dict, base_flat: dict, lr_scaling: str) -> tuple[dict, list[str]]:

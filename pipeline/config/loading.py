@@ -110,10 +110,7 @@ def build(cls: type, raw: dict | None, prefix: str = "") -> Any:
     types = _field_types(cls)
     unknown = [k for k in raw if k not in types]
     if unknown:
-        where = prefix.rstrip(".") or "the config"
-        raise ConfigError(
-            f"unknown key {prefix + unknown[0]!r} in {where}; valid keys: {', '.join(valid_keys(cls, prefix))}"
-        )
+        raise ConfigError(unknown_key_message(prefix + str(unknown[0]), valid_keys(cls, prefix)))
     kwargs = {}
     for name, typ in types.items():
         if name not in raw:
@@ -140,15 +137,28 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def unknown_key_message(key: str, keys: list[str]) -> str:
+    """One line: the closest valid key, the keys of the section `key` names (or the sections, when that is
+    unknown too), and where the full list is. Listing all ~100 keys would bury the suggestion."""
+    close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    siblings = sorted(k[len(section):] for k in keys if k.startswith(section)) if section else []
+    if siblings:
+        where = f"{section.rstrip('.')} has {', '.join(siblings)}"
+    else:
+        sections = sorted({k.split(".", 1)[0] for k in keys})
+        where = f"the sections are {', '.join(sections)}"
+    return f"unknown key {key!r}{hint}; {where}; `pipeline keys` lists every key with its meaning"
+
+
 def apply_overrides(raw: dict, overrides: dict[str, Any], cls: type) -> dict:
     """Set dotted keys in a nested dict; a key not in the schema of `cls` is an error listing valid keys."""
     keys = set(valid_keys(cls))
     out = json.loads(json.dumps(raw))  # deep copy of plain data
     for key, value in overrides.items():
         if key not in keys:
-            close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.75)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"unknown key {key!r}{hint}; valid keys: {', '.join(sorted(keys))}")
+            raise ConfigError(unknown_key_message(key, sorted(keys)))
         node = out
         *parents, leaf = key.split(".")
         for p in parents:
@@ -159,6 +169,37 @@ def apply_overrides(raw: dict, overrides: dict[str, Any], cls: type) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: a plain load keeps the last one
+    silently, so a recipe with two `train:` sections would lose the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: {key!r} is given twice in "
+                                  f"one section (first at line {seen[key] + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A recipe file's data; a syntax error or a repeated key is one line with the file, line and column."""
+    loader = _UniqueKeyLoader(path.read_text())
+    loader.name = str(path)  # for the duplicate-key message
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Any:
     """YAML file (optional) + overrides -> validated config of class `cls`."""
     raw: dict = {}
@@ -166,7 +207,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML with --config")
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = read_yaml(p) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{p} must hold a mapping of sections (data:, model:, ...)")
     if isinstance(overrides, list):

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config.loading import ConfigError, _check, _f
+from pipeline.config.registry import (IMAGE_ARCHS, INDEX_TYPES, LOSS_PARAMS, TEXT_ARCHS, TEXT_POOLINGS,
+                                      check_loss_params)
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,6 @@ class ImageTowerConfig:
                              "BatchNorm statistics stay as initialised (use with model.image.weights)")
 
     def __post_init__(self) -> None:
-        from pipeline.models.image import IMAGE_ARCHS
-
         _check(self.arch in IMAGE_ARCHS, f"model.image.arch={self.arch!r}; choose one of {sorted(IMAGE_ARCHS)}")
 
 
@@ -85,13 +85,11 @@ class TextTowerConfig:
     embeddings: WordEmbeddingsConfig = _f(WordEmbeddingsConfig(), "pretrained word vectors")
 
     def __post_init__(self) -> None:
-        from pipeline.models.text import POOLINGS, TEXT_ARCHS
-
         _check(self.arch in TEXT_ARCHS, f"model.text.arch={self.arch!r}; choose one of {sorted(TEXT_ARCHS)}")
         _check(self.word_dim >= 1 and self.hidden >= 1, "model.text.word_dim and model.text.hidden must be >= 1")
-        _check(self.pooling is None or self.pooling in POOLINGS[self.arch],
+        _check(self.pooling is None or self.pooling in TEXT_POOLINGS[self.arch],
                f"model.text.pooling={self.pooling!r} does not apply to model.text.arch={self.arch}; use one of "
-               f"{list(POOLINGS[self.arch])} or leave it empty")
+               f"{list(TEXT_POOLINGS[self.arch])} or leave it empty")
         _check(bool(self.cnn_widths) and all(isinstance(w, int) and w >= 1 for w in self.cnn_widths),
                f"model.text.cnn_widths={self.cnn_widths!r} must be a non-empty list of positive integers")
         _check(self.layers >= 1 and self.heads >= 1, "model.text.layers and model.text.heads must be >= 1")
@@ -112,12 +110,12 @@ class ModelConfig:
     def check_files(self) -> None:
         """The files training starts from exist, and the word vectors fit model.text.word_dim. Only a job that
         builds a fresh model needs them: one rebuilt from a checkpoint takes its weights from the checkpoint."""
-        from pipeline.models.word_vectors import dim_mismatch_message, vector_file_dim
-
         weights, vectors = self.image.weights, self.text.embeddings.path
         _check(not weights or Path(weights).is_file(),
                f"model.image.weights={weights!r} does not exist; give a local .pth file or leave it empty")
         if vectors and not vectors.startswith("s3://"):  # s3:// files are checked when the workers read them
+            from pipeline.models.word_vectors import dim_mismatch_message, vector_file_dim  # loads torch
+
             _check(Path(vectors).is_file(), f"model.text.embeddings.path={vectors!r} does not exist; give a GloVe "
                                             "or word2vec text file, or leave it empty for random word vectors")
             dim = vector_file_dim(vectors)
@@ -140,16 +138,14 @@ class LossConfig:
     r2: float | None = _f(None, "dcca: ridge on the text covariance; empty: 1e-3")
 
     def __post_init__(self) -> None:
-        from pipeline.losses import LOSSES, build_loss, loss_params
-
-        _check(self.name in LOSSES, f"loss.name={self.name!r}; choose one of {sorted(LOSSES)}")
-        takes = loss_params(self.name)
+        _check(self.name in LOSS_PARAMS, f"loss.name={self.name!r}; choose one of {sorted(LOSS_PARAMS)}")
+        takes = LOSS_PARAMS[self.name]
         for f in dataclasses.fields(self):
             if f.name != "name" and getattr(self, f.name) is not None and f.name not in takes:
                 raise ConfigError(f"loss.{f.name} is set but loss {self.name!r} takes no {f.name}; "
                                   f"it takes {['loss.' + t for t in takes] or 'no parameters'}")
-        try:
-            build_loss(self)  # range checks live with the losses; surface them as config errors
+        try:  # the losses' own range checks, shared with them through the registry
+            check_loss_params(self.name, {t: getattr(self, t) for t in takes if getattr(self, t) is not None})
         except ValueError as e:
             raise ConfigError(f"loss {self.name!r}: {e}") from None
 
@@ -180,6 +176,8 @@ class TrainConfig:
         _check(self.micro_batch_size >= 0, "train.micro_batch_size must be >= 0 (0 turns gradient caching off)")
         _check(self.precision in ("auto", "fp32", "bf16"), f"train.precision={self.precision!r}; use auto, fp32 "
                                                            "or bf16")
+        _check(self.log_every >= 1, f"train.log_every={self.log_every} must be at least 1 (steps between progress "
+                                    "lines)")
 
     def autocast_dtype(self, device_type: str) -> str | None:
         """'bfloat16' when the towers run under autocast on `device_type` ('cuda', 'cpu'), else None."""
@@ -210,7 +208,10 @@ class RunConfig:
                               "workers from the last checkpoint; 0: fail at once, -1: no limit")
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "run.name must be a non-empty name without '/'")
+        _check(bool(self.name.strip()) and "/" not in self.name and "\\" not in self.name
+               and self.name.strip(".") != "",
+               f"run.name={self.name!r} must be a folder name (no '/', not '.' or '..'): the run directory is "
+               "<run.storage_path>/<run.name>")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints must be at least 1")
         _check(self.max_failures >= -1, "run.max_failures must be >= -1 (-1: no limit)")
 
@@ -239,7 +240,12 @@ class EvalConfig:
     examples: int = _f(5, "example queries shown in the report")
 
     def __post_init__(self) -> None:
-        _check(all(isinstance(k, int) and k >= 1 for k in self.ks), "eval.ks must be positive integers")
+        _check(bool(self.ks) and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.ks),
+               f"eval.ks={self.ks!r} must be a non-empty list of positive integers, e.g. [1, 5, 10]")
+        _check(self.batch_size >= 1, f"eval.batch_size={self.batch_size} must be at least 1")
+        _check(self.chunk_size >= 1, f"eval.chunk_size={self.chunk_size} must be at least 1 (query rows scored "
+                                     "at once)")
+        _check(self.examples >= 0, f"eval.examples={self.examples} must be >= 0")
 
 
 
@@ -286,9 +292,7 @@ class IndexConfig:
                                   "parallel Ray tasks over one trained quantizer, and searched shard-parallel")
 
     def __post_init__(self) -> None:
-        from pipeline.indexes import TYPES
-
-        _check(self.type in TYPES, f"index.type={self.type!r}; choose one of {list(TYPES)}")
+        _check(self.type in INDEX_TYPES, f"index.type={self.type!r}; choose one of {list(INDEX_TYPES)}")
         _check(min(self.nlist, self.pq_m) >= 0 and min(self.nprobe, self.refine_k_factor, self.hnsw_m,
                                                        self.ef_search, self.auto_threshold, self.shard_rows) >= 1,
                "index.nlist and index.pq_m must be >= 0, the other index.* counts >= 1")

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.config import registry
+
 
 class SmallCNN(nn.Module):
     """Four stride-2 conv stages, then the 4x4 map is flattened rather than averaged: averaging would throw
@@ -68,7 +70,7 @@ def _torchvision(name: str, weights: str, image_size: int) -> nn.Module:
     return net
 
 
-IMAGE_ARCHS = ("small_cnn", "resnet18", "resnet50", "vit_b_16", "convnext_tiny")
+IMAGE_ARCHS = registry.IMAGE_ARCHS
 
 
 def build_image_tower(arch: str, width: int = 32, weights: str = "", image_size: int = 64) -> nn.Module:

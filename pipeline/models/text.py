@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import registry
+
 from pipeline.models.word_vectors import load_word_vectors
 
 
@@ -111,10 +113,7 @@ class TextTransformer(nn.Module):
         return x[:, 0] if self.cls is not None else masked_mean(x, mask)
 
 
-# arch -> the poolings it takes, its default first
-POOLINGS = {"bow": ("mean",), "gru": ("mean", "last"), "lstm": ("mean", "last"), "cnn": ("max",),
-            "transformer": ("mean", "cls")}
-TEXT_ARCHS = tuple(POOLINGS)
+POOLINGS, TEXT_ARCHS = registry.TEXT_POOLINGS, registry.TEXT_ARCHS  # arch -> its poolings, default first
 
 
 def build_embedding(vocab_size: int, word_dim: int, path: str = "", freeze: bool = False,

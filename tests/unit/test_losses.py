@@ -259,3 +259,16 @@ def test_a_scale_above_the_cap_keeps_its_gradient_and_comes_back(name):
     assert rec["train/logit_scale_param"] <= math.log(MAX_LOGIT_SCALE) + 1e-6
     assert rec["train/logit_scale"] == pytest.approx(math.exp(rec["train/logit_scale_param"]))
     assert rec["train/logit_scale"] <= MAX_LOGIT_SCALE * (1 + 1e-6)
+
+
+def test_the_config_registry_matches_the_components():
+    """Config validation reads plain registries (no torch at load time); they must name what the code has."""
+    from pipeline.config import registry
+    from pipeline.indexes import TYPES
+    from pipeline.losses import LOSSES, loss_params
+    from pipeline.models.image import IMAGE_ARCHS, build_image_tower
+    from pipeline.models.text import POOLINGS
+
+    assert {n: tuple(loss_params(n)) for n in LOSSES} == registry.LOSS_PARAMS
+    assert POOLINGS == registry.TEXT_POOLINGS and TYPES == registry.INDEX_TYPES
+    assert build_image_tower("small_cnn", width=4) is not None and "small_cnn" in IMAGE_ARCHS
