@@ -141,23 +141,29 @@ def read_state(path: str | Path) -> dict:
 
 
 def read_config(path: str | Path) -> dict:
-    return json.loads(storage.read_text(storage.join(str(path), "config.json")))
+    return json.loads(_read_verified(path, "config.json"))
 
 
 def read_tokenizer(path: str | Path) -> Tokenizer:
-    return Tokenizer.from_dict(json.loads(storage.read_text(storage.join(str(path), "tokenizer.json"))))
+    return Tokenizer.from_dict(json.loads(_read_verified(path, "tokenizer.json")))
 
 
-def _torch_load(path: str | Path, name: str):
-    """A file's tensors, after checking its bytes against the manifest's hash (checkpoints written before the
-    manifest had hashes are loaded unchecked)."""
+def _read_verified(path: str | Path, name: str) -> bytes:
+    """A file's bytes, after checking them against the manifest's hash: every file the manifest lists, not only
+    the weights (a reordered tokenizer.json changes every embedding; an edited config.json rebuilds another
+    model). Checkpoints written before the manifest had hashes are read unchecked."""
     data = storage.read_bytes(storage.join(str(path), name))
     expected = _manifest(path).get("sha256", {}).get(name)
     if expected is not None and _sha256(data) != expected:
         raise CheckpointError(f"{storage.join(str(path), name)} does not match the hash in its state.json: "
-                              f"the checkpoint was cut short or corrupted; delete {path} to resume from the "
-                              "one before")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                              f"the checkpoint was cut short, corrupted or edited; delete {path} to resume from "
+                              "the one before, or restore the file")
+    return data
+
+
+def _torch_load(path: str | Path, name: str):
+    """A file's tensors (hash-checked first): weights only, no pickled code."""
+    return torch.load(io.BytesIO(_read_verified(path, name)), map_location="cpu", weights_only=True)
 
 
 def load_weights(path: str | Path, model, loss=None, optimizer=None, scheduler=None) -> None:
@@ -170,3 +176,73 @@ def load_weights(path: str | Path, model, loss=None, optimizer=None, scheduler=N
         optimizer.load_state_dict(opt["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(opt["scheduler"])
+
+
+# Keys that shape the model or what it is fed: a resume whose config differs in one of them would train the
+# next epochs of a different model on top of the old one's weights (or fail deep inside load_state_dict).
+SHAPING = ("model.", "loss.", "data.image_size", "data.max_tokens", "data.vocab_min_count", "data.vocab_max_size",
+           "data.tokenizer", "train.batch_size")
+
+
+def config_changes(saved: dict, new: dict) -> list[str]:
+    """['data.image_size: 64 -> 96', ...]: the shaping keys whose values differ between a checkpoint's config
+    and the config resuming it (keys only one side has are left out: an older checkpoint lacks newer keys)."""
+    from pipeline.config import flatten
+
+    old, cur = flatten(saved), flatten(new)
+    return [f"{k}: {json.dumps(old[k])} -> {json.dumps(cur[k])}" for k in sorted(set(old) & set(cur))
+            if k.startswith(SHAPING) and old[k] != cur[k]]
+
+
+def check_loadable(path: str | Path) -> None:
+    """On the driver, before any Ray work: every file the manifest lists matches its hash, and the weights load
+    into the model its config describes. -> CheckpointError in one line otherwise (instead of a state-dict
+    traceback from inside an embedding actor)."""
+    import pickle
+
+    for name in sorted(_manifest(path).get("sha256", {})):
+        _read_verified(path, name)
+    try:
+        from pipeline.encoder import load
+
+        load(path)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: model.pt holds pickled objects, not only tensors; refusing to load it "
+                              "(re-save the weights with torch.save(model.state_dict()))") from None
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: the weights do not fit the model its config.json describes ({first[:200]})"
+                              ) from None
+
+
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def set_aside_damaged_ray_snapshot(run_dir: str) -> str | None:
+    """Ray Train keeps its own list of reported checkpoints in <run_dir>/checkpoints/<RAY_SNAPSHOT>. A disk that
+    filled up mid-write leaves it empty, and deleting a damaged checkpoint leaves it naming a folder that is
+    gone; either way Ray refuses to start the run again. The project resumes from its own newest complete
+    checkpoint (find_latest) and never needs Ray's list, so a damaged one is renamed out of the way.
+    -> why it was set aside, or None when it is fine (or absent)."""
+    path = storage.join(run_dir, "checkpoints", RAY_SNAPSHOT)
+    if not storage.exists(path):
+        return None
+    try:
+        snap = json.loads(storage.read_text(path))
+        names = [r["checkpoint_dir_name"] for r in snap.get("checkpoint_results", [])]
+        latest = (snap.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        why = "it is empty or not valid JSON"
+    else:
+        gone = [n for n in names + ([latest] if latest else []) if not storage.exists(storage.join(run_dir,
+                                                                                               "checkpoints", n))]
+        if not gone and (latest is None or latest in names):
+            return None
+        why = f"it names {gone[0] if gone else latest}, which is not there"
+    data = storage.read_bytes(path)
+    storage.write_bytes(path + ".damaged", data)
+    fs, inner = storage.filesystem(path)
+    fs.rm(inner)
+    return why

@@ -345,12 +345,13 @@ def _check_paths(*pairs: str) -> list[str]:
 
 
 def _require_checkpoint(path: str) -> str:
-    from pipeline.checkpoint import find_latest
+    from pipeline.checkpoint import check_loadable, find_latest
 
     ckpt = find_latest(path)
     if ckpt is None:
         raise ConfigError(f"--checkpoint {path}: no checkpoint there (expected model.pt, tokenizer.json, "
                           "config.json, state.json, or a run dir with checkpoints/epoch_*)")
+    check_loadable(ckpt)  # every file's hash, and the weights fit: here, not inside an embedding actor
     return ckpt
 
 

@@ -220,7 +220,8 @@ def record_attempt(loop_cfg: dict, epoch: int, resumed_from: str | None) -> None
     path = storage.join(loop_cfg["run_dir"], "attempts.jsonl")
     before = storage.read_text(path) if storage.exists(path) else ""
     line = {"launch": loop_cfg["launch"], "start_epoch": epoch, "resumed_from": resumed_from,
-            "time": time.time()}
+            "time": time.time(), **({"config_changes": loop_cfg["config_changes"]}
+                                    if loop_cfg.get("config_changes") else {})}
     storage.write_text(path, before + json.dumps(line) + "\n")
     if resumed_from and resumed_from != loop_cfg.get("resume_from"):
         say(f"[train] workers restarted after a failure: resuming from {resumed_from} (epoch {epoch})")
@@ -311,6 +312,23 @@ class TrainResult:
     attempts: int = 0  # worker-group starts in this launch: 1 plus the worker failures recovered from
 
 
+def check_resume_config(cfg: TrainJobConfig, latest: str | None) -> list[str]:
+    """A resume must train the model it resumes: the shaping keys (checkpoint.SHAPING) of the config may not
+    differ from the checkpoint's, unless run.allow_config_change says so. -> the differences allowed."""
+    from pipeline.config import ConfigError
+
+    if latest is None:
+        return []
+    changes = checkpoint.config_changes(checkpoint.read_config(latest), to_dict(cfg))
+    if changes and not cfg.run.allow_config_change:
+        raise ConfigError(f"run.name={cfg.run.name} resumes from {latest}, whose config differs: "
+                          f"{'; '.join(changes)}. Use a new run.name, restore those values, or set "
+                          "run.allow_config_change=true to go on anyway")
+    if changes:
+        print(f"[train] resuming with a changed config (run.allow_config_change): {'; '.join(changes)}")
+    return changes
+
+
 def _prepare_data(cfg: TrainJobConfig, latest: str | None):
     """(tokenizer, usable samples, all samples, train shards, val shards), before any training."""
     from pipeline.data import ingest
@@ -336,9 +354,11 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
-    storage.write_text(storage.join(run_dir, "config.json"), json.dumps(to_dict(cfg), indent=2))
+    full = to_dict(cfg)
     cfg = narrow(cfg, TrainJobConfig)  # a RunJobConfig's extra sections stay on the driver
     latest = checkpoint.find_latest(run_dir, verify=True)  # a damaged newest checkpoint: the one before
+    changes = check_resume_config(cfg, latest)
+    storage.write_text(storage.join(run_dir, "config.json"), json.dumps(full, indent=2))
     if latest is not None:
         state = checkpoint.read_state(latest)
         if state["epoch"] >= cfg.train.epochs:
@@ -349,6 +369,10 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
     print(f"[train] {n_train} training samples, vocabulary {len(tokenizer)} words, "
           f"{n_train // cfg.train.batch_size} steps/epoch on {cfg.scaling.num_workers} workers")
 
+    why = checkpoint.set_aside_damaged_ray_snapshot(run_dir)
+    if why:
+        print(f"[train] Ray's list of checkpoints in {run_dir}/checkpoints was damaged ({why}): set aside as "
+              f"{checkpoint.RAY_SNAPSHOT}.damaged; resuming from {latest or 'the start'}")
     counter = ingest.skip_counter()
     for split, shards in (("train", train_shards), ("val", val_shards)):
         if shards.missing:
@@ -367,7 +391,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
         # workers restarted after a failure look again (resume_point).
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer.to_dict(), "n_train": n_train,
                            "samples": samples, "counter": counter, "resume_from": latest,
-                           "run_dir": run_dir, "launch": launch},
+                           "run_dir": run_dir, "launch": launch, "config_changes": changes},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
@@ -383,7 +407,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
     try:
         trainer.fit()
     except Exception as e:  # Ray wraps the worker's exception; surface its message, not Ray's stack
-        raise RuntimeError(f"training failed: {root_cause(e)}") from e
+        raise RuntimeError(explain_failure(e, count_attempts(run_dir, launch), cfg.run.max_failures)) from e
     ckpt = checkpoint.find_latest(run_dir)
     if ckpt is None:
         raise RuntimeError(f"training finished without a checkpoint under {run_dir}")
@@ -396,6 +420,16 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
               f"{cfg.run.max_failures}); each restart resumed from the last checkpoint")
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
                        ray.get(counter.get.remote()), latest, attempts)
+
+
+def explain_failure(e: BaseException, attempts: int, budget: int) -> str:
+    """One line for a failed fit(): when every allowed restart was used, say so first; the error that ended the
+    last attempt is often only a symptom (a peer's "Connection reset" when a worker died)."""
+    if budget > 0 and attempts > budget:  # the first start plus `budget` restarts, all failed
+        return (f"training failed {attempts} times, and run.max_failures={budget} allows {budget} restart(s): the "
+                f"failure budget is spent. The last failure: {root_cause(e)}. Rerun the same command to resume "
+                "from the newest checkpoint, or raise run.max_failures")
+    return f"training failed: {root_cause(e)}"
 
 
 def root_cause(e: BaseException) -> str:

@@ -206,6 +206,8 @@ class RunConfig:
     keep_checkpoints: int = _f(2, "how many epoch checkpoints to keep (the latest are kept)")
     max_failures: int = _f(0, "worker failures (a crashed process, a lost node) recovered from by restarting the "
                               "workers from the last checkpoint; 0: fail at once, -1: no limit")
+    allow_config_change: bool = _f(False, "resume a run even though model-, loss- or data-shaping keys differ "
+                                          "from its checkpoint's (the differences go into attempts.jsonl)")
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()) and "/" not in self.name and "\\" not in self.name
