@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +16,9 @@ import torch
 from torch import nn
 
 from pipeline import checkpoint, storage
+from pipeline.attempts import check_resume_config, count_attempts, explain_failure, record_attempt, resume_point
 from pipeline.config import TrainJobConfig, build, narrow, to_dict
+from pipeline.console import say
 from pipeline.data.tokenizer import Tokenizer
 from pipeline.distributed import WorkerContext, all_reduce_max, all_reduce_mean, all_reduce_min
 from pipeline.encoder import embed_gallery
@@ -25,13 +26,6 @@ from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics, retrieval_metrics
 from pipeline.models import build_model
 from pipeline.objective import ContrastiveObjective, backward_step
-
-
-def say(line: str) -> None:
-    """One progress line to the driver. Ray Train patches `print` into its logger, which echoes each line
-    twice; writing to stdout directly echoes it once."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def make_optimizer(module: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -205,35 +199,6 @@ def skip_checker(ctx: WorkerContext, loop_cfg: dict, max_fraction: float):
     return check
 
 
-def resume_point(loop_cfg: dict, ctx: WorkerContext) -> str | None:
-    """The checkpoint to start from: the newest complete one in the run directory, picked by rank 0 (hashes
-    checked) and shared with the other ranks. At launch it is the driver's pick. After a worker failure, when
-    Ray restarts every worker's loop with the same config, it is the last one written before the failure:
-    Ray's own `get_checkpoint()` misses a checkpoint whose report it had not yet collected when the worker
-    died, and the epoch after it would be trained twice."""
-    return ctx.broadcast(checkpoint.find_latest(loop_cfg["run_dir"], verify=True) if ctx.is_main else None)
-
-
-def record_attempt(loop_cfg: dict, epoch: int, resumed_from: str | None) -> None:
-    """One line per start of the worker group in <run_dir>/attempts.jsonl: a launch of the driver with more
-    than one line recovered from worker failures. Only rank 0 writes, and attempts follow one another."""
-    path = storage.join(loop_cfg["run_dir"], "attempts.jsonl")
-    before = storage.read_text(path) if storage.exists(path) else ""
-    line = {"launch": loop_cfg["launch"], "start_epoch": epoch, "resumed_from": resumed_from,
-            "time": time.time(), **({"config_changes": loop_cfg["config_changes"]}
-                                    if loop_cfg.get("config_changes") else {})}
-    storage.write_text(path, before + json.dumps(line) + "\n")
-    if resumed_from and resumed_from != loop_cfg.get("resume_from"):
-        say(f"[train] workers restarted after a failure: resuming from {resumed_from} (epoch {epoch})")
-
-
-def count_attempts(run_dir: str, launch: str) -> int:
-    """How many times the worker group started in driver launch `launch` (1: no failure)."""
-    path = storage.join(run_dir, "attempts.jsonl")
-    lines = storage.read_text(path).splitlines() if storage.exists(path) else []
-    return sum(json.loads(ln).get("launch") == launch for ln in lines if ln.strip())
-
-
 def train_loop_per_worker(loop_cfg: dict) -> None:
     cfg = build(TrainJobConfig, loop_cfg["config"])
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
@@ -310,23 +275,6 @@ class TrainResult:
     data: dict = field(default_factory=dict)  # skipped sample keys by split and reason
     resumed_from: str | None = None
     attempts: int = 0  # worker-group starts in this launch: 1 plus the worker failures recovered from
-
-
-def check_resume_config(cfg: TrainJobConfig, latest: str | None) -> list[str]:
-    """A resume must train the model it resumes: the shaping keys (checkpoint.SHAPING) of the config may not
-    differ from the checkpoint's, unless run.allow_config_change says so. -> the differences allowed."""
-    from pipeline.config import ConfigError
-
-    if latest is None:
-        return []
-    changes = checkpoint.config_changes(checkpoint.read_config(latest), to_dict(cfg))
-    if changes and not cfg.run.allow_config_change:
-        raise ConfigError(f"run.name={cfg.run.name} resumes from {latest}, whose config differs: "
-                          f"{'; '.join(changes)}. Use a new run.name, restore those values, or set "
-                          "run.allow_config_change=true to go on anyway")
-    if changes:
-        print(f"[train] resuming with a changed config (run.allow_config_change): {'; '.join(changes)}")
-    return changes
 
 
 def _prepare_data(cfg: TrainJobConfig, latest: str | None):
@@ -420,27 +368,3 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
               f"{cfg.run.max_failures}); each restart resumed from the last checkpoint")
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
                        ray.get(counter.get.remote()), latest, attempts)
-
-
-def explain_failure(e: BaseException, attempts: int, budget: int) -> str:
-    """One line for a failed fit(): when every allowed restart was used, say so first; the error that ended the
-    last attempt is often only a symptom (a peer's "Connection reset" when a worker died)."""
-    if budget > 0 and attempts > budget:  # the first start plus `budget` restarts, all failed
-        return (f"training failed {attempts} times, and run.max_failures={budget} allows {budget} restart(s): the "
-                f"failure budget is spent. The last failure: {root_cause(e)}. Rerun the same command to resume "
-                "from the newest checkpoint, or raise run.max_failures")
-    return f"training failed: {root_cause(e)}"
-
-
-def root_cause(e: BaseException) -> str:
-    """The user's exception from the lowest failing rank, as one line: 'rank 0: ValueError: ...'."""
-    failures = getattr(e, "worker_failures", None)
-    prefix = ""
-    if failures:
-        rank = min(failures)
-        e, prefix = failures[rank], f"rank {rank}: "
-    e = getattr(e, "cause", None) or e  # RayTaskError carries the original exception as .cause
-    while e.__cause__ is not None:
-        e = e.__cause__
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return f"{prefix}{type(e).__name__}: {lines[0] if lines else ''}"[:2000]

@@ -98,7 +98,7 @@ def test_config_changes_lists_shaping_keys_only():
 
 def test_a_resume_with_a_changed_model_stops_unless_allowed(tmp_path):
     from pipeline.config import ConfigError
-    from pipeline.train import check_resume_config
+    from pipeline.attempts import check_resume_config
 
     ckpt = _checkpoint(tmp_path / "c")
     same = load_config(TrainJobConfig, None, BASE)
@@ -134,7 +134,7 @@ def test_a_damaged_ray_snapshot_is_set_aside(tmp_path, snapshot, why):
 
 
 def test_a_spent_failure_budget_says_so():
-    from pipeline.train import explain_failure
+    from pipeline.attempts import explain_failure
 
     err = RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection reset by peer")
     assert explain_failure(err, 1, 0) == "training failed: RuntimeError: [../gloo/transport/tcp/pair.cc:534] " \
