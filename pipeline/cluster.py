@@ -37,3 +37,44 @@ def _quiet_data() -> None:
 
     ctx = DataContext.get_current()
     ctx.print_on_execution_start = False
+
+
+def fits(nodes: list[dict], num_workers: int, cpus: float, gpus: float) -> bool:
+    """Whether `num_workers` bundles of {CPU: cpus, GPU: gpus} can ever be placed on these nodes' resources
+    ({'CPU': .., 'GPU': ..} each), first fit on the roomiest node, as a spread placement group would."""
+    free = [dict(n) for n in nodes]
+    for _ in range(num_workers):
+        room = [n for n in free if n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus]
+        if not room:
+            return False
+        best = max(room, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+        best["CPU"], best["GPU"] = best.get("CPU", 0) - cpus, best.get("GPU", 0) - gpus
+    return True
+
+
+def check_resources(scaling) -> None:
+    """Before fit(): the training workers must fit the cluster, or Ray waits for them forever (the autoscaler
+    only logs that no node type fits). An autoscaling cluster is given `scaling.resource_wait_s` to grow.
+    Raises ConfigError in one line naming what was asked and what there is."""
+    import time
+
+    import ray
+
+    from pipeline.config import ConfigError
+
+    gpus = 1.0 if scaling.use_gpu else 0.0
+    deadline = time.time() + scaling.resource_wait_s
+    while True:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if fits(nodes, scaling.num_workers, scaling.cpus_per_worker, gpus):
+            return
+        if time.time() >= deadline:
+            break
+        time.sleep(min(5.0, max(0.1, deadline - time.time())))
+    have = ", ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes))
+    ask = f"{scaling.num_workers} workers x ({scaling.cpus_per_worker:g} CPU" + (", 1 GPU)" if gpus else ")")
+    fix = "set scaling.use_gpu=false or add GPU nodes" if gpus and not any(n.get("GPU") for n in nodes) else \
+        "lower scaling.num_workers or scaling.cpus_per_worker, or add nodes"
+    waited = f" after waiting {scaling.resource_wait_s:g} s" if scaling.resource_wait_s else ""
+    raise ConfigError(f"the cluster cannot place {ask}{waited}: it has {have or 'no live nodes'}; {fix} "
+                      "(on an autoscaling cluster, set scaling.resource_wait_s to wait for it to grow)")

@@ -300,7 +300,10 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
 
     from pipeline.data import ingest
 
+    from pipeline.cluster import check_resources
+
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    check_resources(cfg.scaling)  # before any pass over the data: a request that cannot fit would wait forever
     run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
     full = to_dict(cfg)
     cfg = narrow(cfg, TrainJobConfig)  # a RunJobConfig's extra sections stay on the driver
