@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,18 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pipeline", description="Two-tower image-text retrieval on Ray: "
                                  "Ray Data ingest, Ray Train contrastive training, FAISS retrieval, reports.")
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="data -> train -> index -> evaluate -> report, end to end")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="show Ray's and FAISS's own output on the console "
+                        "too (by default it goes to the log file the summary names)")
+    p = sub.add_parser("run", parents=[common], help="data -> train -> index -> evaluate -> report, end to end")
     _config_args(p, required=False)
-    p = sub.add_parser("train", help="train a two-tower model; prints the run directory and checkpoint")
+    p = sub.add_parser("train", parents=[common], help="train a two-tower model; prints the run directory and checkpoint")
     _config_args(p, required=True)
-    p = sub.add_parser("tune", help="sweep tune.space with Ray Tune; prints the results table, the best config "
+    p = sub.add_parser("tune", parents=[common], help="sweep tune.space with Ray Tune; prints the results table, the best config "
                        "and checkpoint")
     _config_args(p, required=True)
-    p = sub.add_parser("cca", help="fit a linear or kernel CCA baseline (cca.*) on data.train, score data.val; "
+    p = sub.add_parser("cca", parents=[common], help="fit a linear or kernel CCA baseline (cca.*) on data.train, score data.val; "
                        "writes the same report as a trained run")
     _config_args(p, required=True)
     p.add_argument("--out", default=None, help="output folder (default <run dir>/baselines/<cca.kind>_cca)")
-    p = sub.add_parser("embeddings", help="word vectors from the training captions (co-occurrence, PPMI, SVD), "
+    p = sub.add_parser("embeddings", parents=[common], help="word vectors from the training captions (co-occurrence, PPMI, SVD), "
                        "written in GloVe text format for model.text.embeddings.path")
     _config_args(p, required=True)
     p.add_argument("--out", required=True, help="GloVe text file to write (local or s3://)")
@@ -80,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override eval.* / index.* / scaling.* keys (`pipeline keys evaluate`)")
         p.add_argument("--address", default=None, help="Ray cluster address")
-    p = sub.add_parser("search", help="query a built index with a caption or an image")
+    p = sub.add_parser("search", parents=[common], help="query a built index with a caption or an image")
     p.add_argument("--index", required=True, help="index folder written by `pipeline index` or `pipeline run`")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="caption query: returns the nearest images")
@@ -91,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true", help="sharded index: hold each shard in its own Ray actor "
                    "(for galleries too large for this machine) instead of loading all shards here")
     p.add_argument("--address", default=None, help="Ray cluster address (with --distributed)")
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("synth", help="write the synthetic compositional-scenes dataset (WebDataset shards)")
+    data = sub.add_parser("data", parents=[common], help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", parents=[common], help="write the synthetic compositional-scenes dataset (WebDataset shards)")
     p.add_argument("--out", required=True, help="output folder; train/ and val/ are created in it")
     p.add_argument("--train", type=int, default=8000, help="training images (default 8000)")
     p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p = data.add_parser("convert-karpathy", help="convert a Karpathy split (Flickr8k/30k, COCO) into shards, "
+    p = data.add_parser("convert-karpathy", parents=[common], help="convert a Karpathy split (Flickr8k/30k, COCO) into shards, "
                         "one sample per image with all its captions")
     p.add_argument("--json", required=True, help="Karpathy split file, e.g. dataset_flickr30k.json")
     p.add_argument("--images", required=True, help="image folder (COCO: the folder holding train2014/, val2014/)")
@@ -106,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "test (default test)")
     p.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"], help="shard format")
     p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
-    p = data.add_parser("inspect", help="count samples, show the schema, caption lengths, unreadable samples")
+    p = data.add_parser("inspect", parents=[common], help="count samples, show the schema, caption lengths, unreadable samples")
     p.add_argument("path", help="shards: path, folder, glob or brace list (.tar or .parquet, local or s3://)")
     p.add_argument("--show", type=int, default=20, help="unreadable samples listed by key (default 20)")
     p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint for s3:// paths")
     p.add_argument("--address", default=None, help="Ray cluster address")
-    p = sub.add_parser("keys", help="list every config key with its default and meaning")
+    p = sub.add_parser("keys", parents=[common], help="list every config key with its default and meaning")
     p.add_argument("job", nargs="?", default="run", choices=sorted(JOB_CONFIGS))
     return ap
 
@@ -122,7 +126,7 @@ def cmd_run(args) -> None:
     from pipeline import cluster, end_to_end  # after the checks: they must answer before torch is loaded
 
     t0 = time.time()
-    where = cluster.connect(args.address)
+    where = cluster.connect(args.address, args.command)
     print(f"[run] {cfg.run.name}: {'embedded local Ray' if where == 'local' else 'Ray cluster'}, "
           f"{cfg.scaling.num_workers} workers, run directory {cfg.run.run_dir()}")
     summary = end_to_end.run(cfg)
@@ -137,7 +141,7 @@ def cmd_train(args) -> None:
     from pipeline import cluster, train
 
     cfg = narrow(cfg, TrainJobConfig)
-    cluster.connect(args.address)
+    cluster.connect(args.address, args.command)
     res = train.run(cfg)
     print(f"run directory: {res.run_dir}\ncheckpoint: {res.checkpoint}\nmetrics: {json.dumps(res.metrics)}")
 
@@ -150,7 +154,7 @@ def cmd_tune(args) -> None:
     _preflight(cfg)
     from pipeline import cluster, tune
 
-    cluster.connect(args.address)
+    cluster.connect(args.address, args.command)
     res = tune.run(cfg)
     print(tune.format_summary(res, cfg.tune.metric))
 
@@ -165,7 +169,7 @@ def cmd_cca(args) -> None:
     from pipeline.report import recall_table
 
     t0 = time.time()
-    cluster.connect(args.address)
+    cluster.connect(args.address, args.command)
     rep, out = baselines.run(cfg, args.out)
     print(f"{rep['checkpoint']}\n\n{recall_table(rep)}\n\nreport: {storage.join(out, 'report', 'report.html')} "
           f"(+ report.md, report.json); projections: {storage.join(out, 'cca.npz')}\n"
@@ -180,7 +184,7 @@ def cmd_embeddings(args) -> None:
                          str(Path(args.out).resolve().parent), "--out", write=True)
     from pipeline import cluster, word_embeddings
 
-    cluster.connect(args.address)
+    cluster.connect(args.address, args.command)
     print(word_embeddings.format_summary(word_embeddings.run(cfg, args.out)))
 
 
@@ -193,7 +197,7 @@ def cmd_index(args) -> None:
     _preflight_eval(cfg, args.data, args.out, [args.checkpoint])
     ckpt = _require_checkpoint(args.checkpoint)
     paths = _check_paths(args.data, "--data")
-    cluster.connect(args.address)
+    cluster.connect(args.address, args.command)
     image_size = checkpoint.read_config(ckpt)["data"]["image_size"]
     emb = embed_to_parquet(ckpt, paths, image_size, args.out, cfg.scaling.num_workers, cfg.scaling.use_gpu,
                            cfg.eval.batch_size)
@@ -214,7 +218,7 @@ def cmd_evaluate(args) -> None:
     _preflight_eval(cfg, args.data, args.out, args.checkpoint)
     ckpts = [_require_checkpoint(c) for c in args.checkpoint]
     _check_paths(args.data, "--data")
-    cluster.connect(args.address)
+    cluster.connect(args.address, args.command)
     rep = evaluate.run(ckpts, args.data, args.out, cfg.eval, cfg.scaling, cfg.index)
     table = comparison_table(rep["comparison"]) if rep.get("comparison") else recall_table(rep)
     print(table + f"\n\nreport: {storage.join(args.out, 'report.html')} (+ report.md, report.json); "
@@ -231,7 +235,7 @@ def cmd_search(args) -> None:
     if args.distributed:
         from pipeline import cluster
 
-        cluster.connect(args.address)
+        cluster.connect(args.address, args.command)
         hits = search(args.index, text=args.text, image=image, k=args.k, distributed=True)
     else:
         with storage.local_copy(args.index) as index_dir:  # an s3:// index is fetched first
@@ -290,7 +294,7 @@ def cmd_data(args) -> None:
 
     storage.configure(args.endpoint_url)
     shards = resolve_shards(args.path, "PATH")
-    cluster.connect(args.address)
+    cluster.connect(args.address, args.command)
     print(inspect_shards(shards, show=args.show))
 
 
@@ -362,6 +366,10 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "tune": cmd_tune, "cca": cmd_cca
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ["PIPELINE_VERBOSE"] = "1"  # workers started from here inherit it
+    from pipeline import console
+
     try:
         COMMANDS[args.command](args)
     except (ConfigError, FileNotFoundError) as e:
@@ -369,11 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if console.log_path():
+            print(f"(what Ray printed is in {console.log_path()})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: `pipeline {args.command}` stopped. Training runs resume from their newest checkpoint "
               "when the same command is run again", file=sys.stderr)
         return 130
+    if console.log_path():
+        print(f"Ray's and FAISS's own messages: {console.log_path()}")
     return 0
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 
+from pipeline import console
+
 
 def local_cpus() -> int:
     """Logical CPUs for an embedded Ray: more than the cores, because training workers each hold one for the
@@ -13,30 +15,39 @@ def local_cpus() -> int:
     return max(8, 2 * (os.cpu_count() or 2))
 
 
-def connect(address: str | None = None, quiet: bool = True) -> str:
-    """ray.init on the given/ambient cluster, or a fresh local one. -> 'cluster' or 'local'."""
+def connect(address: str | None = None, command: str = "pipeline") -> str:
+    """ray.init on the given/ambient cluster, or a fresh local one. -> 'cluster' or 'local'. Unless verbose,
+    Ray's own output goes to the command's log file (pipeline.console)."""
     import ray
 
     if ray.is_initialized():
         return "cluster"
+    console.quiet_ray(command)
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"logging_level": logging.WARNING} if quiet else {}
+    kwargs = {} if console.verbose() else {"logging_level": logging.WARNING}
     if address:
         ray.init(address=address, **kwargs)
-        return "cluster"
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # The dashboard process also serves the state API that Ray Train polls; without it Train logs a warning
-    # every few seconds.
-    ray.init(num_cpus=local_cpus(), **kwargs)
+        where = "cluster"
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # The dashboard process also serves the state API that Ray Train polls; without it Train logs a
+        # warning every few seconds.
+        ray.init(num_cpus=local_cpus(), **kwargs)
+        where = "local"
+    console.filter_worker_output()
     _quiet_data()
-    return "local"
+    return where
 
 
 def _quiet_data() -> None:
+    """Ray Data's own bars and per-dataset progress logs are off: the project draws one bar per phase."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.print_on_execution_start = False
+    if not console.verbose():
+        ctx.enable_progress_bars = False
+        console.redirect_ray_loggers()
 
 
 def fits(nodes: list[dict], num_workers: int, cpus: float, gpus: float) -> bool:

@@ -1,8 +1,27 @@
-"""What a run prints: the project's own lines and progress, one per phase. Ray's and FAISS's chatter goes to
-log files unless asked for (`--verbose`)."""
+"""What a run prints: the project's own lines, and one progress bar per phase on a terminal (one line per phase
+otherwise). Ray's and FAISS's chatter -- worker and actor output, raylet warnings, Ray Data's progress logs,
+the C++ core worker's messages -- goes to one log file per command, named in the closing summary; `--verbose`
+(or PIPELINE_VERBOSE=1) leaves Ray's console as Ray has it.
+
+Workers reach the driver's console through Ray's log forwarding: the driver keeps only lines that start with
+one of the project's tags (`[train] ...`), draws the epoch bar from the step lines, and writes every line,
+kept or not, to the log file.
+"""
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import sys
+import tempfile
+import time
+from pathlib import Path
+
+TAGS = ("[train]", "[data]", "[tune]", "[run]", "[index]", "[eval]", "[cca]", "[embeddings]")
+STEP = re.compile(r"^\[train\] epoch (\d+)/(\d+) step (\d+)/(\d+) loss (\S+) .*?(\d+) samples/s")
+QUIET_STEP_EVERY_S = 60.0  # without a terminal, a step line at most this often (an epoch can last hours)
+
+_STATE: dict = {"log": None, "path": None, "bar": None, "epoch": None, "last_step_line": 0.0}
 
 
 def say(line: str) -> None:
@@ -10,3 +29,137 @@ def say(line: str) -> None:
     twice; writing to stdout directly echoes it once."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def verbose() -> bool:
+    return os.environ.get("PIPELINE_VERBOSE", "") not in ("", "0")
+
+
+def is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def log_path() -> str | None:
+    """The log file holding what Ray and FAISS printed, once `quiet_ray` ran."""
+    return _STATE["path"]
+
+
+def quiet_ray(command: str) -> None:
+    """Before ray.init: send the process's native stderr (fd 2: Ray's C++ core worker, and the Python loggers
+    Ray bound to it at import) into a log file, and give Python a fresh sys.stderr on the terminal, so the
+    project's own errors and progress bars still show."""
+    if verbose() or _STATE["log"] is not None:
+        return
+    folder = Path(tempfile.gettempdir()) / "pipeline-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log = open(path, "a", buffering=1)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)
+    _STATE.update(log=log, path=str(path))
+
+
+def filter_worker_output() -> None:
+    """After ray.init: replace Ray's printer of forwarded worker output with the project's filter."""
+    if verbose() or _STATE["log"] is None:
+        return
+    try:
+        from ray._private import worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # another Ray layout: keep Ray's own printing rather than lose the project's lines
+        return
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("pipeline_console", _on_worker_output)
+    # The raylet's notices (worker start-up counts and the like) reach the driver through another thread that
+    # calls this module-level printer by name.
+    worker.print_to_stdstream = lambda data, ignore_prefix=False: _on_worker_output(data)
+    redirect_ray_loggers()
+
+
+def redirect_ray_loggers() -> None:
+    """Ray's Python loggers on the driver (Ray Data's progress logs, Train's and Tune's notices) into the log
+    file: their console handlers are pointed at it. Called again before each Ray phase, because Ray Data sets
+    its handlers up when a dataset first runs."""
+    if _STATE["log"] is None:
+        return
+    import logging
+
+    terminal = {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}
+    names = [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")]
+    for logger in [logging.getLogger(n) for n in names]:
+        for h in logger.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) \
+                    and getattr(h, "stream", None) in terminal:
+                h.setStream(_STATE["log"])
+
+
+def _on_worker_output(data: dict) -> None:
+    who = data.get("actor_name") or data.get("task_name") or f"pid={data.get('pid')}"
+    for line in data.get("lines", []):
+        _STATE["log"].write(f"({who}) {line}\n")
+        if line.startswith(TAGS):
+            show(line)
+
+
+def show(line: str) -> None:
+    """A project line on the console: a step line moves the epoch bar (on a terminal) or is printed at most
+    once a minute (otherwise); any other line closes the bar and is printed."""
+    m = STEP.match(line)
+    if m is None:
+        _close_bar()
+        say(line)
+        return
+    epoch, epochs, step, steps, loss, rate = m.groups()
+    if not is_terminal():
+        now = time.monotonic()
+        if now - _STATE["last_step_line"] >= QUIET_STEP_EVERY_S or step == steps:
+            _STATE["last_step_line"] = now
+            say(line)
+        return
+    from tqdm import tqdm
+
+    if _STATE["epoch"] != epoch:
+        _close_bar()
+        _STATE["bar"] = tqdm(total=int(steps), desc=f"epoch {epoch}/{epochs}", unit="step", file=sys.stdout,
+                             leave=True, ncols=_width())
+        _STATE["epoch"] = epoch
+    bar = _STATE["bar"]
+    bar.n = int(step)
+    bar.set_postfix_str(f"loss {loss}, {rate} samples/s", refresh=True)
+
+
+def _width() -> int:
+    """The terminal's width; a pseudo-terminal that reports 0 columns (some CI runners) gets 100."""
+    import shutil
+
+    cols = shutil.get_terminal_size((100, 24)).columns
+    return cols if cols >= 40 else 100
+
+
+def _close_bar() -> None:
+    if _STATE["bar"] is not None:
+        _STATE["bar"].close()
+        _STATE["bar"], _STATE["epoch"] = None, None
+
+
+@contextlib.contextmanager
+def phase(name: str, total: int | None = None, unit: str = "it"):
+    """A driver-side phase (vocabulary pass, embedding, index build, evaluation): a bar on a terminal, one line
+    when it ends otherwise. Yields a callable advancing the bar by n."""
+    _close_bar()
+    t0 = time.perf_counter()
+    bar = None
+    if is_terminal():
+        from tqdm import tqdm
+
+        fmt = None if total else "{desc}: {elapsed}"  # no count to show: a running clock
+        bar = tqdm(total=total, desc=name, unit=unit, file=sys.stdout, leave=True, ncols=_width(), bar_format=fmt)
+    try:
+        yield (bar.update if bar is not None else (lambda n=1: None))
+    finally:
+        if bar is not None:
+            bar.close()
+        else:
+            say(f"[run] {name}: done in {time.perf_counter() - t0:.1f} s")

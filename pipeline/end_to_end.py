@@ -100,5 +100,16 @@ def format_summary(s: RunSummary) -> str:
         lines += [f"baseline rsum: {b['rsum']:.1f} ({b['description']})", ""]
     lines += [f"run directory : {s.run_dir}", f"checkpoint    : {s.checkpoint}", f"index         : {s.index_dir}",
               f"report        : {storage.join(s.report_dir, 'report.html')}  (+ report.md, report.json, plots/)",
-              f"skipped samples: {skipped if skipped else 'none'}", "=" * 72]
+              "", *skip_table(skipped), "=" * 72]
     return "\n".join(lines)
+
+
+def skip_table(skipped: dict[str, dict[str, int]]) -> list[str]:
+    """Skipped samples by split and reason as an aligned table (or one line saying there were none)."""
+    rows = [(split, reason, n) for split, by in skipped.items() for reason, n in sorted(by.items())]
+    if not rows:
+        return ["skipped samples: none"]
+    w1, w2 = max(len("split"), *(len(r[0]) for r in rows)), max(len("reason"), *(len(r[1]) for r in rows))
+    out = ["skipped samples:", f"  {'split':<{w1}}  {'reason':<{w2}}  samples"]
+    out += [f"  {split:<{w1}}  {reason:<{w2}}  {n:>7}" for split, reason, n in rows]
+    return out

@@ -119,19 +119,23 @@ def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index
     """Embed the gallery into `index_dir` (two Ray Data passes to Parquet), build and save its indexes, read
     the gallery back and score it. -> (metrics, index meta, captions dropped with their skipped images)"""
     from pipeline.checkpoint import read_config
+    from pipeline.console import phase
     from pipeline.gallery_embeddings import embed_to_parquet, read_gallery
     from pipeline.encoder import load
     from pipeline.index import build_gallery_indexes, load_gallery_index, write_index
 
     spec = index_cfg.spec()
-    emb = embed_to_parquet(ckpt, paths, read_config(ckpt)["data"]["image_size"], index_dir, scaling.num_workers,
-                           scaling.use_gpu, eval_cfg.batch_size, counter)
-    built = build_gallery_indexes(index_dir, spec, index_cfg.shard_rows)
-    meta = write_index(index_dir, built, ckpt, spec, emb.n_images, emb.n_captions, emb.dim)
-    gallery, orphans = read_gallery(index_dir)
-    image_index = built["images"][0] or load_gallery_index(index_dir, "images", meta)
-    metrics = evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples, spec,
-                               encode_text=load(ckpt).encode_text, image_index=image_index)
+    with phase("embed gallery (images, captions)"):
+        emb = embed_to_parquet(ckpt, paths, read_config(ckpt)["data"]["image_size"], index_dir,
+                               scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, counter)
+    with phase(f"build index ({emb.n_images} images, {emb.n_captions} captions)"):
+        built = build_gallery_indexes(index_dir, spec, index_cfg.shard_rows)
+        meta = write_index(index_dir, built, ckpt, spec, emb.n_images, emb.n_captions, emb.dim)
+    with phase("evaluate"):
+        gallery, orphans = read_gallery(index_dir)
+        image_index = built["images"][0] or load_gallery_index(index_dir, "images", meta)
+        metrics = evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples, spec,
+                                   encode_text=load(ckpt).encode_text, image_index=image_index)
     return metrics, meta, orphans
 
 

@@ -78,12 +78,14 @@ class Embedded:
 def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int = 1,
                      use_gpu: bool = False, batch_size: int = 256, counter=None) -> Embedded:
     """Embed every image and every caption of the eval shards into `out` (local or s3://)."""
+    from ray.data import ActorPoolStrategy
+
     from pipeline.data.ingest import _read, eval_dataset
     from pipeline.data.transforms import caption_rows
 
     actors = dict(fn_constructor_kwargs={"checkpoint": checkpoint, "device": "cuda" if use_gpu else "cpu",
                                          "storage_options": storage.options()},
-                  batch_size=batch_size, batch_format="numpy", concurrency=num_actors,
+                  batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=num_actors),
                   num_gpus=1 if use_gpu else 0)
     fs, root = storage.arrow_filesystem(out)
     for name in (IMAGES, CAPTIONS):  # a rerun into the same directory replaces, never appends

@@ -18,7 +18,7 @@ from torch import nn
 from pipeline import checkpoint, storage
 from pipeline.attempts import check_resume_config, count_attempts, explain_failure, record_attempt, resume_point
 from pipeline.config import TrainJobConfig, build, narrow, to_dict
-from pipeline.console import say
+from pipeline.console import phase, say
 from pipeline.data.tokenizer import Tokenizer
 from pipeline.distributed import WorkerContext, all_reduce_max, all_reduce_mean, all_reduce_min
 from pipeline.encoder import embed_gallery
@@ -285,7 +285,8 @@ def _prepare_data(cfg: TrainJobConfig, latest: str | None):
     if latest is not None:  # the vocabulary must be the one the weights were trained with
         state = checkpoint.read_state(latest)
         return checkpoint.read_tokenizer(latest), state["n_train"], state.get("samples", 0), train, val
-    scan = ingest.scan_training_data(train.paths, cfg.data)
+    with phase(f"vocabulary pass over {len(train.paths)} training shards"):
+        scan = ingest.scan_training_data(train.paths, cfg.data)
     if scan.usable < cfg.train.batch_size:
         raise ValueError(f"data.train has {scan.usable} captioned samples, fewer than train.batch_size="
                          f"{cfg.train.batch_size}; add data or lower the batch size")
