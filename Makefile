@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration clean browser
+.PHONY: demo test unit integration clean browser img2dataset
 
 # pip's "Location ... is ignored" lines come from this machine's local index mirrors; they are noise.
 $(STAMP): pyproject.toml
@@ -19,6 +19,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, torchvision, ray, faiss, pipeline"
 	touch $(STAMP)
 
+# The data-layout tests run the real img2dataset. It pins pandas<3 and brings opencv, albumentations and wandb,
+# so it gets a venv of its own (~40 s to create), and the tests call its CLI by path.
+I2D := .venv-img2dataset
+$(I2D)/.installed:
+	test -x $(I2D)/bin/python || $(PY) -m venv $(I2D)
+	$(I2D)/bin/pip install --quiet --disable-pip-version-check 'img2dataset==1.47.0' 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	NO_ALBUMENTATIONS_UPDATE=1 $(I2D)/bin/python -c "import img2dataset"
+	touch $@
+
+img2dataset: $(I2D)/.installed
+
 demo: $(STAMP)
 	$(BIN)/pipeline run
 
@@ -26,13 +37,13 @@ demo: $(STAMP)
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+test: $(STAMP) $(I2D)/.installed browser
 	$(BIN)/python -m pytest tests -q
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: $(STAMP) browser
+integration: $(STAMP) $(I2D)/.installed browser
 	$(BIN)/python -m pytest tests/integration -q
 
 clean:

@@ -84,3 +84,27 @@ def truncate(path: Path, keep: float = 0.6) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path
+
+
+def huge_png(side: int = 12000) -> bytes:
+    """A real, decodable greyscale PNG of side x side black pixels, a few hundred KB on disk: at 12000 px it
+    is above PIL's MAX_IMAGE_PIXELS but below twice it, where PIL only warns and decodes all 144 MP."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z, rows = zlib.compressobj(1), b"\x00" * ((side + 1) * 500)  # 500 filter-byte-prefixed rows at a time
+    idat = b"".join([z.compress(rows) for _ in range(side // 500)] + [z.flush()])
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def oriented_jpeg(orientation: int, size: tuple[int, int] = (40, 20)) -> bytes:
+    """A JPEG stored `size` (w, h) with left half red, right half blue, whose EXIF orientation tag says how
+    to turn it for display (6: rotate 90 degrees clockwise, as phones write portrait photos)."""
+    img = Image.new("RGB", size, (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, size[0] // 2, size[1]))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    return buf.getvalue()

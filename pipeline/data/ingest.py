@@ -10,14 +10,15 @@ import glob
 import os
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 from pipeline.config import ConfigError
 from pipeline.data import transforms
-from pipeline.data.shards import (NOT_SAMPLES, check_parquet_schema, make_source, parquet_schema,
-                                   shard_format)
+from pipeline.data.shards import (NOT_SAMPLES, check_parquet_schema, first_readable_schema,
+                                   is_download_metadata, make_source, parquet_schema, shard_format)
 from pipeline.data.tokenizer import Tokenizer
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -98,13 +99,35 @@ def resolve_shards(spec: str, key: str = "data path") -> ShardList:
             if not exists:
                 missing.append(path)
             out += found
-    out = list(dict.fromkeys(out))
+    out = _drop_download_metadata(list(dict.fromkeys(out)))
     if not out:
         raise ConfigError(f"{key}={spec!r} matches no shard; point it at .tar or .parquet files, a folder or a glob")
     kinds = {shard_format(p) for p in out}
     if len(kinds) > 1:
         raise ConfigError(f"{key}={spec!r} mixes WebDataset and Parquet shards; point it at one format")
     return ShardList(out, missing)
+
+
+def _drop_download_metadata(paths: list[str]) -> list[str]:
+    """img2dataset's WebDataset output writes NNNNN.parquet beside each NNNNN.tar: its download metadata (url,
+    status, error_message; no image column). That is no shard: the tar's reader takes its failed downloads
+    from it. A Parquet there that does hold images is a second format, and stays to be refused."""
+    tars = {p[: -len(".tar")] for p in paths if shard_format(p) == "webdataset"}
+    paired = [p for p in paths if shard_format(p) == "parquet" and p[: -len(".parquet")] in tars]
+    if not paired:
+        return paths
+    with ThreadPoolExecutor(8) as pool:  # a footer read each: in parallel, for S3's latency
+        metadata = {p for p, is_meta in zip(paired, pool.map(_is_download_metadata, paired)) if is_meta}
+    return [p for p in paths if p not in metadata]
+
+
+def _is_download_metadata(path: str) -> bool:
+    import pyarrow as pa
+
+    try:
+        return is_download_metadata(parquet_schema(path).names)
+    except (pa.ArrowInvalid, OSError):
+        return True  # an unreadable file beside its tar is no shard either
 
 
 def absolute_spec(spec: str) -> str:
@@ -121,16 +144,19 @@ def expand_paths(spec: str, key: str = "data path") -> list[str]:
 
 
 def check_shards(paths: list[str], key: str) -> None:
-    """Before any Ray work: Parquet shards must have image and caption columns (the footer is cheap to
-    read, local or S3); local tars must not all be empty."""
+    """Before any Ray work: a readable Parquet shard must have image and caption columns (the footer is
+    cheap to read, local or S3); local tars must not all be empty."""
     import tarfile
 
     from pipeline import storage
 
     if shard_format(paths[0]) == "parquet":
-        names = parquet_schema(paths[0]).names
+        readable = first_readable_schema(paths)  # an unreadable shard is skipped and counted, not fatal
+        if readable is None:
+            raise ConfigError(f"{key}: none of the {len(paths)} Parquet shard(s) it matches is readable "
+                              "(empty, cut short or not Parquet); point it at readable shards")
         try:
-            check_parquet_schema(names, paths[0])
+            check_parquet_schema(readable[1].names, readable[0])
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
         return

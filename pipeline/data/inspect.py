@@ -10,29 +10,44 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.data import transforms
-from pipeline.data.shards import parquet_schema, shard_format
+from pipeline.data.shards import NOT_SAMPLES, first_readable_schema, shard_format
 
 
 def _scan(batch: dict) -> dict:
     """One row per row read: which members it has, its caption count and length, and why it is unusable."""
     members, n_caps, words, problem = [], [], [], []
     for key, raw, txt, meta, prob, _seed in transforms.iter_samples(batch):
-        members.append(",".join(c for c, v in (("image", raw), ("txt", txt), ("json", meta)) if v is not None))
+        # rows that are not samples (a failed download, a cut-off shard) have no members to tally
+        present = (c for c, v in (("image", raw), ("txt", txt), ("json", meta)) if v is not None)
+        members.append(None if prob in NOT_SAMPLES else ",".join(present))
         caps, why = transforms.parse_captions(txt, meta)
         n_caps.append(len(caps))
         words.append(float(np.mean([len(c.split()) for c in caps])) if caps else 0.0)
         skips: dict = {}
         transforms.decode_or_skip(key, raw, prob, why, skips)
-        problem.append(f"{next(iter(skips))}:{key}" if skips else "")
+        detail = _failure(meta) if prob == "not_downloaded" else ""
+        problem.append(f"{next(iter(skips))}:{key}{detail}" if skips else "")
     return {"members": np.array(members, dtype=object), "n_captions": np.array(n_caps),
             "caption_words": np.array(words), "problem": np.array(problem, dtype=object)}
+
+
+def _failure(meta) -> str:
+    """' (error, url)' for a failed download, whose row's json holds what img2dataset recorded; else ''."""
+    try:
+        d = json.loads(meta) if meta is not None else {}
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return f" ({d.get('error_message')}, {d.get('url')})" if isinstance(d, dict) and d else ""
 
 
 def schema_lines(paths: list[str]) -> list[str]:
     """The columns of a Parquet shard with their types; WebDataset shards are described by their members."""
     if shard_format(paths[0]) != "parquet":
         return ["format: webdataset (.tar)"]
-    schema = parquet_schema(paths[0])
+    readable = first_readable_schema(paths)
+    if readable is None:
+        return ["format: parquet (no shard readable)"]
+    schema = readable[1]
     return ["format: parquet", "columns: " + ", ".join(f"{n} ({t})" for n, t in zip(schema.names, schema.types))]
 
 
@@ -60,13 +75,13 @@ def inspect_shards(shards, show: int = 20) -> str:
     n_caps, words = [], []
     for b in _read(paths).map_batches(_scan, batch_format="numpy").iter_batches(batch_size=None,
                                                                                batch_format="numpy"):
-        members.update(b["members"].tolist())
+        members.update(m for m in b["members"].tolist() if m is not None)
         n_caps += b["n_captions"].tolist()
         words += b["caption_words"].tolist()
         problems += [p for p in b["problem"].tolist() if p]
     by_reason = Counter(p.split(":", 1)[0] for p in problems)
-    not_samples = sum(by_reason[r] for r in ("truncated_shard", "not_downloaded"))
-    n = len(n_caps) - by_reason["truncated_shard"]
+    not_samples = sum(by_reason[r] for r in NOT_SAMPLES)
+    n = len(n_caps) - by_reason["truncated_shard"] - by_reason["unreadable_shard"]  # rows standing for shards
     lines = [f"shards: {len(paths)}" + (f" ({len(shards.missing)} missing from the brace list)" if shards.missing
                                         else ""), *schema_lines(paths),
              f"samples: {n}", f"usable: {len(n_caps) - len(problems)}",

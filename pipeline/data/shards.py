@@ -1,10 +1,13 @@
 """One Ray Data datasource for img2dataset shards, WebDataset `.tar` or `.parquet`, local or s3://.
 
 Every shard becomes rows {key, image, txt, json, problem, seed}:
-- key is `shard-file/KEY`, unique across shards;
+- key is `SHARD/KEY`: SHARD is the shard's path below the common folder of the dataset's shard list (so
+  `a/00000.tar` and `b/00000.tar` stay apart), KEY the member name up to its first dot (or Parquet's `key`);
 - problem is '' for a readable row, else why the row carries no sample: `not_downloaded` (an img2dataset
-  Parquet row whose status is not success) or `truncated_shard` (a tar that ends mid-member: the samples
-  before the cut are kept, this one row records the shard);
+  Parquet row, or a row of the metadata Parquet beside a tar, whose status is not success; its json holds
+  the url and error_message), `truncated_shard` (a tar that ends mid-member: the samples before the cut are
+  kept, this one row records the shard), `unreadable_shard` (a Parquet file that does not open),
+  `duplicate_key` (a key met again in its tar, or two members of one kind for a key) or `empty_key`;
 - seed is a per-sample seed for this epoch, so augmentation and caption choice are reproducible whatever
   the block boundaries and whichever worker gets the sample.
 Shuffling is seeded and reshuffled every epoch (Ray Data's execution index): file order, then rows inside
@@ -13,6 +16,8 @@ windows of `shuffle_block` samples with a window offset that moves each epoch.
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 import tarfile
 import zlib
 from pathlib import PurePosixPath
@@ -20,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "gif", "tif", "tiff", "bmp")
 FORMATS = {"tar": "webdataset", "parquet": "parquet"}
 # Rows that are not samples: they are counted, but not in the share that data.max_skip_fraction bounds.
 NOT_SAMPLES = ("not_downloaded", "truncated_shard", "unreadable_shard", "missing_shard")
@@ -33,48 +38,90 @@ def shard_format(path: str) -> str:
     return FORMATS[ext]
 
 
+def _bare(paths: list[str]) -> list[str]:
+    """Paths as Arrow's filesystems name them: s3:// dropped, local ones absolute."""
+    return [p[len("s3://"):] if p.startswith("s3://") else os.path.abspath(p) for p in paths]
+
+
+def shard_names(paths: list[str]) -> dict[str, str]:
+    """path -> the shard's name in its rows' keys: its path below the common folder of all `paths` (the
+    dataset's shard list). A file name alone would give `a/00000.tar` and `b/00000.tar` the same keys, and
+    captions would be joined to the wrong image."""
+    bare = dict(zip(paths, _bare(paths)))
+    root = posixpath.commonpath([posixpath.dirname(b) for b in bare.values()])
+    return {p: posixpath.relpath(b, root) if root else b for p, b in bare.items()}
+
+
+def _row(key: str, problem: str = "") -> dict:
+    return {"key": key, "image": None, "txt": None, "json": None, "problem": problem, "has_image": False}
+
+
+def _member(name: str) -> tuple[str, str | None] | None:
+    """A tar member name -> (its sample's key inside the shard, its column or None for an unknown kind), or
+    None for a member that belongs to no sample: macOS tar's AppleDouble `._NAME` files (Finder metadata,
+    not data) would otherwise split every sample of a shard in two."""
+    path = PurePosixPath(name)
+    if path.name.startswith("._"):
+        return None
+    base, _, suffix = path.name.partition(".")
+    suffix = suffix.lower()
+    col = "image" if suffix in IMAGE_SUFFIXES else suffix if suffix in ("txt", "json") else None
+    return ((path.parent / base).as_posix() if base else ""), col
+
+
 def iter_tar_samples(stream, shard: str, with_images: bool = True) -> Iterator[dict]:
     """Group a tar stream's members into samples by key (the member name up to its first dot).
 
-    A truncated or otherwise unreadable tail ends the iteration with one `truncated_shard` row; what came
-    before it is kept."""
+    Keys are checked, not trusted: a member with nothing before its first dot (`.jpg`) is an `empty_key`
+    row; a key met again after another sample is a `duplicate_key` row (its first sample keeps the key), and
+    so is a sample with two images or two captions (which one is its own is unknown). AppleDouble `._*`
+    members are passed over. A truncated or otherwise unreadable tail ends the iteration with one
+    `truncated_shard` row; what came before it is kept."""
     current: dict | None = None
+    seen: set[str] = set()
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for info in tar:
-                if not info.isreg():
+                member = _member(info.name) if info.isreg() else None
+                if member is None:
                     continue
-                path = PurePosixPath(info.name)
-                base, _, suffix = path.name.partition(".")
-                suffix = suffix.lower()
-                col = "image" if suffix in IMAGE_SUFFIXES else suffix if suffix in ("txt", "json") else None
-                key = f"{shard}/{(path.parent / base).as_posix()}"
+                key = f"{shard}/{member[0]}"
                 if current is not None and key != current["key"]:
                     yield current
                     current = None
                 if current is None:
-                    current = {"key": key, "image": None, "txt": None, "json": None, "problem": "",
-                               "has_image": False}
-                if col is None or current.get(col) is not None:
-                    continue  # unknown members, and a second image of one key, are ignored
-                if col == "image":
-                    current["has_image"] = True
-                    if not with_images:
-                        continue
-                data = tar.extractfile(info).read()
-                if len(data) < info.size:
-                    raise tarfile.ReadError("unexpected end of data")
-                current[col] = data
+                    bad = "empty_key" if not member[0] else "duplicate_key" if key in seen else ""
+                    current = _row(key, bad)
+                    seen.add(key)
+                _add_member(current, member[1], tar, info, with_images)
     except (tarfile.TarError, EOFError, zlib.error):
         # The sample being read when the data ran out is kept only if its image and a caption came through
         # whole; otherwise it is part of what the truncated_shard row stands for.
-        if current is not None and current["has_image"] and (current["txt"] or current["json"]):
+        whole = current is not None and current["has_image"] and (current["txt"] or current["json"])
+        if current is not None and (whole or current["problem"]):  # a bad row is counted whatever was cut
             yield current
         current = None
-        yield {"key": f"{shard}/", "image": None, "txt": None, "json": None, "problem": "truncated_shard",
-               "has_image": False}
+        yield _row(f"{shard}/", "truncated_shard")
     if current is not None:
         yield current
+
+
+def _add_member(row: dict, col: str | None, tar, info, with_images: bool) -> None:
+    """Read one member into its sample's row (unknown kinds are ignored; a row already bad is not read)."""
+    if col is None:
+        return
+    if (row["has_image"] if col == "image" else row[col] is not None):
+        row["problem"] = row["problem"] or "duplicate_key"  # two images for one key: which is its own?
+    if row["problem"]:
+        return
+    if col == "image":
+        row["has_image"] = True
+        if not with_images:
+            return
+    data = tar.extractfile(info).read()
+    if len(data) < info.size:
+        raise tarfile.ReadError("unexpected end of data")
+    row[col] = data
 
 
 def _column(names: list[str], *wanted: str) -> str | None:
@@ -92,11 +139,56 @@ def parquet_schema(path: str):
         return pq.ParquetFile(f).schema_arrow
 
 
+def first_readable_schema(paths: list[str]):
+    """(path, Arrow schema) of the first Parquet shard whose footer reads, or None when none does. An
+    unreadable shard is the reader's to skip and count (unreadable_shard), wherever it comes in the list."""
+    import pyarrow as pa
+
+    for path in paths:
+        try:
+            return path, parquet_schema(path)
+        except (pa.ArrowInvalid, OSError):
+            continue
+    return None
+
+
 def check_parquet_schema(names: list[str], path: str) -> None:
     """Fail early, naming the columns, when a Parquet shard lacks an image or a caption column."""
     if not ({"jpg", "image"} & set(names)) or not ({"caption", "txt", "captions"} & set(names)):
         raise ValueError(f"{path}: Parquet shards need an image-bytes column (jpg or image) and a caption "
                          f"column (caption, txt or captions); this one has {names}")
+
+
+def is_download_metadata(names: list[str]) -> bool:
+    """Whether Parquet columns are img2dataset's download metadata (url, status, error_message, ... and no
+    image column), which its WebDataset output writes beside each tar under the same name."""
+    return not ({"jpg", "image"} & set(names))
+
+
+def _failure(url, error) -> str:
+    """A not_downloaded row's json: what img2dataset says went wrong, for `data inspect` to show."""
+    return json.dumps({"url": url, "error_message": error})
+
+
+def iter_failed_downloads(file, shard: str) -> Iterator[dict]:
+    """The failed downloads listed in a tar's metadata Parquet -> `not_downloaded` rows keyed like the tar's
+    samples, as img2dataset's Parquet output format has them. A metadata file that does not open costs
+    those rows, never the shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(file)
+        names = pf.schema_arrow.names
+        if not is_download_metadata(names) or not {"key", "status"} <= set(names):
+            return
+        table = pf.read(columns=[c for c in ("key", "status", "url", "error_message") if c in names])
+    except (pa.ArrowInvalid, OSError):
+        return
+    for r in table.to_pylist():
+        if r["status"] != "success":
+            row = _row(f"{shard}/{r['key']}", "not_downloaded")
+            yield dict(row, json=_failure(r.get("url"), r.get("error_message")))
 
 
 def iter_parquet_samples(file, shard: str, with_images: bool = True, batch: int = 256) -> Iterator[dict]:
@@ -108,13 +200,13 @@ def iter_parquet_samples(file, shard: str, with_images: bool = True, batch: int 
     try:
         pf = pq.ParquetFile(file)
     except (pa.ArrowInvalid, OSError):  # cut short or not Parquet at all: count it, keep the run going
-        yield {"key": f"{shard}/", "image": None, "txt": None, "json": None, "problem": "unreadable_shard",
-               "has_image": False}
+        yield _row(f"{shard}/", "unreadable_shard")
         return
     names = pf.schema_arrow.names
     check_parquet_schema(names, shard)
     img_col = _column(names, "jpg", "image")
-    wanted = [c for c in ("key", "caption", "txt", "captions", "json", "status") if c in names]
+    wanted = [c for c in ("key", "caption", "txt", "captions", "json", "status", "url", "error_message")
+              if c in names]
     if with_images:
         wanted.append(img_col)
     index = 0
@@ -130,10 +222,11 @@ def iter_parquet_samples(file, shard: str, with_images: bool = True, batch: int 
             meta = get("json")
             if get("captions") is not None:
                 meta = json.dumps({"captions": list(get("captions"))})
-            status = get("status")
+            failed = get("status") not in (None, "success")
             yield {"key": f"{shard}/{key}", "image": img, "txt": get("caption") or get("txt"),
-                   "json": meta, "has_image": img is not None or not with_images,
-                   "problem": "not_downloaded" if status not in (None, "success") else ""}
+                   "json": _failure(get("url"), get("error_message")) if failed else meta,
+                   "has_image": img is not None or not with_images,
+                   "problem": "not_downloaded" if failed else ""}
 
 
 def shard_seed(seed: int, epoch: int, shard: str) -> int:
@@ -158,21 +251,23 @@ def permute_windows(rows: Iterator[dict], window: int, rng: np.random.Generator)
 def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_block: int = 0,
                 with_images: bool = True, block_rows: int = 256):
     """A Ray Data datasource over `paths` (all local or all s3://)."""
+    import pyarrow.fs as pafs
     from ray.data.datasource import FileBasedDatasource, FileShuffleConfig
 
     from pipeline import storage
 
     remote = storage.is_remote(paths[0])
+    names = dict(zip(_bare(paths), shard_names(paths).values()))  # the path Arrow reads -> the name in keys
 
     class ShardSource(FileBasedDatasource):
         _FILE_EXTENSIONS = ["tar", "parquet"]
 
         def __init__(self):
             fs, _ = storage.arrow_filesystem(paths[0])
-            local = [p[len("s3://"):] if storage.is_remote(p) else p for p in paths]
-            super().__init__(local, filesystem=fs,
+            super().__init__(list(names), filesystem=fs,
                              shuffle=FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None else None)
             self.epoch = 0
+            self.shard_fs = fs
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             # Ray Data counts executions of a dataset: each epoch re-executes, so this is the epoch.
@@ -184,12 +279,22 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
                 return filesystem.open_input_file(path)  # Parquet needs random access to its footer
             return super()._open_input_source(filesystem, path, **open_args)
 
+        def _rows(self, f, path: str, shard: str) -> Iterator[dict]:
+            if shard_format(path) == "parquet":
+                yield from iter_parquet_samples(f, shard, with_images)
+                return
+            yield from iter_tar_samples(f, shard, with_images)
+            # img2dataset's WebDataset output lists every URL of a tar, failed ones too, in NNNNN.parquet
+            meta = path[: -len(".tar")] + ".parquet"
+            if self.shard_fs.get_file_info(meta).type == pafs.FileType.File:
+                with self.shard_fs.open_input_file(meta) as m:
+                    yield from iter_failed_downloads(m, shard)
+
         def _read_stream(self, f, path):
-            shard = PurePosixPath(path).name
+            shard = names[path]  # Ray Data hands back the path it was given
             source = f"s3://{path}" if remote else path  # the shard each row came from, for the embeddings
-            reader = iter_tar_samples if shard_format(path) == "webdataset" else iter_parquet_samples
             base = shard_seed(shuffle_seed or 0, self.epoch, shard)
-            rows = (dict(row, seed=base + i) for i, row in enumerate(reader(f, shard, with_images)))
+            rows = (dict(row, seed=base + i) for i, row in enumerate(self._rows(f, path, shard)))
             if shuffle_seed is not None:
                 rows = permute_windows(rows, shuffle_block, np.random.default_rng(base))
             chunk: list[dict] = []

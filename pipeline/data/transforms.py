@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections import Counter
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.data.tokenizer import Tokenizer
 
 SKIP_REASONS = ("missing_image", "empty_image", "corrupt_image", "oversized_image", "missing_caption",
-                "empty_caption", "undecodable_caption", "not_downloaded", "truncated_shard", "unreadable_shard",
-                "missing_shard")
+                "empty_caption", "undecodable_caption", "duplicate_key", "empty_key", "not_downloaded",
+                "truncated_shard", "unreadable_shard", "missing_shard")
+# Images above this many pixels (by their header) are skipped as oversized_image before any decoding. PIL
+# itself only warns up to twice its MAX_IMAGE_PIXELS (~179 MP) and decodes them, at 3 bytes a pixel.
+MAX_PIXELS = 8192 * 8192
+ORIENTATION = 0x0112  # the EXIF tag saying how a camera's stored pixels are turned for display
 RATIO = (3 / 4, 4 / 3)  # aspect range of random crops, and the widest view an extreme image is cut to
 
 
@@ -76,13 +81,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, min_side: int = 0) -> Image.Image:
-    """bytes -> RGB PIL image; JPEGs decode at the smallest DCT scale keeping both sides >= min_side.
-    Raises ValueError (unreadable) or OverflowError (a decompression bomb)."""
+    """bytes -> RGB PIL image, turned upright by its EXIF orientation; JPEGs decode at the smallest DCT scale
+    keeping both sides >= min_side. Raises ValueError (unreadable) or OverflowError (over MAX_PIXELS, or a
+    decompression bomb), the size read from the header before any pixel is decoded."""
     try:
-        img = Image.open(io.BytesIO(data))
-        if min_side and img.format == "JPEG":
-            img.draft(img.mode if img.mode in ("RGB", "L") else None, (min_side, min_side))
-        img.load()
+        with warnings.catch_warnings():  # PIL warns of bombs (refused below) and of corrupt EXIF (ignored)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_PIXELS:
+                raise OverflowError(f"{img.width}x{img.height} pixels, over the {MAX_PIXELS} a sample may have")
+            if min_side and img.format == "JPEG":
+                img.draft(img.mode if img.mode in ("RGB", "L") else None, (min_side, min_side))
+            img.load()
+            if img.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even upright images: ask first
+                img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as e:
         raise OverflowError(str(e)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -228,14 +241,17 @@ def caption_rows(batch: dict[str, Any]) -> dict[str, np.ndarray]:
 def scan_captions(batch: dict[str, Any]) -> dict[str, np.ndarray]:
     """Rows (read without image bytes) -> one row per distinct word with its count in this batch, plus
     sample counts under reserved names: '' (captioned samples with an image), '\\x00samples' (all samples)."""
+    from pipeline.data.shards import NOT_SAMPLES
     from pipeline.data.tokenizer import count_words
 
     counts: Counter = Counter()
     usable = samples = 0
     for i, (_key, _raw, txt, meta, problem, _seed) in enumerate(iter_samples(batch)):
+        if problem in NOT_SAMPLES:
+            continue
+        samples += 1  # a sample found bad when read (duplicate_key, empty_key) is still one of the shard's
         if problem:
             continue
-        samples += 1
         caps, _why = parse_captions(txt, meta)
         if caps and bool(batch["has_image"][i]):
             usable += 1

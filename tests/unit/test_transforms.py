@@ -120,3 +120,77 @@ def test_permute_windows_is_a_permutation(window):
     assert sorted(r["i"] for r in out) == list(range(50))
     if window > 1:
         assert [r["i"] for r in out] != list(range(50))
+
+
+def test_appledouble_members_are_ignored_and_an_empty_key_is_counted():
+    # macOS tar writes `._NAME` (AppleDouble metadata) right before NAME: it must not split the sample in two.
+    good = faults.encode(faults.good_image())
+    members = [("._0000.jpg", b"\x00\x05\x16\x07 mac metadata"), ("0000.jpg", good),
+               ("._0000.txt", b"\x00\x05\x16\x07"), ("0000.txt", b"a caption"), ("sub/._0001.jpg", b"x"),
+               ("sub/0001.jpg", good), ("sub/0001.txt", b"another"), (".jpg", good), (".txt", b"no key")]
+    out, skips = transforms.prepare_eval_batch(_rows(members), 16)
+    assert out["key"].tolist() == ["s.tar/0000", "s.tar/sub/0001"]
+    assert list(skips) == ["empty_key"] and len(skips["empty_key"]) == 1
+
+
+def test_duplicate_keys_in_one_tar_are_counted_not_merged():
+    good = faults.encode(faults.good_image())
+    members = [("a.jpg", good), ("a.txt", b"first a"), ("b.jpg", good), ("b.txt", b"b"),
+               ("a.jpg", good), ("a.txt", b"second a"),  # the same key again, after another sample
+               ("c.jpg", good), ("c.jpg", good), ("c.txt", b"two images, one key")]
+    rows = _rows(members)
+    assert rows["problem"].tolist() == ["", "", "duplicate_key", "duplicate_key"]
+    out, skips = transforms.prepare_eval_batch(rows, 16)
+    assert out["key"].tolist() == ["s.tar/a", "s.tar/b"] and json.loads(out["captions"][0]) == ["first a"]
+    assert skips == {"duplicate_key": ["s.tar/a", "s.tar/c"]}
+    counts = dict(zip(*(transforms.scan_captions(rows)[c].tolist() for c in ("word", "count"))))
+    assert counts["\x00samples"] == 4 and counts[""] == 2  # duplicates are bad samples, not rows to ignore
+
+
+def test_oversized_image_is_refused_from_its_header():
+    import time
+
+    png = faults.huge_png(12000)  # 144 MP: between PIL's limit and twice it, where PIL only warns
+    t0 = time.perf_counter()
+    skips: dict = {}
+    assert transforms.decode_or_skip("k", png, "", "", skips, min_side=32) is None
+    assert skips == {"oversized_image": ["k"]} and time.perf_counter() - t0 < 0.1  # no 144 MB decode
+
+
+@pytest.mark.parametrize("fmt,suffix", [("GIF", "gif"), ("TIFF", "tif"), ("TIFF", "tiff"), ("BMP", "bmp")])
+def test_gif_tiff_bmp_members_are_images(fmt, suffix):
+    members = [(f"0000.{suffix}", faults.encode(faults.good_image(), fmt)), ("0000.txt", b"a picture")]
+    out, skips = transforms.prepare_eval_batch(_rows(members), 16)
+    assert skips == {} and out["image"].shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("min_side", [0, 8])  # 8: the JPEG draft path, which decodes at half size here
+def test_exif_orientation_is_applied(min_side):
+    img = transforms.decode_image(faults.oriented_jpeg(6), min_side)  # stored 40x20, shown rotated 90 cw
+    w, h = img.size
+    assert h == 2 * w and w == (10 if min_side else 20)
+    arr = np.asarray(img).astype(int)
+    assert arr[h // 4, w // 2, 0] > 200 and arr[3 * h // 4, w // 2, 2] > 200  # red (stored left) on top
+    upright = transforms.decode_image(faults.oriented_jpeg(1), min_side)
+    assert upright.size == ((20, 10) if min_side else (40, 20))
+
+
+def test_exif_transpose_runs_only_when_the_tag_asks(monkeypatch):
+    from PIL import ImageOps
+
+    def refuse(img, *a, **k):
+        raise AssertionError("exif_transpose copies the image even when it has nothing to do")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", refuse)
+    assert transforms.decode_image(faults.encode(faults.good_image()), 16).size == (24, 24)  # draft still on
+    assert transforms.decode_image(faults.oriented_jpeg(1)).size == (40, 20)
+
+
+def test_corrupt_exif_decodes_without_a_warning():
+    import warnings
+
+    buf = io.BytesIO()
+    faults.good_image().save(buf, "JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f")  # IFD offset past the end
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning per web image would flood a run's output
+        assert transforms.decode_image(buf.getvalue(), 16).size == (24, 24)
