@@ -121,8 +121,12 @@ class WorkerContext:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=name)
 
-    def count_skipped(self, counter) -> int:
-        """Distinct unusable training samples so far, from the ingest's skip counter actor."""
+    def count_skipped(self, counter) -> int | None:
+        """Distinct unusable training samples so far, from the ingest's skip counter actor; None when the
+        counter cannot answer (its node was lost): bookkeeping must never end a training run."""
         import ray
 
-        return int(ray.get(counter.skipped_samples.remote("train")))
+        try:
+            return int(ray.get(counter.skipped_samples.remote("train"), timeout=60))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return None

@@ -187,8 +187,10 @@ def skip_checker(ctx: WorkerContext, loop_cfg: dict, max_fraction: float):
     if counter is None or not samples:
         return None
 
-    def check() -> int:
+    def check() -> int | None:
         skipped = ctx.count_skipped(counter)
+        if skipped is None:
+            return None  # the counter is gone with its node: the check waits for one that answers
         if skipped > max_fraction * samples:
             raise ValueError(
                 f"{skipped} of {samples} training samples ({100 * skipped / samples:.1f}%) are unusable, more "
@@ -249,8 +251,9 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                 skipped = check_skips()
                 # Usable samples that no step took: the remainder of equal per-worker batches (reshuffled,
                 # so a different few each epoch).
-                metrics["data/skipped"] = skipped
-                metrics["data/dropped_remainder"] = state["samples"] - skipped - n * cfg.train.batch_size
+                if skipped is not None:
+                    metrics["data/skipped"] = skipped
+                    metrics["data/dropped_remainder"] = state["samples"] - skipped - n * cfg.train.batch_size
             val = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device, loss=loss)
             metrics |= flat_metrics(val, "val")
             say(f"[train] epoch {epoch}: loss {mean_loss:.4f} val rsum {val['rsum']:.1f} "

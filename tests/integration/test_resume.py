@@ -36,3 +36,15 @@ def test_resume_after_interruption(ray_cluster, smoke_data, tmp_path, capsys):
     assert epochs == list(range(EPOCHS + 1)), epochs  # each epoch once, none retrained, none skipped
     assert final["history"][1] == epoch1  # epoch 1 comes from the interrupted run, untouched
     assert "checkpoint" in out and f"epoch_{EPOCHS:04d}" in out
+
+    # The advice for a damaged checkpoint is to delete it. Ray's own checkpoint list still names it, which
+    # made every rerun fail inside Ray; the run must resume from the newest complete checkpoint instead.
+    import shutil
+
+    newest = tmp_path / "resume" / "checkpoints" / f"epoch_{EPOCHS:04d}"
+    shutil.rmtree(newest)
+    assert main(["train", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"epoch_{EPOCHS - 1:04d}" in out and "was damaged" in out, out[-2000:]
+    again = json.loads((newest / "state.json").read_text())
+    assert [h["epoch"] for h in again["history"]] == list(range(EPOCHS + 1))
