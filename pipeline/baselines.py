@@ -180,18 +180,17 @@ def run_baseline(cfg, tokenizer: Tokenizer | None = None) -> dict:
 def run(cfg, out: str | None = None) -> tuple[dict, str]:
     """`pipeline cca`: fit, score and write the report (and the projection, cca.npz) into `out`, by default
     <run dir>/baselines/<kind>_cca. -> (report, out)"""
-    import ray
 
     from pipeline import evaluate, report
     from pipeline.config import to_dict
-    from pipeline.data.ingest import expand_paths, skip_counter
+    from pipeline.data.ingest import expand_paths, read_skips, skip_counter
     from pipeline.index import collect_thumbnails
 
     counter = skip_counter()
     fitted = fit(cfg, counter=counter)
     metrics, index_meta = score(cfg, fitted, counter)
     out = out or storage.join(cfg.run.run_dir(), "baselines", fitted.name)
-    by_split = ray.get(counter.get.remote())
+    by_split = read_skips(counter)
     skipped = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in by_split.items()}
     thumbs = collect_thumbnails(expand_paths(cfg.data.val, "data.val"), evaluate.example_keys(metrics))
     with storage.staging_dir(out) as local:

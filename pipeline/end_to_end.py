@@ -47,10 +47,9 @@ def ensure_data(cfg: RunJobConfig) -> None:
 
 
 def run(cfg: RunJobConfig) -> RunSummary:
-    import ray
 
     from pipeline import evaluate, train
-    from pipeline.data.ingest import expand_paths, skip_counter
+    from pipeline.data.ingest import expand_paths, read_skips, skip_counter
     from pipeline.index import collect_thumbnails
 
     if cfg.tune.enabled:  # sweep, then carry the best trial's checkpoint into index and evaluation
@@ -72,7 +71,7 @@ def run(cfg: RunJobConfig) -> RunSummary:
     from pipeline.config import to_dict
 
     data = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in result.data.items()}
-    gallery = {r: len(k) for r, k in ray.get(counter.get.remote()).get("gallery", {}).items()}
+    gallery = {r: len(k) for r, k in read_skips(counter).get("gallery", {}).items()}
     if gallery:
         data["gallery"] = gallery
     if cfg.cca.enabled:  # the CCA baseline (cca.*), fitted on data.train and scored on data.val beside the model

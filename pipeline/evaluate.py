@@ -150,11 +150,10 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
     """Score one checkpoint, or several side by side: each gallery embedded and indexed under
     `out`/index[/<label>], the first checkpoint's full report in `out`, with a comparison table of all.
     -> report dict"""
-    import ray
 
     from pipeline import report
     from pipeline.checkpoint import find_latest, read_config, read_state
-    from pipeline.data.ingest import expand_paths, skip_counter
+    from pipeline.data.ingest import expand_paths, read_skips, skip_counter
     from pipeline.index import collect_thumbnails
 
     checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
@@ -170,7 +169,7 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
         metrics, meta, orphans = index_and_score(ckpt, paths, index_dir, eval_cfg, index_cfg, scaling, counter)
         rows.append(comparison_row(label, ckpt, metrics, meta))
         if i == 0:
-            skipped = ray.get(counter.get.remote()).get("gallery", {})
+            skipped = read_skips(counter).get("gallery", {})
             first = (ckpt, metrics, meta, {r: len(k) for r, k in skipped.items()}, orphans)
         print(f"[evaluate] {label}: rsum {metrics['rsum']:.1f} ({i + 1}/{len(checkpoints)})")
     ckpt, metrics, meta, skipped, orphans = first

@@ -374,4 +374,4 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
         print(f"[train] recovered from {attempts - 1} worker failure(s) (run.max_failures="
               f"{cfg.run.max_failures}); each restart resumed from the last checkpoint")
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
-                       ray.get(counter.get.remote()), latest, attempts)
+                       ingest.read_skips(counter), latest, attempts)

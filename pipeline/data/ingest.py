@@ -17,8 +17,9 @@ from pathlib import Path
 
 from pipeline.config import ConfigError
 from pipeline.data import transforms
-from pipeline.data.shards import (NOT_SAMPLES, check_parquet_schema, first_readable_schema,
-                                   is_download_metadata, make_source, parquet_schema, shard_format)
+from pipeline.data.shards import (NOT_SAMPLES, check_parquet_schema, check_parquet_types,
+                                   first_readable_schema, is_download_metadata, make_source, parquet_schema,
+                                   shard_format)
 from pipeline.data.tokenizer import Tokenizer
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -157,6 +158,7 @@ def check_shards(paths: list[str], key: str) -> None:
                               "(empty, cut short or not Parquet); point it at readable shards")
         try:
             check_parquet_schema(readable[1].names, readable[0])
+            check_parquet_types(readable[1], readable[0])
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
         return
@@ -192,6 +194,7 @@ def skip_counter():
     bad samples again, and a set counts each once) and usable/skipped counts per split and epoch, which
     `data.max_skip_fraction` is checked against."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as NodeAffinity
 
     @ray.remote(num_cpus=0)
     class SkipCounter:
@@ -214,7 +217,32 @@ def skip_counter():
             return {split: {reason: sorted(keys) for reason, keys in by.items()}
                     for split, by in self.keys.items()}
 
-    return SkipCounter.remote()
+    # Pinned to the driver's node (whose loss ends the run anyway), so that losing a worker node never takes
+    # the counter with it; restarted in place if its process dies, starting its tally again.
+    here = ray.get_runtime_context().get_node_id()
+    return SkipCounter.options(max_restarts=-1, max_task_retries=-1,
+                               scheduling_strategy=NodeAffinity(here, soft=False)).remote()
+
+
+def count_skips(counter, split: str, skips: dict) -> None:
+    """Record a batch's skipped keys and wait for the counter to take them: a count read right after the
+    dataset finishes then includes every batch. A counter that cannot answer is no reason to fail the batch."""
+    import ray
+
+    try:
+        ray.get(counter.add.remote(split, skips), timeout=60)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        pass
+
+
+def read_skips(counter) -> dict:
+    """{split: {reason: sorted keys}} from the counter; empty if it was lost (the report then says none)."""
+    import ray
+
+    try:
+        return ray.get(counter.get.remote(), timeout=60)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return {}
 
 
 def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, counter=None):
@@ -225,7 +253,7 @@ def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, c
     def prepare(batch):
         out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min)
         if counter is not None and skips:
-            counter.add.remote("train", skips)
+            count_skips(counter, "train", skips)
         return out
 
     ds = _read(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block, fuse=True)
@@ -238,7 +266,7 @@ def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "
     def prepare(batch):
         out, skips = transforms.prepare_eval_batch(batch, image_size)
         if counter is not None and skips:
-            counter.add.remote(split, skips)
+            count_skips(counter, split, skips)
         return out
 
     return _read(paths).map_batches(prepare, batch_size=128, batch_format="numpy")

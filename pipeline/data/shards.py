@@ -159,6 +159,28 @@ def check_parquet_schema(names: list[str], path: str) -> None:
                          f"column (caption, txt or captions); this one has {names}")
 
 
+def check_parquet_types(schema, path: str) -> None:
+    """Fail early when a caption or image column has a type the reader cannot use (a caption column of ints
+    would otherwise fail inside a Ray Data worker, retried, with Ray's message instead of this one)."""
+    import pyarrow as pa
+
+    def ok(name: str, typ) -> bool:
+        if name in ("caption", "txt"):
+            return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+        if name == "captions":
+            return pa.types.is_list(typ) and (pa.types.is_string(typ.value_type)
+                                              or pa.types.is_large_string(typ.value_type))
+        if name in ("jpg", "image"):  # raw bytes, or Hugging Face's {"bytes": ..., "path": ...}
+            return pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or (
+                pa.types.is_struct(typ) and typ.get_field_index("bytes") >= 0)
+        return True
+
+    bad = [f"{f.name} ({f.type})" for f in schema if not ok(f.name, f.type)]
+    if bad:
+        raise ValueError(f"{path}: column {bad[0]} has the wrong type; captions must be strings (captions a "
+                         "list of strings) and images bytes")
+
+
 def is_download_metadata(names: list[str]) -> bool:
     """Whether Parquet columns are img2dataset's download metadata (url, status, error_message, ... and no
     image column), which its WebDataset output writes beside each tar under the same name."""

@@ -117,3 +117,16 @@ def test_search_bad_query_images_are_one_line(tmp_path, kind, needle):
             "just_over_limit": _png(12000, 12000)}[kind]  # between PIL's limit and twice it: only a warning
     (tmp_path / "q.png").write_bytes(data)
     _one_line(_cli(["search", "--index", str(tmp_path), "--image", str(tmp_path / "q.png")], tmp_path), needle)
+
+
+def test_a_parquet_caption_column_of_the_wrong_type_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "p").mkdir()
+    jpg = faults.encode(faults.good_image())
+    pq.write_table(pa.table({"jpg": [jpg, jpg], "caption": [1, 2]}), tmp_path / "p" / "0.parquet")
+    (tmp_path / "c.yaml").write_text(f"data: {{train: {tmp_path}/p, val: {tmp_path}/p}}\n")
+    out = _cli(["train", "--config", str(tmp_path / "c.yaml")], tmp_path)
+    _one_line(out, "0.parquet: column caption (int64) has the wrong type; captions must be strings")
+    assert out.stdout.strip() == "NONE"
