@@ -127,7 +127,7 @@ class LossConfig:
     name: str = _f("infonce", "objective: infonce | siglip | vse | vse++ | contrastive | triplet | npair | dcca")
     temperature: float | None = _f(None, "infonce/siglip: initial temperature tau, logit scale 1/tau "
                                          "(empty: 0.07 for infonce, 0.1 for siglip)")
-    learn_temperature: bool | None = _f(None, "infonce/siglip: learn the logit scale (clamped at 100); empty: true")
+    learn_temperature: bool | None = _f(None, "infonce/siglip: learn the logit scale (capped at 100 after each optimiser step); empty: true")
     label_smoothing: float | None = _f(None, "infonce: label smoothing of both cross-entropies; empty: 0")
     bias_init: float | None = _f(None, "siglip: initial logit bias; empty: -10")
     margin: float | None = _f(None, "vse/vse++/triplet: hinge margin (empty: 0.2); contrastive: distance margin "
