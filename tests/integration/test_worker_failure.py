@@ -61,9 +61,11 @@ def _steps(run_dir) -> list[tuple[int, int]]:
 
 
 def _train(args: list[str], address: str, log) -> subprocess.Popen:
-    """`pipeline train` as its own driver process on the shared cluster, output to `log`."""
+    """`pipeline train` as its own driver process on the shared cluster, output to `log`. --verbose keeps Ray's
+    '(RayTrainWorker pid=N)' prefixes, by which the test tells rank 0 from the worker it kills."""
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, "--address", address],
+        return subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, "--address", address,
+                                 "--verbose"],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
