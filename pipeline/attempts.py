@@ -61,6 +61,11 @@ def check_resume_config(cfg: TrainJobConfig, latest: str | None) -> list[str]:
 def explain_failure(e: BaseException, attempts: int, budget: int) -> str:
     """One line for a failed fit(): when every allowed restart was used, say so first; the error that ended the
     last attempt is often only a symptom (a peer's "Connection reset" when a worker died)."""
+    cause = root_cause(e)
+    if "WorkerGroupStartup" in cause:  # a restart after a lost node found no room, try after try
+        return ("training failed: the workers could not be started again on the cluster's remaining nodes (a "
+                "lost node that no other replaced?); add nodes, or on an autoscaling cluster raise "
+                f"scaling.resource_wait_s; rerun the same command to resume from the newest checkpoint ({cause})")
     if budget > 0 and attempts > budget:  # the first start plus `budget` restarts, all failed
         return (f"training failed {attempts} times, and run.max_failures={budget} allows {budget} restart(s): the "
                 f"failure budget is spent. The last failure: {root_cause(e)}. Rerun the same command to resume "

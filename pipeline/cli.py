@@ -52,18 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="show Ray's and FAISS's own output on the console "
                         "too (by default it goes to the log file the summary names)")
-    p = sub.add_parser("run", parents=[common], help="data -> train -> index -> evaluate -> report, end to end")
+    command = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
+    p = command("run", help="data -> train -> index -> evaluate -> report, end to end")
     _config_args(p, required=False)
-    p = sub.add_parser("train", parents=[common], help="train a two-tower model; prints the run directory and checkpoint")
+    p = command("train", help="train a two-tower model; prints the run directory and checkpoint")
     _config_args(p, required=True)
-    p = sub.add_parser("tune", parents=[common], help="sweep tune.space with Ray Tune; prints the results table, the best config "
+    p = command("tune", help="sweep tune.space with Ray Tune; prints the results table, the best config "
                        "and checkpoint")
     _config_args(p, required=True)
-    p = sub.add_parser("cca", parents=[common], help="fit a linear or kernel CCA baseline (cca.*) on data.train, score data.val; "
+    p = command("cca", help="fit a linear or kernel CCA baseline (cca.*) on data.train, score data.val; "
                        "writes the same report as a trained run")
     _config_args(p, required=True)
     p.add_argument("--out", default=None, help="output folder (default <run dir>/baselines/<cca.kind>_cca)")
-    p = sub.add_parser("embeddings", parents=[common], help="word vectors from the training captions (co-occurrence, PPMI, SVD), "
+    p = command("embeddings", help="word vectors from the training captions (co-occurrence, PPMI, SVD), "
                        "written in GloVe text format for model.text.embeddings.path")
     _config_args(p, required=True)
     p.add_argument("--out", required=True, help="GloVe text file to write (local or s3://)")
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 4)")
     for name, helptext in (("index", "embed a gallery and build a FAISS index"),
                            ("evaluate", "retrieval evaluation of a checkpoint; writes the report")):
-        p = sub.add_parser(name, help=helptext)
+        p = command(name, help=helptext)
         if name == "evaluate":
             p.add_argument("--checkpoint", required=True, action="append",
                            help="checkpoint dir, or a run dir (its newest checkpoint); repeat it to compare several "
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override eval.* / index.* / scaling.* keys (`pipeline keys evaluate`)")
         p.add_argument("--address", default=None, help="Ray cluster address")
-    p = sub.add_parser("search", parents=[common], help="query a built index with a caption or an image")
+    p = command("search", help="query a built index with a caption or an image")
     p.add_argument("--index", required=True, help="index folder written by `pipeline index` or `pipeline run`")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="caption query: returns the nearest images")
@@ -95,13 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true", help="sharded index: hold each shard in its own Ray actor "
                    "(for galleries too large for this machine) instead of loading all shards here")
     p.add_argument("--address", default=None, help="Ray cluster address (with --distributed)")
-    data = sub.add_parser("data", parents=[common], help="dataset tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("synth", parents=[common], help="write the synthetic compositional-scenes dataset (WebDataset shards)")
+    data = command("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    data_command = lambda name, **kw: data.add_parser(name, parents=[common], **kw)  # noqa: E731
+    p = data_command("synth", help="write the synthetic compositional-scenes dataset (WebDataset shards)")
     p.add_argument("--out", required=True, help="output folder; train/ and val/ are created in it")
     p.add_argument("--train", type=int, default=8000, help="training images (default 8000)")
     p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p = data.add_parser("convert-karpathy", parents=[common], help="convert a Karpathy split (Flickr8k/30k, COCO) into shards, "
+    p = data_command("convert-karpathy", help="convert a Karpathy split (Flickr8k/30k, COCO) into shards, "
                         "one sample per image with all its captions")
     p.add_argument("--json", required=True, help="Karpathy split file, e.g. dataset_flickr30k.json")
     p.add_argument("--images", required=True, help="image folder (COCO: the folder holding train2014/, val2014/)")
@@ -110,12 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "test (default test)")
     p.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"], help="shard format")
     p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
-    p = data.add_parser("inspect", parents=[common], help="count samples, show the schema, caption lengths, unreadable samples")
+    p = data_command("inspect", help="count samples, show the schema, caption lengths, unreadable samples")
     p.add_argument("path", help="shards: path, folder, glob or brace list (.tar or .parquet, local or s3://)")
     p.add_argument("--show", type=int, default=20, help="unreadable samples listed by key (default 20)")
     p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint for s3:// paths")
     p.add_argument("--address", default=None, help="Ray cluster address")
-    p = sub.add_parser("keys", parents=[common], help="list every config key with its default and meaning")
+    p = command("keys", help="list every config key with its default and meaning")
     p.add_argument("job", nargs="?", default="run", choices=sorted(JOB_CONFIGS))
     return ap
 

@@ -269,6 +269,9 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
 # ------------------------------------------------------------------------------------------------ driver
 
 
+START_TIMEOUT_S = 60.0  # Ray Train's default RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
+
+
 @dataclass
 class TrainResult:
     run_dir: str  # local path or s3:// URI
@@ -354,7 +357,12 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
             name="checkpoints", storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             # A failed worker (process or node) restarts the whole group from the newest checkpoint.
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            # Restarting the group after a lost node waits for room: each try times out after Ray Train's
+            # worker-group start timeout (60 s) and counts as a controller failure, by default retried forever.
+            # Bounded here: about scaling.resource_wait_s of tries, then the run fails and says why.
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.run.max_failures,
+                controller_failure_limit=1 + math.ceil(cfg.scaling.resource_wait_s / START_TIMEOUT_S)),
             callbacks=callbacks or []),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
