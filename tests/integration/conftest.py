@@ -1,5 +1,6 @@
 """One local Ray per test session, shared by every integration test (a start costs ~10 s)."""
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,13 @@ def s3_endpoint():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+# Lines of Ray's own (its loggers, raylets, workers), FAISS's loader, warnings and tracebacks: none may reach the
+# console of a driver the project started (they go to its log file).
+RAY_CHATTER = re.compile(r"\b(INFO|WARNING)\b.*\.py:\d+ --|\((raylet|RayTrainWorker|TrainController|MapWorker|"
+                         r"SplitCoordinator|DatasetManager)\b|core_worker\.cc|Traceback|swigfaiss|"
+                         r"Reporting training result|DeprecationWarning|UserWarning")
 
 
 def smoke_args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:

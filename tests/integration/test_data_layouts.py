@@ -3,7 +3,6 @@ from a local HTTP server with some 404s, same-named shards in two folders, unrea
 import csv
 import functools
 import http.server
-import json
 import os
 import subprocess
 import threading

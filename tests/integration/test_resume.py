@@ -8,7 +8,7 @@ import time
 
 from pipeline.cli import main
 
-from .conftest import ROOT, smoke_args
+from .conftest import RAY_CHATTER, ROOT, smoke_args
 
 EPOCHS = 4
 
@@ -16,8 +16,10 @@ EPOCHS = 4
 def test_resume_after_interruption(ray_cluster, smoke_data, tmp_path, capsys):
     args = smoke_args(smoke_data, tmp_path, "resume", "--set", f"train.epochs={EPOCHS}",
                       "--set", f"run.keep_checkpoints={EPOCHS}")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, "--address", ray_cluster],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, "--address", ray_cluster],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     first = tmp_path / "resume" / "checkpoints" / "epoch_0001" / "state.json"
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
@@ -28,6 +30,15 @@ def test_resume_after_interruption(ray_cluster, smoke_data, tmp_path, capsys):
     done_before = sorted(p.name for p in first.parent.parent.glob("epoch_*") if (p / "state.json").exists())
     assert f"epoch_{EPOCHS:04d}" not in done_before, "the run finished before it could be interrupted"
     epoch1 = json.loads(first.read_text())["metrics"]
+    # What a user reads from a driver of their own: the project's lines only, none of Ray's chatter.
+    printed = log.read_text()
+    noise = [line for line in printed.splitlines() if RAY_CHATTER.search(line)]
+    assert not noise and "[train] epoch 1:" in printed, noise[:10] or printed[-2000:]
+    import tempfile
+    from pathlib import Path
+
+    kept = list((Path(tempfile.gettempdir()) / "pipeline-logs").glob(f"train-*-{proc.pid}.log"))
+    assert kept and "(RayTrainWorker)" in kept[0].read_text()  # the workers' output went to the log file
 
     assert main(["train", *args]) == 0
     out = capsys.readouterr().out
@@ -48,3 +59,4 @@ def test_resume_after_interruption(ray_cluster, smoke_data, tmp_path, capsys):
     assert f"epoch_{EPOCHS - 1:04d}" in out and "was damaged" in out, out[-2000:]
     again = json.loads((newest / "state.json").read_text())
     assert [h["epoch"] for h in again["history"]] == list(range(EPOCHS + 1))
+

@@ -1,0 +1,62 @@
+"""A worker node lost mid-epoch on a multi-node cluster (several raylets on this machine): the workers restart
+from the last checkpoint on a node that joins afterwards, nothing the loop needs went down with the node (the
+skip counter lives on the driver's node and is restarted when its process dies), and the run finishes with
+every epoch recorded once.
+
+Starts and stops its own cluster, so it runs before the session's shared one (`own_cluster`)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import ROOT, smoke_args
+
+pytestmark = pytest.mark.own_cluster
+EPOCHS = 3
+
+
+def test_a_lost_worker_node_is_replaced_and_the_run_finishes(smoke_data, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        pytest.fail("the shared Ray cluster is already up; this test must run before it (conftest ordering)")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # The head holds no CPU: training workers and data tasks must go to the worker nodes; the driver, Train's
+    # controller and the skip counter stay on the head.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    first = cluster.add_node(num_cpus=6)
+    try:
+        cluster.wait_for_nodes()
+        args = smoke_args(smoke_data, tmp_path, "nodes", "--set", f"train.epochs={EPOCHS}",
+                          "--set", "train.batch_size=8", "--set", "run.max_failures=1",
+                          "--set", f"run.keep_checkpoints={EPOCHS}")
+        log = tmp_path / "driver.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, "--address", cluster.address],
+                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        ckpt = tmp_path / "nodes" / "checkpoints" / "epoch_0001" / "state.json"
+        deadline = time.time() + 300
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert ckpt.exists(), log.read_text()[-3000:]
+        # The skip counter's process dies too (alone it used to end the run: a single copy Ray never restarted).
+        counters = subprocess.run(["pgrep", "-f", "ray::SkipCounter"], capture_output=True, text=True).stdout.split()
+        assert counters, "no skip counter process found"
+        for pid in counters:
+            os.kill(int(pid), signal.SIGKILL)
+        cluster.add_node(num_cpus=6)  # the replacement joins; then the node with the workers goes
+        cluster.remove_node(first, allow_graceful=False)
+        assert proc.wait(timeout=420) == 0, log.read_text()[-3000:]
+    finally:
+        cluster.shutdown()
+    run_dir = tmp_path / "nodes"
+    attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) == 2 and attempts[1]["resumed_from"].endswith(("epoch_0001", "epoch_0002"))
+    final = json.loads((run_dir / "checkpoints" / f"epoch_{EPOCHS:04d}" / "state.json").read_text())
+    assert [h["epoch"] for h in final["history"]] == list(range(EPOCHS + 1))  # every epoch once
+    assert "recovered from 1 worker failure" in log.read_text()
