@@ -229,8 +229,9 @@ def set_aside_damaged_ray_snapshot(run_dir: str) -> str | None:
     path = storage.join(run_dir, "checkpoints", RAY_SNAPSHOT)
     if not storage.exists(path):
         return None
+    data = storage.read_bytes(path)
     try:
-        snap = json.loads(storage.read_text(path))
+        snap = json.loads(data)
         names = [r["checkpoint_dir_name"] for r in snap.get("checkpoint_results", [])]
         latest = (snap.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
     except (ValueError, TypeError, KeyError, AttributeError):
@@ -241,7 +242,6 @@ def set_aside_damaged_ray_snapshot(run_dir: str) -> str | None:
         if not gone and (latest is None or latest in names):
             return None
         why = f"it names {gone[0] if gone else latest}, which is not there"
-    data = storage.read_bytes(path)
     storage.write_bytes(path + ".damaged", data)
     fs, inner = storage.filesystem(path)
     fs.rm(inner)

@@ -336,7 +336,9 @@ def _preflight_eval(cfg, data: str, out: str, checkpoints: list[str]) -> None:
 
 
 def _remote_parts(spec: str) -> list[str]:
-    return [p.strip() for p in spec.split(",") if storage.is_remote(p.strip())]
+    from pipeline.data.ingest import split_specs
+
+    return [p for p in split_specs(spec) if storage.is_remote(p)]
 
 
 def _check_paths(*pairs: str) -> list[str]:

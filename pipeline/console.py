@@ -75,13 +75,12 @@ def filter_worker_output() -> None:
     # The raylet's notices (worker start-up counts and the like) reach the driver through another thread that
     # calls this module-level printer by name.
     worker.print_to_stdstream = lambda data, ignore_prefix=False: _on_worker_output(data)
-    redirect_ray_loggers()
 
 
 def redirect_ray_loggers() -> None:
     """Ray's Python loggers on the driver (Ray Data's progress logs, Train's and Tune's notices) into the log
-    file: their console handlers are pointed at it. Called again before each Ray phase, because Ray Data sets
-    its handlers up when a dataset first runs."""
+    file: their console handlers are pointed at it. Called once Ray and Ray Data are initialised
+    (cluster.connect)."""
     if _STATE["log"] is None:
         return
     import logging

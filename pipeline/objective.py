@@ -58,6 +58,11 @@ class ContrastiveObjective(nn.Module):
         return self.score(*self.embed(images, tokens), rank)
 
 
+def unwrap(objective: nn.Module) -> nn.Module:
+    """The bare objective inside a DistributedDataParallel wrapper (itself when there is none)."""
+    return objective.module if isinstance(objective, nn.parallel.DistributedDataParallel) else objective
+
+
 def average_gradients(module: nn.Module) -> None:
     """What DDP does after backward, done by hand where its forward hook was bypassed."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -95,8 +100,7 @@ def backward_step(objective: nn.Module, images: torch.Tensor, tokens: torch.Tens
                   micro_batch: int = 0) -> torch.Tensor:
     """Loss and gradients for one step: plain (through DDP when wrapped) or gradient-cached."""
     if micro_batch and micro_batch < images.shape[0]:
-        bare = objective.module if isinstance(objective, nn.parallel.DistributedDataParallel) else objective
-        return grad_cached_backward(bare, images, tokens, rank, micro_batch)
+        return grad_cached_backward(unwrap(objective), images, tokens, rank, micro_batch)
     loss = objective(images, tokens, rank)
     loss.backward()
     return loss.detach()

@@ -25,7 +25,7 @@ from pipeline.encoder import embed_gallery
 from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics, retrieval_metrics
 from pipeline.models import build_model
-from pipeline.objective import ContrastiveObjective, backward_step
+from pipeline.objective import ContrastiveObjective, backward_step, unwrap
 
 
 def make_optimizer(module: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -107,7 +107,7 @@ def train_step(objective, opt, sched, batch: dict, rank: int, cfg) -> torch.Tens
         nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
     opt.step()
     sched.step()
-    bare = objective.module if isinstance(objective, nn.parallel.DistributedDataParallel) else objective
+    bare = unwrap(objective)
     if hasattr(bare.loss, "clamp_parameters_"):  # the logit-scale cap, after the step (see losses._LearnedScale)
         bare.loss.clamp_parameters_()
     return loss
@@ -148,7 +148,7 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
     """One pass over this worker's shard; every worker stops on the same step. -> (step, mean loss, steps)."""
     it = iterate_epoch(ctx.dataset_shard("train"), cfg, ctx.device, epoch, ctx.rank)
     loss_sum, t_wait, t_start, n = torch.zeros((), device=ctx.device), 0.0, time.perf_counter(), 0
-    bare = objective.module if hasattr(objective, "module") else objective
+    bare = unwrap(objective)
     first_bad = torch.zeros(3, dtype=torch.long, device=ctx.device)  # image, text, loss: step first non-finite
     while True:
         t0 = time.perf_counter()

@@ -41,7 +41,7 @@ def expand_braces(spec: str) -> list[str]:
     return [p for alt in alts for p in expand_braces(spec[:m.start()] + alt + spec[m.end():])]
 
 
-def _split_specs(spec: str) -> list[str]:
+def split_specs(spec: str) -> list[str]:
     """Split on commas outside braces."""
     parts, depth, cur = [], 0, ""
     for ch in spec:
@@ -90,7 +90,7 @@ def resolve_shards(spec: str, key: str = "data path") -> ShardList:
     """Shard spec -> ShardList; a ConfigError naming the key when nothing usable matches, when a plain
     path does not exist, or when WebDataset and Parquet shards are mixed."""
     out, missing = [], []
-    for part in _split_specs(spec):
+    for part in split_specs(spec):
         expanded = expand_braces(part)
         for path in expanded:
             found, exists = _listing(path)
@@ -136,7 +136,7 @@ def absolute_spec(spec: str) -> str:
     trial runs in its trial directory) still finds the shards."""
     from pipeline import storage
 
-    return ",".join(p if storage.is_remote(p) else os.path.abspath(p) for p in _split_specs(spec))
+    return ",".join(p if storage.is_remote(p) else os.path.abspath(p) for p in split_specs(spec))
 
 
 def expand_paths(spec: str, key: str = "data path") -> list[str]:
