@@ -22,7 +22,10 @@ def test_resume_after_interruption(ray_cluster, smoke_data, tmp_path, capsys):
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     first = tmp_path / "resume" / "checkpoints" / "epoch_0001" / "state.json"
     deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    # The checkpoint lands before the worker's epoch line has been forwarded to the driver's console, so wait
+    # for both: the console check below reads that line.
+    while proc.poll() is None and time.time() < deadline and not (
+            first.exists() and "[train] epoch 1:" in log.read_text()):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the interruption: the driver dies mid-training
     proc.wait()
