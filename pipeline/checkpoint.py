@@ -3,7 +3,9 @@
     <checkpoint>/model.pt        TwoTower state dict
     <checkpoint>/loss.pt         the loss's own parameters (e.g. the learned logit scale)
     <checkpoint>/optimizer.pt    optimizer + LR scheduler state (resuming only)
-    <checkpoint>/tokenizer.json  the word-level vocabulary
+    <checkpoint>/tokenizer.json  the tokenizer: word vocabulary, BPE or pretrained tokenizer ("kind")
+    <checkpoint>/towers.json     what rebuilds timm:/hf:/open_clip: towers without their files, and the
+                                 preprocessing (mean/std, size, interpolation) the image tower expects
     <checkpoint>/config.json     the resolved job config
     <checkpoint>/state.json      {"epoch": .., "step": .., "n_train": .., "metrics": {..}}
 
@@ -64,11 +66,13 @@ def write_checkpoint(path: Path, *, model, loss, optimizer, scheduler, tokenizer
     tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    blobs = {"model.pt": model.state_dict(), "loss.pt": loss.state_dict(),
-             "optimizer.pt": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}}
+    blobs = {"model.pt": model.state_dict(), "loss.pt": loss.state_dict()}
+    if optimizer is not None:  # an imported model has no optimiser state; it cannot be resumed, only started from
+        blobs["optimizer.pt"] = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     for name, obj in blobs.items():
         _write_synced(tmp / name, lambda f, obj=obj: torch.save(obj, f))
-    texts = {"tokenizer.json": json.dumps(tokenizer.to_dict()), "config.json": json.dumps(config, indent=2)}
+    texts = {"tokenizer.json": json.dumps(tokenizer.to_dict()), "config.json": json.dumps(config, indent=2),
+             "towers.json": json.dumps(getattr(model, "spec", {}) or {}, indent=2)}
     for name, text in texts.items():
         _write_synced(tmp / name, lambda f, text=text: f.write(text.encode()))
     names = sorted(p.name for p in tmp.iterdir())
@@ -144,8 +148,18 @@ def read_config(path: str | Path) -> dict:
     return json.loads(_read_verified(path, "config.json"))
 
 
-def read_tokenizer(path: str | Path) -> Tokenizer:
-    return Tokenizer.from_dict(json.loads(_read_verified(path, "tokenizer.json")))
+def read_tokenizer(path: str | Path):
+    """-> the checkpoint's tokenizer: the word Tokenizer, or a subword one (`pipeline.data.subword`)."""
+    from pipeline.data.subword import tokenizer_from_dict
+
+    return tokenizer_from_dict(json.loads(_read_verified(path, "tokenizer.json")))
+
+
+def read_spec(path: str | Path) -> dict:
+    """towers.json, or {} for a checkpoint written before it existed (its towers need no spec)."""
+    if not storage.exists(storage.join(str(path), "towers.json")):
+        return {}
+    return json.loads(_read_verified(path, "towers.json"))
 
 
 def _read_verified(path: str | Path, name: str) -> bytes:

@@ -85,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override eval.* / index.* / scaling.* keys (`pipeline keys evaluate`)")
         p.add_argument("--address", default=None, help="Ray cluster address")
+    p = command("import-model", help="write a checkpoint from pretrained weights (OpenCLIP, or a timm image and a "
+                "Hugging Face text tower) that evaluate, index, search and model.init_from accept")
+    p.add_argument("--from", dest="source", default="", help="open_clip:<model name or model-config .json>")
+    p.add_argument("--weights", default="", help="with --from: the model's local weights file (.safetensors, "
+                   ".bin, .pth); empty: random init")
+    p.add_argument("--tag", default="", help="with --from: the pretrained tag the weights are (its preprocessing), "
+                   "e.g. webli for SigLIP")
+    p.add_argument("--tokenizer", default="", help="with --from: local folder of a hub tokenizer (SigLIP models)")
+    p.add_argument("--image", default="", help="image tower: timm:<name> or resnet18/resnet50/vit_b_16/convnext_tiny")
+    p.add_argument("--image-weights", default="", help="the image tower's local weights file")
+    p.add_argument("--text", default="", help="text tower: hf:<local Hugging Face folder>")
+    p.add_argument("--pooling", default=None, choices=["mean", "cls"], help="hf: pooling (default: the folder's "
+                   "sentence-transformers pooling, else mean)")
+    p.add_argument("--embed-dim", type=int, default=256, help="joint space of a timm/hf pair (default 256); its "
+                   "projections start random, so the pair scores near chance until trained")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
     p = command("search", help="query a built index with a caption or an image")
     p.add_argument("--index", required=True, help="index folder written by `pipeline index` or `pipeline run`")
     q = p.add_mutually_exclusive_group(required=True)
@@ -322,6 +338,14 @@ def _preflight(cfg, splits=("train", "val"), writes=None) -> None:
         storage.check_access(uri, key, write=True)
     ensure_data(cfg)
     _check_paths(*[x for key, spec in specs.items() for x in (spec, key)])
+    if hasattr(cfg, "model"):
+        from pipeline.models.weights import WeightsError
+        from pipeline.warm_start import check_model
+
+        try:
+            check_model(cfg)  # weights that do not fit, an image size a ViT cannot take: here, not in a worker
+        except (WeightsError, ValueError) as e:
+            raise ConfigError(str(e)) from None
 
 
 def _preflight_eval(cfg, data: str, out: str, checkpoints: list[str]) -> None:
@@ -363,7 +387,22 @@ def _require_checkpoint(path: str) -> str:
     return ckpt
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "tune": cmd_tune, "cca": cmd_cca, "embeddings": cmd_embeddings,
+def cmd_import_model(args) -> None:
+    from pipeline.import_model import import_config
+
+    kwargs = dict(source=args.source, weights=args.weights, tag=args.tag, tokenizer=args.tokenizer,
+                  image=args.image, image_weights=args.image_weights, text=args.text, pooling=args.pooling,
+                  embed_dim=args.embed_dim)
+    import_config(**kwargs)  # the names and files, before any weights are read
+    from pipeline.import_model import import_model
+
+    done = import_model(args.out, **kwargs)
+    print(done.summary)
+    print(f"checkpoint: {done.path} (evaluate it with `pipeline evaluate --checkpoint {done.path} --data ...`, "
+          f"fine-tune it with --set model.init_from={done.path})")
+
+
+COMMANDS = {"run": cmd_run, "import-model": cmd_import_model, "train": cmd_train, "tune": cmd_tune, "cca": cmd_cca, "embeddings": cmd_embeddings,
             "index": cmd_index, "evaluate": cmd_evaluate,
             "search": cmd_search, "data": cmd_data, "keys": cmd_keys}
 

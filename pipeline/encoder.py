@@ -16,14 +16,15 @@ import torch
 from pipeline import checkpoint
 from pipeline.config import ModelConfig, build
 from pipeline.data.tokenizer import Tokenizer
-from pipeline.data.transforms import resize_image
+from pipeline.data.transforms import image_view, resize_image
 from pipeline.models import TwoTower, build_model
 
 
 class Encoder:
     def __init__(self, model: TwoTower, tokenizer: Tokenizer, image_size: int, device: str | torch.device = "cpu",
-                 batch_size: int = 256):
+                 batch_size: int = 256, view: tuple[str, str] = ("bilinear", "shortest")):
         self.model = model.to(device).eval()
+        self.view = view  # (interpolation, resize mode) of the evaluation view, as the checkpoint was trained
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.device = torch.device(device)
@@ -42,7 +43,7 @@ class Encoder:
 
     def encode_image(self, images: list) -> torch.Tensor:
         """List of PIL images -> (N,D) L2-normalised float32."""
-        pixels = np.stack([resize_image(im.convert("RGB"), self.image_size) for im in images]) if images else \
+        pixels = np.stack([resize_image(im.convert("RGB"), self.image_size, *self.view) for im in images]) if images else \
             np.zeros((0, 3, self.image_size, self.image_size), np.uint8)
         return self.encode_pixels(pixels)
 
@@ -66,9 +67,9 @@ def load(path: str | Path, device: str = "cpu") -> Encoder:
     # load_files=False: model.pt holds the trained weights, so the files the model started from (image weights,
     # word vectors) need not exist where it is loaded.
     model = build_model(build(ModelConfig, cfg["model"]), len(tokenizer), image_size=cfg["data"]["image_size"],
-                        max_tokens=tokenizer.max_tokens, load_files=False)
+                        max_tokens=tokenizer.max_tokens, load_files=False, spec=checkpoint.read_spec(ckpt))
     checkpoint.load_weights(ckpt, model)
-    enc = Encoder(model, tokenizer, cfg["data"]["image_size"], device)
+    enc = Encoder(model, tokenizer, cfg["data"]["image_size"], device, view=image_view(cfg["data"]))
     enc.checkpoint = str(ckpt)
     return enc
 

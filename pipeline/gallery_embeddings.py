@@ -91,7 +91,11 @@ def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: st
     for name in (IMAGES, CAPTIONS):  # a rerun into the same directory replaces, never appends
         if storage.exists(storage.join(out, name)):
             storage.remove_tree(storage.join(out, name))
-    images = eval_dataset(paths, image_size, counter, split="gallery").map_batches(EmbedImages, **actors)
+    from pipeline.checkpoint import read_config
+    from pipeline.data.transforms import image_view
+
+    view = image_view(read_config(checkpoint)["data"])  # resampled as the checkpoint's model expects
+    images = eval_dataset(paths, image_size, counter, "gallery", view).map_batches(EmbedImages, **actors)
     images.write_parquet(f"{root}/{IMAGES}", filesystem=fs)
     captions = _read(paths, with_images=False).map_batches(caption_rows, batch_format="numpy")
     captions.map_batches(EmbedCaptions, **actors).write_parquet(f"{root}/{CAPTIONS}", filesystem=fs)

@@ -19,6 +19,8 @@ from pipeline import checkpoint, storage
 from pipeline.attempts import check_resume_config, count_attempts, explain_failure, record_attempt, resume_point
 from pipeline.config import TrainJobConfig, build, narrow, to_dict
 from pipeline.console import phase, say
+from pipeline.data import transforms, vocabulary
+from pipeline.data.subword import tokenizer_from_dict
 from pipeline.data.tokenizer import Tokenizer
 from pipeline.distributed import WorkerContext, all_reduce_max, all_reduce_mean, all_reduce_min
 from pipeline.encoder import embed_gallery
@@ -26,17 +28,26 @@ from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics, retrieval_metrics
 from pipeline.models import build_model
 from pipeline.objective import ContrastiveObjective, backward_step, unwrap
+from pipeline import warm_start
 
 
-def make_optimizer(module: nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, embeddings and scalars (decaying them only hurts)."""
+def make_optimizer(module: nn.Module, cfg, model_cfg=None) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, embeddings and scalars (decaying them only hurts). With
+    `model_cfg`, each tower's own weights get train.lr times its model.<tower>.lr_mult (projections, the loss's
+    scale and everything else keep train.lr); the scheduler scales every group alike."""
     no_decay = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
-    decay, rest = [], []
+    mult: dict[int, float] = {}
+    model = getattr(unwrap(module), "model", None)
+    if model_cfg is not None and model is not None:
+        for tower, m in ((model.image_tower, model_cfg.image.lr_mult), (model.text_tower, model_cfg.text.lr_mult)):
+            mult |= {id(p): m for p in tower.parameters()}
+    groups: dict[tuple[bool, float], list] = {}
     for p in module.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+            groups.setdefault((p.ndim >= 2 and id(p) not in no_decay, mult.get(id(p), 1.0)), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * m}
+                              for (decay, m), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))],
+                             lr=cfg.lr)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -204,18 +215,21 @@ def skip_checker(ctx: WorkerContext, loop_cfg: dict, max_fraction: float):
 def train_loop_per_worker(loop_cfg: dict) -> None:
     cfg = build(TrainJobConfig, loop_cfg["config"])
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    tokenizer = Tokenizer.from_dict(loop_cfg["tokenizer"])
+    tokenizer = tokenizer_from_dict(loop_cfg["tokenizer"])
     ctx = WorkerContext.from_ray()
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, len(tokenizer), vocab=tokenizer.vocab, image_size=cfg.data.image_size,
-                        max_tokens=tokenizer.max_tokens)
+    init = loop_cfg.get("init_from")  # a warm start: the weights come from that checkpoint, not the files
+    model = build_model(cfg.model, len(tokenizer), vocab=getattr(tokenizer, "vocab", None),
+                        image_size=cfg.data.image_size, max_tokens=tokenizer.max_tokens, load_files=init is None,
+                        spec=checkpoint.read_spec(init) if init else None)
     loss, coverage = build_loss(cfg.loss), model.word_coverage  # coverage: None without a word-vector file
+    warm_start.start_model(model, loss, init, keep_temperature=cfg.loss.temperature is not None)
     if coverage and ctx.is_main:
         say(f"[train] word vectors {coverage['path']}: {coverage['found']} of {coverage['vocab_words']} "
             f"vocabulary words found ({100 * coverage['fraction']:.1f}%)")
     objective = speed_up(ContrastiveObjective(model, loss), cfg.train, ctx.device)
     steps_per_epoch = max(1, loop_cfg["n_train"] // cfg.train.batch_size)
-    opt = make_optimizer(objective, cfg.train)
+    opt = make_optimizer(objective, cfg.train, cfg.model)
     sched = make_scheduler(opt, cfg.train.warmup_steps, steps_per_epoch * cfg.train.epochs)
     state = {"epoch": 0, "step": 0, "n_train": loop_cfg["n_train"], "samples": loop_cfg.get("samples", 0),
              "history": [], "steps": []}
@@ -283,20 +297,27 @@ class TrainResult:
     attempts: int = 0  # worker-group starts in this launch: 1 plus the worker failures recovered from
 
 
-def _prepare_data(cfg: TrainJobConfig, latest: str | None):
+def _prepare_data(cfg: TrainJobConfig, latest: str | None, init: str | None = None):
     """(tokenizer, usable samples, all samples, train shards, val shards), before any training."""
-    from pipeline.data import ingest
+    from pipeline.data import ingest, vocabulary
 
     train, val = ingest.resolve_shards(cfg.data.train, "data.train"), ingest.resolve_shards(cfg.data.val, "data.val")
     if latest is not None:  # the vocabulary must be the one the weights were trained with
         state = checkpoint.read_state(latest)
         return checkpoint.read_tokenizer(latest), state["n_train"], state.get("samples", 0), train, val
-    with phase(f"vocabulary pass over {len(train.paths)} training shards"):
+    builds = init is None and cfg.data.tokenizer != "pretrained"  # else the captions are only counted
+    with phase(f"{'vocabulary' if builds else 'caption'} pass over {len(train.paths)} training shards"):
         scan = ingest.scan_training_data(train.paths, cfg.data)
     if scan.usable < cfg.train.batch_size:
         raise ValueError(f"data.train has {scan.usable} captioned samples, fewer than train.batch_size="
                          f"{cfg.train.batch_size}; add data or lower the batch size")
-    return scan.tokenizer, scan.usable, scan.samples, train, val
+    if init is not None:  # the start weights' own ids
+        tokenizer = checkpoint.read_tokenizer(init)
+    elif cfg.data.tokenizer == "word":
+        tokenizer = scan.tokenizer
+    else:
+        tokenizer = vocabulary.make_tokenizer(cfg.data, cfg.model, scan.counts)
+    return tokenizer, scan.usable, scan.samples, train, val
 
 
 def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
@@ -312,8 +333,9 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     check_resources(cfg.scaling)  # before any pass over the data: a request that cannot fit would wait forever
     run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
-    full = to_dict(cfg)
-    cfg = narrow(cfg, TrainJobConfig)  # a RunJobConfig's extra sections stay on the driver
+    resolved, init = warm_start.resolve(narrow(cfg, TrainJobConfig))
+    full = to_dict(cfg) | to_dict(resolved)
+    cfg = resolved  # a RunJobConfig's extra sections stay on the driver
     latest = checkpoint.find_latest(run_dir, verify=True)  # a damaged newest checkpoint: the one before
     changes = check_resume_config(cfg, latest)
     storage.write_text(storage.join(run_dir, "config.json"), json.dumps(full, indent=2))
@@ -323,9 +345,11 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
             print(f"[train] {cfg.run.name} already trained {state['epoch']} epochs: using {latest}")
             return TrainResult(run_dir, latest, state.get("metrics", {}), state.get("history", []), {}, latest)
         print(f"[train] resuming {cfg.run.name} from {latest} (epoch {state['epoch']} of {cfg.train.epochs})")
-    tokenizer, n_train, samples, train_shards, val_shards = _prepare_data(cfg, latest)
-    print(f"[train] {n_train} training samples, vocabulary {len(tokenizer)} words, "
+    tokenizer, n_train, samples, train_shards, val_shards = _prepare_data(cfg, latest, init)
+    print(f"[train] {n_train} training samples, {vocabulary.describe(tokenizer)}, "
           f"{n_train // cfg.train.batch_size} steps/epoch on {cfg.scaling.num_workers} workers")
+    if latest is None and (init or cfg.model.arch or cfg.model.image.weights or cfg.model.text.arch.startswith("hf:")):
+        print(warm_start.describe(init, cfg))
 
     why = checkpoint.set_aside_damaged_ray_snapshot(run_dir)
     if why:
@@ -337,7 +361,8 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
             print(f"[data] {split}: {len(shards.missing)} shard(s) of the brace list are missing, skipped")
             counter.add_missing_shards.remote(split, shards.missing)
     datasets = {"train": ingest.train_dataset(train_shards.paths, tokenizer, cfg.data, cfg.train.seed, counter),
-                "val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, counter)}
+                "val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, counter,
+                                           view=transforms.image_view(cfg.data))}
     for ds in datasets.values():  # bars drawn inside workers garble the progress lines; those stay
         ds.context.enable_progress_bars = False
     fs, storage_path = storage.arrow_filesystem(run_dir)
@@ -349,7 +374,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
         # workers restarted after a failure look again (resume_point).
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer.to_dict(), "n_train": n_train,
                            "samples": samples, "counter": counter, "resume_from": latest,
-                           "run_dir": run_dir, "launch": launch, "config_changes": changes},
+                           "run_dir": run_dir, "launch": launch, "config_changes": changes, "init_from": init},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),

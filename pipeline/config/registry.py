@@ -4,11 +4,25 @@ checks from here too (a unit test holds each registry against its component), so
 from __future__ import annotations
 
 IMAGE_ARCHS = ("small_cnn", "resnet18", "resnet50", "vit_b_16", "convnext_tiny")
+# Towers from other libraries are named by a prefix and the library's own name for the model.
+TIMM, HF, OPEN_CLIP = "timm:", "hf:", "open_clip:"
+TOKENIZERS = ("word", "bpe", "pretrained")
+INTERPOLATIONS = ("auto", "bilinear", "bicubic")
+RESIZE_MODES = ("auto", "shortest", "squash")
 
 # text arch -> the poolings it takes, its default first
 TEXT_POOLINGS = {"bow": ("mean",), "gru": ("mean", "last"), "lstm": ("mean", "last"), "cnn": ("max",),
                  "transformer": ("mean", "cls")}
 TEXT_ARCHS = tuple(TEXT_POOLINGS)
+HF_POOLINGS = ("mean", "cls")
+
+
+def is_image_arch(arch: str) -> bool:
+    return arch in IMAGE_ARCHS or (arch.startswith(TIMM) and len(arch) > len(TIMM))
+
+
+def is_text_arch(arch: str) -> bool:
+    return arch in TEXT_ARCHS or (arch.startswith(HF) and len(arch) > len(HF))
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq", "auto")
 

@@ -249,9 +249,10 @@ def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, c
     """-> Dataset of {'key', 'image': (3,S,S) uint8, 'tokens': (L,) int64}: augmented, one caption per
     image, file order and row windows reshuffled every epoch from `seed`."""
     size, augment, scale_min = data_cfg.image_size, data_cfg.augment, data_cfg.crop_scale_min
+    view = transforms.image_view(data_cfg)
 
     def prepare(batch):
-        out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min)
+        out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min, view)
         if counter is not None and skips:
             count_skips(counter, "train", skips)
         return out
@@ -260,11 +261,13 @@ def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, c
     return ds.map_batches(prepare, batch_size=128, batch_format="numpy")
 
 
-def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "val"):
-    """-> Dataset of {'key', 'image' (3,S,S) uint8, 'captions' JSON list}, unaugmented, in shard order."""
+def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "val",
+                 view: tuple[str, str] = ("bilinear", "shortest")):
+    """-> Dataset of {'key', 'image' (3,S,S) uint8, 'captions' JSON list}, unaugmented, in shard order.
+    view: (interpolation, resize mode), `transforms.image_view` of the model's data config."""
 
     def prepare(batch):
-        out, skips = transforms.prepare_eval_batch(batch, image_size)
+        out, skips = transforms.prepare_eval_batch(batch, image_size, view)
         if counter is not None and skips:
             count_skips(counter, split, skips)
         return out
@@ -274,7 +277,8 @@ def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "
 
 @dataclass
 class Scan:
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer  # the word tokenizer of the counts (data.tokenizer=word)
+    counts: Counter  # word -> count over the usable captions
     usable: int  # samples with an image member and a caption (decodability is learnt while training)
     samples: int  # every sample in the shards, the denominator of data.max_skip_fraction
 
@@ -289,4 +293,4 @@ def scan_training_data(paths: list[str], data_cfg) -> Scan:
             counts[str(w)] += int(c)
     usable, samples = counts.pop("", 0), counts.pop("\x00samples", 0)
     tok = Tokenizer.from_counts(counts, data_cfg.max_tokens, data_cfg.vocab_min_count, data_cfg.vocab_max_size)
-    return Scan(tok, usable, samples)
+    return Scan(tok, counts, usable, samples)

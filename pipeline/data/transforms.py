@@ -111,10 +111,35 @@ def center_box(w: int, h: int, ratio: float = 1.0) -> tuple[int, int, int, int]:
     return x0, y0, x0 + cw, y0 + ch
 
 
-def resize_image(img: Image.Image, size: int) -> np.ndarray:
-    """Evaluation view: the centred square, resized to size x size -> (3, size, size) uint8."""
-    box = center_box(*img.size)
-    return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8).transpose(2, 0, 1)
+FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def shortest_side_box(w: int, h: int, size: int) -> tuple[float, float, float, float]:
+    """The source box that torchvision's Resize(size) (short side to `size`, long side truncated to an integer)
+    followed by CenterCrop(size) keeps, so that one PIL resize of this box samples the same positions at the same
+    scale as those two steps (OpenCLIP's and timm's evaluation transforms)."""
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    sx, sy = w / new_w, h / new_h
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
+def image_view(data_cfg) -> tuple[str, str]:
+    """A checkpoint's data config (dict or DataConfig) -> (interpolation, resize mode) of its evaluation view.
+    A config from before these keys, or one still saying auto, means the original bilinear centre square."""
+    get = data_cfg.get if isinstance(data_cfg, dict) else lambda k, d: getattr(data_cfg, k, d)
+    interp, mode = get("interpolation", "bilinear"), get("resize_mode", "shortest")
+    return ("bilinear" if interp == "auto" else interp), ("shortest" if mode == "auto" else mode)
+
+
+def resize_image(img: Image.Image, size: int, interpolation: str = "bilinear", resize_mode: str = "shortest"
+                 ) -> np.ndarray:
+    """Evaluation view -> (3, size, size) uint8. shortest: the centred square, resized to size x size (OpenCLIP's
+    and torchvision's resize-shortest-side then centre-crop, in one PIL call); squash: the whole image resized to
+    a square (SigLIP's preprocessing)."""
+    box = None if resize_mode == "squash" else shortest_side_box(*img.size, size)
+    out = img.resize((size, size), FILTERS[interpolation], box=box)
+    return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def crop_box(w: int, h: int, scale_min: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -131,12 +156,12 @@ def crop_box(w: int, h: int, scale_min: float, rng: np.random.Generator) -> tupl
 
 
 def augment_image(img: Image.Image, size: int, scale_min: float, rng: np.random.Generator,
-                  brightness: float = 0.1) -> np.ndarray:
+                  brightness: float = 0.1, interpolation: str = "bilinear") -> np.ndarray:
     """Training view: one crop-and-resize call, then brightness x U(1-b, 1+b) through a 256-entry lookup
     table on the small result -> (3, size, size) uint8. (Scaling the stacked batch in float32 instead cost
     40% of the whole transform at 224 px: bench/ingest.py.)"""
     box = crop_box(*img.size, scale_min, rng)
-    out = img.resize((size, size), Image.BILINEAR, box=box)
+    out = img.resize((size, size), FILTERS[interpolation], box=box)
     if brightness:
         lut = np.clip(np.arange(256) * rng.uniform(1 - brightness, 1 + brightness), 0, 255).astype(np.uint8)
         out = out.point(lut.tolist() * 3)
@@ -178,6 +203,7 @@ def decode_or_skip(key: str, raw: Any, problem: str, caps_reason: str, skips: di
 
 def prepare_train_batch(
     batch: dict[str, Any], tokenizer: Tokenizer, size: int, augment: bool, scale_min: float,
+    view: tuple[str, str] = ("bilinear", "shortest"),
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """Rows -> {'key', 'image': (n,3,S,S) uint8, 'tokens': (n,L) int64}: one caption per image, crop,
     brightness and caption drawn from the row's seed (so the same epoch gives the same views); plus the
@@ -190,7 +216,8 @@ def prepare_train_batch(
             continue
         rng = np.random.default_rng(seed)
         keys.append(key)
-        images.append(augment_image(img, size, scale_min, rng) if augment else resize_image(img, size))
+        images.append(augment_image(img, size, scale_min, rng, interpolation=view[0]) if augment
+                      else resize_image(img, size, *view))
         captions.append(caps[int(rng.integers(len(caps)))])
     out = {
         "key": np.array(keys, dtype=object),
@@ -200,7 +227,8 @@ def prepare_train_batch(
     return out, skips
 
 
-def prepare_eval_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+def prepare_eval_batch(batch: dict[str, Any], size: int, view: tuple[str, str] = ("bilinear", "shortest")
+                       ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """Rows -> {'key', 'label', 'image' (n,3,S,S) uint8, 'captions' (JSON list per image), 'shard'} for
     evaluation, where every caption of an image is ground truth."""
     keys, images, captions, labels, shards, skips = [], [], [], [], [], {}
@@ -211,7 +239,7 @@ def prepare_eval_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, np.n
             continue
         shards.append(str(batch["shard"][i]) if "shard" in batch else "")
         keys.append(key)
-        images.append(resize_image(img, size))
+        images.append(resize_image(img, size, *view))
         captions.append(json.dumps(caps))
         labels.append(parse_label(meta))
     out = {

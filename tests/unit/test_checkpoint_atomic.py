@@ -36,7 +36,7 @@ def _copy_epoch(run_dir: Path, src: int, dst: int) -> Path:
 
 def test_manifest_lists_size_and_hash_of_every_file(run_dir):
     state = checkpoint.read_state(run_dir / "checkpoints" / "epoch_0002")
-    names = {"model.pt", "loss.pt", "optimizer.pt", "tokenizer.json", "config.json"}
+    names = {"model.pt", "loss.pt", "optimizer.pt", "tokenizer.json", "config.json", "towers.json"}
     assert set(state["files"]) == names and set(state["sha256"]) == names
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp folders left
 
