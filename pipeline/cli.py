@@ -393,7 +393,10 @@ def cmd_import_model(args) -> None:
     kwargs = dict(source=args.source, weights=args.weights, tag=args.tag, tokenizer=args.tokenizer,
                   image=args.image, image_weights=args.image_weights, text=args.text, pooling=args.pooling,
                   embed_dim=args.embed_dim)
-    import_config(**kwargs)  # the names and files, before any weights are read
+    try:
+        import_config(**kwargs)  # the names and files, before any weights are read
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     from pipeline.import_model import import_model
 
     done = import_model(args.out, **kwargs)

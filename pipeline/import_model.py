@@ -44,7 +44,7 @@ def import_config(*, source: str = "", weights: str = "", tag: str = "", tokeniz
                               "trained here need a vocabulary from data: train them with `pipeline train`)")
         model = {"embed_dim": embed_dim, "image": {"arch": image, "weights": image_weights},
                  "text": {"arch": text, "pooling": pooling}}
-    mcfg = build(ModelConfig, model)
+    mcfg = build(ModelConfig, warm_start.absolute_paths(to_dict(build(ModelConfig, model))))
     mcfg.check_files()
     pre = warm_start.preprocess_of(mcfg)
     size = 224

@@ -37,7 +37,8 @@ def make_optimizer(module: nn.Module, cfg, model_cfg=None) -> torch.optim.Optimi
     scale and everything else keep train.lr); the scheduler scales every group alike."""
     no_decay = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
     mult: dict[int, float] = {}
-    model = getattr(unwrap(module), "model", None)
+    inner = unwrap(module)  # a TwoTower, or the objective holding one
+    model = inner if hasattr(inner, "image_tower") else getattr(inner, "model", None)
     if model_cfg is not None and model is not None:
         for tower, m in ((model.image_tower, model_cfg.image.lr_mult), (model.text_tower, model_cfg.text.lr_mult)):
             mult |= {id(p): m for p in tower.parameters()}

@@ -33,8 +33,9 @@ def resolve(cfg: TrainJobConfig) -> tuple[TrainJobConfig, str | None]:
     """-> (the config the run trains with, the checkpoint it starts from or None). Resolves data.interpolation
     and data.resize_mode `auto` from the image tower's pretrained configuration, so the saved config says what
     the images were resampled with."""
-    init = find_init(cfg.model.init_from) if cfg.model.init_from else None
     d = to_dict(cfg)
+    d["model"] = absolute_paths(d["model"])  # workers run in another directory
+    init = find_init(d["model"]["init_from"]) if d["model"]["init_from"] else None
     if init is not None:
         saved = checkpoint.read_config(init)
         model = dict(saved["model"], init_from=cfg.model.init_from)
@@ -52,6 +53,30 @@ def resolve(cfg: TrainJobConfig) -> tuple[TrainJobConfig, str | None]:
         if d["data"]["resize_mode"] == "auto":
             d["data"]["resize_mode"] = pre.get("resize_mode", "shortest")
     return build(TrainJobConfig, d), init
+
+
+def _absolute(path: str) -> str:
+    import os
+
+    from pipeline import storage
+
+    return path if not path or storage.is_remote(path) else os.path.abspath(path)
+
+
+def absolute_paths(model: dict) -> dict:
+    """A model section (dict) with its local file paths made absolute: weights, word vectors, hf: folders,
+    OpenCLIP config files and tokenizers, the warm-start checkpoint. Ray workers do not run in the driver's
+    working directory, so a relative path would name nothing there."""
+    m = {**model, "image": dict(model["image"]), "text": dict(model["text"])}
+    for key in ("weights", "tokenizer", "init_from"):
+        m[key] = _absolute(m.get(key, ""))
+    if m.get("arch", "").startswith("open_clip:") and m["arch"].endswith(".json"):
+        m["arch"] = "open_clip:" + _absolute(m["arch"][len("open_clip:"):])
+    m["image"]["weights"] = _absolute(m["image"].get("weights", ""))
+    if m["text"]["arch"].startswith("hf:"):
+        m["text"]["arch"] = "hf:" + _absolute(m["text"]["arch"][3:])
+    m["text"]["embeddings"] = dict(m["text"]["embeddings"], path=_absolute(m["text"]["embeddings"]["path"]))
+    return m
 
 
 def preprocess_of(model_cfg) -> dict:

@@ -36,7 +36,7 @@ class TrainJobConfig:
                                                        "data.tokenizer=pretrained")
         _check(tok == "word" or not m.text.embeddings.path, "model.text.embeddings.path gives vectors to words: it "
                                                            f"needs data.tokenizer=word, not {tok}")
-        if tok == "pretrained" and m.text.arch.startswith("hf:") and not m.open_clip:
+        if tok == "pretrained" and m.text.arch.startswith("hf:") and not m.open_clip and not m.init_from:
             from pipeline.models.pretrained import check_hf_folder
 
             try:

@@ -165,6 +165,8 @@ class ModelConfig:
     def check_files(self) -> None:
         """The files training starts from exist, and the word vectors fit model.text.word_dim. Only a job that
         builds a fresh model needs them: one rebuilt from a checkpoint takes its weights from the checkpoint."""
+        if self.init_from:  # the weights come from that checkpoint; the files it started from may be elsewhere
+            return
         weights, vectors = self.image.weights, self.text.embeddings.path
         _check(not weights or Path(weights).is_file(),
                f"model.image.weights={weights!r} does not exist; give a local .pth file or leave it empty")
