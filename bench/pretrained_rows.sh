@@ -17,8 +17,12 @@ declare -A ROWS=(
   [minilm-finetuned]="--set model.text.arch=hf:$MINILM --set data.tokenizer=pretrained --set model.text.lr_mult=0.1"
   [glove-frozen]="--set model.text.embeddings.path=weights/glove-6b-50d --set model.text.word_dim=50 --set model.text.embeddings.freeze=true"
   [glove-finetuned]="--set model.text.embeddings.path=weights/glove-6b-50d --set model.text.word_dim=50"
+  [gru-50d]="--set model.text.word_dim=50"   # the GloVe rows' scratch baseline: random 50-d word vectors
+  [minilm-finetuned-2ep]="--set model.text.arch=hf:$MINILM --set data.tokenizer=pretrained --set model.text.lr_mult=0.1 --set train.epochs=2"
+  [demo]=""                                  # the demo itself, run in the same sitting
 )
-ORDER=(zero-shot glove-frozen glove-finetuned lite0-frozen minilm-frozen lite0-finetuned lite0-scratch minilm-finetuned)
+ORDER=(zero-shot demo gru-50d glove-frozen glove-finetuned lite0-frozen minilm-frozen lite0-finetuned lite0-scratch
+       minilm-finetuned)
 [ $# -gt 0 ] && ORDER=("$@")
 row_line() {  # name report.json seconds
   .venv/bin/python - "$@" <<'PY'

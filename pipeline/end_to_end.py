@@ -78,7 +78,10 @@ def run(cfg: RunJobConfig) -> RunSummary:
         from pipeline import baselines
         from pipeline.checkpoint import read_tokenizer
 
-        metrics["baselines"] = baselines.run_baseline(cfg, read_tokenizer(result.checkpoint))
+        tokenizer = read_tokenizer(result.checkpoint)
+        # The baseline's bag of words counts word ids (most frequent first); a sub-word tokenizer's ids are not
+        # that, so the baseline then scans the captions for a word vocabulary of its own.
+        metrics["baselines"] = baselines.run_baseline(cfg, tokenizer if hasattr(tokenizer, "vocab") else None)
     thumbs = collect_thumbnails(val_paths, evaluate.example_keys(metrics))
     data_block = {"skipped": data, **({"captions_of_skipped_images": orphans} if orphans else {})}
     with storage.staging_dir(report_dir) as local:

@@ -125,3 +125,16 @@ def test_warm_start_takes_the_checkpoints_model_and_keeps_its_own_fine_tuning_ch
     warm_start.start_model(build_model(resolved.model, 5, image_size=32, max_tokens=8), vse, init)  # no scale
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         warm_start.resolve(_job(model={"init_from": str(tmp_path / "nothing")}))
+
+
+def test_local_model_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray workers do not run in the driver's directory: a relative weights path must be made absolute."""
+    from pipeline import warm_start
+
+    (tmp_path / "w.pth").write_bytes(b"")
+    (tmp_path / "g.txt").write_text("red 0.1 0.2\n")
+    monkeypatch.chdir(tmp_path)
+    job = _job(model={"image": {"weights": "w.pth"}, "text": {"word_dim": 2, "embeddings": {"path": "g.txt"}}})
+    resolved, _ = warm_start.resolve(job)
+    assert resolved.model.image.weights == str(tmp_path / "w.pth")
+    assert resolved.model.text.embeddings.path == str(tmp_path / "g.txt")
