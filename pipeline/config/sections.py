@@ -38,8 +38,8 @@ class DataConfig:
                                 "data.vocab_max_size merges) | pretrained (the text tower's own: hf: or open_clip:)")
     interpolation: str = _f("auto", "image resampling: auto (bicubic for timm:/open_clip: towers, their pretrained "
                                     "config's, else bilinear) | bilinear | bicubic")
-    resize_mode: str = _f("auto", "auto (the pretrained config's) | shortest (short side to data.image_size, then the centre square) | "
-                                  "squash (whole image resized to a square)")
+    resize_mode: str = _f("auto", "auto (the pretrained config's) | shortest (short side to data.image_size, "
+                                  "then the centre square) | squash (whole image resized to a square)")
     vocab_min_count: int = _f(1, "words seen fewer times in the training captions map to [UNK]")
     vocab_max_size: int = _f(30000, "largest vocabulary, most frequent words first")
     shuffle_block: int = _f(1024, "training rows are shuffled inside windows of this many samples of a shard "
