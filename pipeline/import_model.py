@@ -45,7 +45,7 @@ def import_config(*, source: str = "", weights: str = "", tag: str = "", tokeniz
         model = {"embed_dim": embed_dim, "image": {"arch": image, "weights": image_weights},
                  "text": {"arch": text, "pooling": pooling}}
     mcfg = build(ModelConfig, warm_start.absolute_paths(to_dict(build(ModelConfig, model))))
-    mcfg.check_files()
+    mcfg.check_files(need_tokenizer=True)  # an imported pair always uses the tower's own tokenizer
     pre = warm_start.preprocess_of(mcfg)
     size = 224
     if mcfg.open_clip:

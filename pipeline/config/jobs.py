@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config.loading import ConfigError, _check, _f
+from pipeline.config.loading import _check, _f
 from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
                                       ModelConfig, RunConfig, ScalingConfig, StorageConfig, SweepConfig, TrainConfig)
 
@@ -27,8 +27,8 @@ class TrainJobConfig:
             f"train.batch_size={self.train.batch_size} is not divisible by scaling.num_workers={n}; "
             f"use a multiple of {n}, e.g. {max(n, self.train.batch_size // n * n)}",
         )
-        self.model.check_files()
         tok, m = self.data.tokenizer, self.model
+        m.check_files(need_tokenizer=tok == "pretrained")
         _check(tok != "pretrained" or m.pretrained_text,
                f"data.tokenizer=pretrained needs a text tower with a tokenizer of its own (model.text.arch=hf:<folder> "
                f"or model.arch=open_clip:<name>), not model.text.arch={m.text.arch}; use word or bpe")
@@ -36,13 +36,6 @@ class TrainJobConfig:
                                                        "data.tokenizer=pretrained")
         _check(tok == "word" or not m.text.embeddings.path, "model.text.embeddings.path gives vectors to words: it "
                                                            f"needs data.tokenizer=word, not {tok}")
-        if tok == "pretrained" and m.text.arch.startswith("hf:") and not m.open_clip and not m.init_from:
-            from pipeline.models.pretrained import check_hf_folder
-
-            try:
-                check_hf_folder(m.text.arch[3:], need_tokenizer=True)
-            except FileNotFoundError as e:
-                raise ConfigError(str(e)) from None
         if self.model.image.arch == "vit_b_16":
             size = self.data.image_size
             _check(size % 16 == 0, f"model.image.arch=vit_b_16 cuts images into 16x16 patches: data.image_size="

@@ -162,9 +162,10 @@ class ModelConfig:
         """The text tower comes with a tokenizer of its own (data.tokenizer=pretrained can use it)."""
         return bool(self.open_clip) or self.text.arch.startswith(HF)
 
-    def check_files(self) -> None:
+    def check_files(self, need_tokenizer: bool = False) -> None:
         """The files training starts from exist, and the word vectors fit model.text.word_dim. Only a job that
-        builds a fresh model needs them: one rebuilt from a checkpoint takes its weights from the checkpoint."""
+        builds a fresh model needs them: one rebuilt from a checkpoint takes its weights from the checkpoint.
+        need_tokenizer: an hf: folder must also hold tokenizer.json (data.tokenizer=pretrained)."""
         if self.init_from:  # the weights come from that checkpoint; the files it started from may be elsewhere
             return
         weights, vectors = self.image.weights, self.text.embeddings.path
@@ -176,7 +177,7 @@ class ModelConfig:
             from pipeline.models.pretrained import check_hf_folder
 
             try:
-                check_hf_folder(self.text.arch[len(HF):], need_tokenizer=False)
+                check_hf_folder(self.text.arch[len(HF):], need_tokenizer)  # data.tokenizer=pretrained
             except FileNotFoundError as e:
                 raise ConfigError(str(e)) from None
         if vectors and not vectors.startswith("s3://"):  # s3:// files are checked when the workers read them

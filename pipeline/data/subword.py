@@ -264,15 +264,17 @@ class OpenCLIPTokenizer:
 
 
 def open_clip_tokenizer(model_name: str, tokenizer_dir: str | Path | None = None,
-                        context_length: int | None = None):
+                        context_length: int | None = None, text_cfg: dict | None = None):
     """The tokenizer open_clip.get_tokenizer(model_name) builds, without the hub: HF ones come from tokenizer_dir.
 
     SigLIP / BERT / XLM-R models name an HF hub tokenizer (text_cfg.hf_tokenizer_name, e.g. timm/ViT-B-16-SigLIP);
     offline that folder must be given, holding that repo's tokenizer.json (+ tokenizer_config.json).
+    `text_cfg`: the model config's text_cfg, for a model that is not one of open_clip's built-in names.
     """
-    from open_clip import get_model_config
+    if text_cfg is None:
+        from open_clip import get_model_config
 
-    text_cfg = (get_model_config(model_name) or {}).get("text_cfg", {})
+        text_cfg = (get_model_config(model_name) or {}).get("text_cfg", {})
     length = context_length or text_cfg.get("context_length", 77)
     kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
     hub_name = text_cfg.get("hf_tokenizer_name")

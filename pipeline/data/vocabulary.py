@@ -39,17 +39,13 @@ def pretrained_tokenizer(model_cfg, max_tokens: int):
         from pipeline.models.pretrained import open_clip_config
 
         text_cfg = open_clip_config(model_cfg.open_clip).get("text_cfg", {})
-        length = int(text_cfg.get("context_length", 77))
-        hub = text_cfg.get("hf_tokenizer_name")
-        if not hub:
-            return subword.OpenCLIPTokenizer(length)
-        if not model_cfg.tokenizer:
-            raise FileNotFoundError(f"open_clip:{model_cfg.open_clip} uses the Hugging Face tokenizer {hub}, which "
-                                    f"cannot be downloaded here: set model.tokenizer to a local copy of that repo's "
-                                    "tokenizer files (tokenizer.json)")
-        kwargs = text_cfg.get("tokenizer_kwargs", {})
-        return subword.HFTokenizer.from_dir(model_cfg.tokenizer, length, clean=kwargs.get("clean", "whitespace"),
-                                            strip_sep_token=kwargs.get("strip_sep_token", False))
+        try:
+            return subword.open_clip_tokenizer(model_cfg.open_clip, model_cfg.tokenizer or None, text_cfg=text_cfg)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"open_clip:{model_cfg.open_clip} uses the Hugging Face tokenizer "
+                                    f"{text_cfg.get('hf_tokenizer_name')}, which cannot be downloaded here: set "
+                                    "model.tokenizer to a local copy of that repo's tokenizer files "
+                                    "(tokenizer.json)") from None
     folder = model_cfg.text.arch[len("hf:"):]
     return subword.HFTokenizer.from_dir(folder, max_tokens)
 

@@ -111,8 +111,8 @@ def build_model(cfg, vocab_size: int, *, vocab: list[str] | None = None, image_s
 
     spec = spec or {}
     parts: dict = {}
-    if getattr(cfg, "arch", ""):
-        name = cfg.arch.split(":", 1)[1]
+    name = getattr(cfg, "open_clip", "")  # bench/test stand-ins for ModelConfig may lack the property
+    if name:
         image, text, oc = pretrained.build_open_clip(name, cfg.weights if load_files else "", image_size,
                                                      spec.get("open_clip"), cfg.pretrained_tag)
         if vocab_size > oc["vocab_size"]:
