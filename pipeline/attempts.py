@@ -9,6 +9,7 @@ import time
 from pipeline import checkpoint, storage
 from pipeline.config import TrainJobConfig, to_dict
 from pipeline.console import say
+from pipeline.data.training_set import shard_list_changes
 from pipeline.distributed import WorkerContext
 
 
@@ -85,3 +86,36 @@ def root_cause(e: BaseException) -> str:
         e = e.__cause__
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
     return f"{prefix}{type(e).__name__}: {lines[0] if lines else ''}"[:2000]
+
+
+def state_layout(latest: str | None, chosen: str) -> str:
+    """A mid-epoch checkpoint's cursors belong to the layout they were taken in; otherwise the one chosen now."""
+    return (checkpoint.read_state(latest).get("layout") or chosen) if latest else chosen
+
+
+def check_resume_data(cfg: TrainJobConfig, latest: str | None, names: list[str]) -> bool:
+    """A mid-epoch checkpoint's cursors index the epoch order dealt from its shard list: resuming over other
+    shards would lose and repeat samples. -> True when they differ and data.allow_changed_data lets the
+    epoch go on in a new order (cursors dropped); a one-line ValueError when they differ and it does not."""
+    if latest is None:
+        return False
+    state = checkpoint.read_state(latest)
+    old = state.get("data_shards")
+    if not state.get("in_epoch") or old is None:
+        return False
+    saved = checkpoint.read_config(latest)
+    for key, now in (("train.seed", cfg.train.seed), ("data.shuffle_block", cfg.data.shuffle_block)):
+        section, name = key.split(".")
+        was = saved.get(section, {}).get(name, now)
+        if was != now:  # the cursors are positions in the order these two make
+            raise ValueError(f"{latest} stopped mid-epoch with {key}={was}; resume it with {key}={was} (not {now}), "
+                             "or from an epoch-end checkpoint")
+    diff = shard_list_changes(old, names)
+    if not diff:
+        return False
+    if not cfg.data.allow_changed_data:
+        raise ValueError(f"data.train has changed since {latest} stopped mid-epoch: {diff}; point data.train at "
+                         "the same shards, or set data.allow_changed_data=true to finish the epoch in a new order")
+    print(f"[train] data.train has changed since {latest} ({diff}): the epoch goes on in a new order "
+          "(data.allow_changed_data)")
+    return True

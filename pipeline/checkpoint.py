@@ -39,6 +39,12 @@ def epoch_dir_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 
 
+def step_dir_name(epoch: int, step: int) -> str:
+    """A mid-epoch checkpoint of `epoch` at global step `step`: named after the epochs it completed, so that
+    names sort in training order (epoch_0002 < epoch_0002_step_00000150 < epoch_0003)."""
+    return f"{epoch_dir_name(epoch - 1)}_step_{step:08d}"
+
+
 def _write_synced(path: Path, write) -> None:
     with open(path, "wb") as f:
         write(f)

@@ -52,6 +52,24 @@ def all_reduce_min(value: int, device: torch.device | None = None) -> int:
     return int(t.item())
 
 
+def all_reduce_sum(value: int) -> int:
+    """Sum of an integer across workers, on the CPU group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(t, group=_cpu_group())
+    return int(t.item())
+
+
+def gather_objects(obj) -> list:
+    """Every worker's `obj` (picklable), in rank order, on every worker; over the CPU group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=_cpu_group())
+    return out
+
+
 def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     """Elementwise largest value across workers (a copy; `values` is left alone)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -50,6 +50,7 @@ def run(cfg: RunJobConfig) -> RunSummary:
 
     from pipeline import evaluate, train
     from pipeline.data.ingest import expand_paths, read_skips, skip_counter
+    from pipeline.data.skips import EXAMPLES
     from pipeline.index import collect_thumbnails
 
     if cfg.tune.enabled:  # sweep, then carry the best trial's checkpoint into index and evaluation
@@ -70,10 +71,12 @@ def run(cfg: RunJobConfig) -> RunSummary:
     from pipeline import report
     from pipeline.config import to_dict
 
-    data = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in result.data.items()}
-    gallery = {r: len(k) for r, k in read_skips(counter).get("gallery", {}).items()}
-    if gallery:
-        data["gallery"] = gallery
+    data = {split: dict(by) for split, by in result.data.items()}  # skipped samples by split and reason
+    examples = dict(result.examples)
+    gallery_keys = read_skips(counter).get("gallery", {})
+    if gallery_keys:
+        data["gallery"] = {r: len(k) for r, k in gallery_keys.items()}
+        examples["gallery"] = {r: k[:EXAMPLES] for r, k in gallery_keys.items()}
     if cfg.cca.enabled:  # the CCA baseline (cca.*), fitted on data.train and scored on data.val beside the model
         from pipeline import baselines
         from pipeline.checkpoint import read_tokenizer
@@ -83,7 +86,8 @@ def run(cfg: RunJobConfig) -> RunSummary:
         # that, so the baseline then scans the captions for a word vocabulary of its own.
         metrics["baselines"] = baselines.run_baseline(cfg, tokenizer if hasattr(tokenizer, "vocab") else None)
     thumbs = collect_thumbnails(val_paths, evaluate.example_keys(metrics))
-    data_block = {"skipped": data, **({"captions_of_skipped_images": orphans} if orphans else {})}
+    data_block = {"skipped": data, "skip_examples": examples,
+                  **({"captions_of_skipped_images": orphans} if orphans else {})}
     with storage.staging_dir(report_dir) as local:
         rep = report.write_report(local, metrics, meta, result.checkpoint, to_dict(cfg), result.history,
                                   data_block, thumbs)

@@ -117,6 +117,9 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
     if skipped:
         lines += ["Skipped samples (by split and reason):", ""]
         lines += [f"- {split}: " + ", ".join(f"{reason} x{n}" for reason, n in by.items()) for split, by in skipped.items()]
+        shown = report["data"].get("skip_examples") or {}
+        lines += [f"  - {split} {reason}, e.g. " + ", ".join(f"`{k}`" for k in keys)
+                  for split, by in shown.items() for reason, keys in by.items() if keys]
     else:
         lines += ["No sample was skipped."]
     lines += [""]

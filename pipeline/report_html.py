@@ -228,6 +228,11 @@ def write_html(out: Path, report: dict, plots: list[Path], thumbs: dict[str, str
     parts.append("<h2>Data</h2><p>" + ("; ".join(f"{html.escape(s)}: " + ", ".join(
         f"{html.escape(r)} ×{n}" for r, n in by.items()) for s, by in skipped.items()) or "No sample was skipped.")
         + "</p>")
+    shown = report.get("data", {}).get("skip_examples") or {}
+    rows = [f"<li>{html.escape(s)} {html.escape(r)}, e.g. " + ", ".join(f"<code>{html.escape(k)}</code>" for k in keys)
+            + "</li>" for s, by in shown.items() for r, keys in by.items() if keys]
+    if rows:
+        parts.append("<ul class='skips'>" + "".join(rows) + "</ul>")
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Retrieval report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     path = out / "report.html"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,13 +17,18 @@ import torch
 from torch import nn
 
 from pipeline import checkpoint, storage
-from pipeline.attempts import check_resume_config, count_attempts, explain_failure, record_attempt, resume_point
+from pipeline.attempts import (check_resume_config, check_resume_data, count_attempts, explain_failure,
+                               record_attempt, resume_point, state_layout)
 from pipeline.config import TrainJobConfig, build, narrow, to_dict
-from pipeline.console import phase, say
-from pipeline.data import transforms, vocabulary
+from pipeline.console import say
+from pipeline.data import training_set, transforms, vocabulary
+from pipeline.data.shards import shard_names
+from pipeline.data.skips import SkipTally
 from pipeline.data.subword import tokenizer_from_dict
 from pipeline.data.tokenizer import Tokenizer
-from pipeline.distributed import WorkerContext, all_reduce_max, all_reduce_mean, all_reduce_min
+from pipeline.distributed import (WorkerContext, all_reduce_max, all_reduce_mean, all_reduce_min,
+                                  gather_objects)
+from pipeline.epoch_data import KeyRecord, epoch_batches, iterate_epoch, skip_check, to_device  # noqa: F401 (iterate_epoch: benches)
 from pipeline.encoder import embed_gallery
 from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics, retrieval_metrics
@@ -84,24 +90,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def iterate_epoch(shard, cfg: TrainJobConfig, device, epoch: int, rank: int):
-    """This worker's batches for one epoch, {'key': (b,) str, 'image': (b,3,S,S) uint8, 'tokens': (b,L)
-    int64}: equal-sized local batches (the last partial one is dropped, so every worker takes the same
-    number of steps), prefetched while the previous step runs."""
-    buffer = cfg.data.shuffle_buffer
-    if device.type == "cuda":  # pinned host memory lets the copy overlap the previous step
-        to = lambda a: torch.from_numpy(a).pin_memory().to(device, non_blocking=True)  # noqa: E731
-    else:
-        to = torch.from_numpy
-    fmt = torch.channels_last if device.type == "cuda" and cfg.train.channels_last else torch.contiguous_format
-    for batch in shard.iter_batches(
-            batch_size=cfg.local_batch_size(), drop_last=True, batch_format="numpy", prefetch_batches=4,
-            local_shuffle_buffer_size=buffer or None,
-            local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch * 1_009 + rank) % 2**31 if buffer else None):
-        yield {"key": batch["key"], "image": to(batch["image"]).contiguous(memory_format=fmt),
-               "tokens": to(batch["tokens"])}
-
-
 def logit_scale_record(loss: nn.Module) -> dict:
     """The effective logit scale the loss multiplies by, and its raw parameter (log scale), for the logs."""
     if not hasattr(loss, "scale"):
@@ -156,10 +144,18 @@ def check_finite(first_bad: torch.Tensor, epoch: int) -> None:
 
 
 def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, epoch: int, step: int,
-                steps_per_epoch: int, log, check_skips=None) -> tuple[int, float, int]:
-    """One pass over this worker's shard; every worker stops on the same step. -> (step, mean loss, steps)."""
-    it = iterate_epoch(ctx.dataset_shard("train"), cfg, ctx.device, epoch, ctx.rank)
-    loss_sum, t_wait, t_start, n = torch.zeros((), device=ctx.device), 0.0, time.perf_counter(), 0
+                steps_per_epoch: int, log, batches, done: tuple[int, float] = (0, 0.0), on_step=None,
+                skips=None, trained=None) -> tuple[int, float, int]:
+    """One pass over this worker's `batches` (numpy; an `EpochBatcher` is told which rows each step trained);
+    every worker stops on the same step. `done`: (steps, sum of global-batch losses) a resumed epoch already
+    took; `on_step(step, n, loss_sum)`: after every step, on every rank (the mid-epoch checkpoint and
+    validation cadence); `skips`: this worker's unusable samples so far, checked at log steps against
+    data.max_skip_fraction of `samples`; `trained(epoch, step, keys)`: told each step's keys (run.record_keys).
+    -> (step, mean loss, steps of this epoch)."""
+    it = to_device(batches, ctx.device, cfg.train.channels_last)
+    mark = getattr(batches, "mark_trained", None)
+    loss_sum, t_wait, t_start, (n0, loss0) = torch.zeros((), device=ctx.device), 0.0, time.perf_counter(), done
+    n = n0
     bare = unwrap(objective)
     first_bad = torch.zeros(3, dtype=torch.long, device=ctx.device)  # image, text, loss: step first non-finite
     while True:
@@ -170,47 +166,32 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
             break
         loss = train_step(objective, opt, sched, batch, ctx.rank, cfg.train)
         step, n = step + 1, n + 1
+        if mark is not None:
+            mark(batch["pos"])
+        if trained is not None:
+            trained(epoch, step, batch["key"])
         loss_sum += loss  # no host sync and no collective on steps that are not logged
         flags = torch.cat([bare.take_nonfinite(ctx.device), ~torch.isfinite(loss)[None]])  # (3,)
         first_bad = torch.where((first_bad == 0) & flags, step, first_bad)
-        if n % cfg.train.log_every == 0 or n == 1:  # the same steps on every rank: the all-reduce is collective
+        if (n - n0) % cfg.train.log_every == 0 or n - n0 == 1:  # the same steps on every rank: collectives
             check_finite(first_bad, epoch)
             global_loss = float(all_reduce_mean(loss).item())  # the loss on the whole global batch
-            if not ctx.is_main:
-                continue
-            if check_skips is not None:
-                check_skips()
-            elapsed = time.perf_counter() - t_start
-            log({"epoch": epoch, "step": step, "train/loss": global_loss,
-                 **logit_scale_record(bare.loss),
-                 "train/lr": sched.get_last_lr()[0],
-                 "train/samples_per_s": n * cfg.train.batch_size / elapsed,
-                 "train/data_wait_share": t_wait / elapsed,
-                 "train/peak_mem_mb": peak_memory_mb(ctx.device)}, f"{n}/{steps_per_epoch}")
+            if skips is not None:
+                skips()
+            if ctx.is_main:
+                elapsed = time.perf_counter() - t_start
+                log({"epoch": epoch, "step": step, "train/loss": global_loss,
+                     **logit_scale_record(bare.loss),
+                     "train/lr": sched.get_last_lr()[0],
+                     "train/samples_per_s": (n - n0) * cfg.train.batch_size / elapsed,
+                     "train/data_wait_share": t_wait / elapsed,
+                     "train/peak_mem_mb": peak_memory_mb(ctx.device)}, f"{n}/{steps_per_epoch}")
+        if on_step is not None:
+            on_step(step, n, lambda: loss0 + float(all_reduce_mean(loss_sum).item()))
     check_finite(first_bad, epoch)
     # Workers hold equal shares, so the mean of their per-step means is the mean of the global-batch losses.
-    return step, (float(all_reduce_mean(loss_sum / n).item()) if n else float("nan")), n
-
-
-def skip_checker(ctx: WorkerContext, loop_cfg: dict, max_fraction: float):
-    """-> a callable that raises once the distinct unusable training samples exceed `max_fraction` of all
-    samples. Skips only grow, so crossing the line mid-epoch already decides the epoch's share."""
-    samples, counter = loop_cfg.get("samples", 0), loop_cfg.get("counter")
-    if counter is None or not samples:
-        return None
-
-    def check() -> int | None:
-        skipped = ctx.count_skipped(counter)
-        if skipped is None:
-            return None  # the counter is gone with its node: the check waits for one that answers
-        if skipped > max_fraction * samples:
-            raise ValueError(
-                f"{skipped} of {samples} training samples ({100 * skipped / samples:.1f}%) are unusable, more "
-                f"than data.max_skip_fraction={max_fraction}; see the reasons with `pipeline data inspect "
-                f"<data.train>`, fix or drop those shards, or raise data.max_skip_fraction")
-        return skipped
-
-    return check
+    total = loss0 + float(all_reduce_mean(loss_sum).item())
+    return step, (total / n if n else float("nan")), n
 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
@@ -238,11 +219,20 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if resume:
         checkpoint.load_weights(resume, model, loss, opt, sched)
         state = {"steps": [], **checkpoint.read_state(resume)}
+    in_epoch = state.pop("in_epoch", None)  # a mid-epoch checkpoint: where each worker stood in that epoch
+    if in_epoch and loop_cfg.get("drop_cursors"):  # other shards now (data.allow_changed_data): a new order
+        in_epoch["workers"] = [{"tally": w["tally"]} for w in in_epoch["workers"]]
+    state["data_shards"] = loop_cfg["shard_names"]  # what a mid-epoch resume checks the data against
+    state["layout"] = loop_cfg["layout"]
+    if in_epoch and len(in_epoch["workers"]) != ctx.world_size:
+        raise ValueError(f"{resume} stopped mid-epoch with {len(in_epoch['workers'])} workers; resume it with "
+                         f"scaling.num_workers={len(in_epoch['workers'])} (not {ctx.world_size}), or from an "
+                         "epoch-end checkpoint")
     if ctx.is_main:
         record_attempt(loop_cfg, state["epoch"], resume)
     objective = ctx.prepare_model(objective, cfg.scaling.ddp_bucket_cap_mb)
-    check_skips = skip_checker(ctx, loop_cfg, cfg.data.max_skip_fraction)
     steps_log: list[dict] = []  # per-step records travel in the checkpoint: rank 0 may be on any node
+    record = KeyRecord(loop_cfg, ctx.rank, resume) if cfg.run.record_keys else None
 
     def log(record: dict, progress: str) -> None:
         say(f"[train] epoch {record['epoch']}/{cfg.train.epochs} step {progress} loss {record['train/loss']:.4f} "
@@ -250,35 +240,67 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             f"data-wait {100 * record['train/data_wait_share']:.0f}% peak-mem {record['train/peak_mem_mb']:.0f} MB")
         steps_log.append(record)
 
+    def save(new_state: dict):
+        return lambda path: checkpoint.write_checkpoint(
+            path, model=model, loss=loss, optimizer=opt, scheduler=sched, tokenizer=tokenizer,
+            config=loop_cfg["config"], state=new_state)
+
+    def run_validation(where: str) -> dict:
+        val = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device, loss=loss)
+        say(f"[train] {where} val rsum {val['rsum']:.1f} i2t R@1 {val['i2t']['R@1']:.1f} "
+            f"t2i R@1 {val['t2i']['R@1']:.1f}")
+        return flat_metrics(val, "val")
+
     if state["epoch"] == 0 and ctx.is_main and not state["history"]:
         untrained = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device)
         state["history"].append({"epoch": 0, **flat_metrics(untrained, "val")})
         say(f"[train] untrained model: val rsum {untrained['rsum']:.1f}")
+    samples = state.get("samples", 0)
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
+        saved = in_epoch if in_epoch and in_epoch["epoch"] == epoch else None
+        in_epoch = None
+        batches = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch,
+                                saved["workers"][ctx.rank] if saved else None)
+
+        def on_step(step: int, n: int, loss_sum, epoch=epoch, batches=batches) -> None:
+            nonlocal state, steps_log
+            every_ck, every_val = cfg.run.checkpoint_every_steps, cfg.eval.every_steps
+            ck, val = bool(every_ck and step % every_ck == 0), bool(every_val and step % every_val == 0)
+            if not (ck or val):
+                return
+            workers = gather_objects(batches.state())  # collective: every rank is here on this step
+            mean = loss_sum() / n
+            mid = {"epoch": epoch - 1, "step": step, "train/loss": mean, "epoch_progress": round(n / steps_per_epoch, 4)}
+            if val and ctx.is_main:
+                mid |= run_validation(f"epoch {epoch} step {step}:")
+                state["history"] = state["history"] + [{**mid, "epoch": round(epoch - 1 + n / steps_per_epoch, 4)}]
+            new_state = {**state, "step": step, "steps": state["steps"] + steps_log,
+                         "in_epoch": {"epoch": epoch, "steps": n, "loss_sum": mean * n, "workers": workers}}
+            state, steps_log = {k: v for k, v in new_state.items() if k != "in_epoch"}, []
+            report = {**state.get("metrics", {}), **mid}  # the last epoch's metrics too: Tune's metric stays there
+            ctx.report(report, save(new_state) if ck else None,
+                       name=checkpoint.step_dir_name(epoch, step) if ck else None)
+
+        check = skip_check(lambda b=batches: b.tally, samples, cfg.data.max_skip_fraction)
         step, mean_loss, n = train_epoch(objective, opt, sched, ctx, cfg, epoch, state["step"], steps_per_epoch,
-                                         log, check_skips)
-        metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss,
-                   "data/samples_used": n * cfg.train.batch_size}
+                                         log, batches, (saved["steps"], saved["loss_sum"]) if saved else (0, 0.0),
+                                         on_step, check, record)
+        if check is not None:  # what the epoch's last steps read, checked too (collective, every rank raises)
+            check()
+        tallies = gather_objects(batches.tally.to_dict())
+        skips = SkipTally.merged(tallies)
+        metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss, "data/samples_used": n * cfg.train.batch_size,
+                   "data/skipped": skips.skipped_samples()}
+        if samples:  # usable samples no step took: the remainder of equal per-worker batches
+            metrics["data/dropped_remainder"] = samples - skips.skipped_samples() - n * cfg.train.batch_size
         if coverage:
             metrics["model/word_coverage"] = coverage["fraction"]
         if ctx.is_main:
-            if check_skips is not None:
-                skipped = check_skips()
-                # Usable samples that no step took: the remainder of equal per-worker batches (reshuffled,
-                # so a different few each epoch).
-                if skipped is not None:
-                    metrics["data/skipped"] = skipped
-                    metrics["data/dropped_remainder"] = state["samples"] - skipped - n * cfg.train.batch_size
-            val = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device, loss=loss)
-            metrics |= flat_metrics(val, "val")
-            say(f"[train] epoch {epoch}: loss {mean_loss:.4f} val rsum {val['rsum']:.1f} "
-                f"i2t R@1 {val['i2t']['R@1']:.1f} t2i R@1 {val['t2i']['R@1']:.1f}")
-        state = {**state, "epoch": epoch, "step": step, "metrics": metrics,
+            metrics |= run_validation(f"epoch {epoch}: loss {mean_loss:.4f}")
+        state = {**state, "epoch": epoch, "step": step, "metrics": metrics, "skips": skips.to_dict(),
                  "history": state["history"] + [metrics], "steps": state["steps"] + steps_log}
         steps_log = []
-        ctx.report(metrics, lambda path: checkpoint.write_checkpoint(
-            path, model=model, loss=loss, optimizer=opt, scheduler=sched, tokenizer=tokenizer,
-            config=loop_cfg["config"], state=state), name=checkpoint.epoch_dir_name(epoch))
+        ctx.report(metrics, save(state), name=checkpoint.epoch_dir_name(epoch))
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -293,37 +315,16 @@ class TrainResult:
     checkpoint: str
     metrics: dict
     history: list = field(default_factory=list)
-    data: dict = field(default_factory=dict)  # skipped sample keys by split and reason
+    data: dict = field(default_factory=dict)  # skipped samples by split and reason
     resumed_from: str | None = None
     attempts: int = 0  # worker-group starts in this launch: 1 plus the worker failures recovered from
+    examples: dict = field(default_factory=dict)  # a few skipped keys by split and reason
 
 
-def _prepare_data(cfg: TrainJobConfig, latest: str | None, init: str | None = None):
-    """(tokenizer, usable samples, all samples, train shards, val shards), before any training."""
-    from pipeline.data import ingest, vocabulary
-
-    train, val = ingest.resolve_shards(cfg.data.train, "data.train"), ingest.resolve_shards(cfg.data.val, "data.val")
-    if latest is not None:  # the vocabulary must be the one the weights were trained with
-        state = checkpoint.read_state(latest)
-        return checkpoint.read_tokenizer(latest), state["n_train"], state.get("samples", 0), train, val
-    builds = init is None and cfg.data.tokenizer != "pretrained"  # else the captions are only counted
-    with phase(f"{'vocabulary' if builds else 'caption'} pass over {len(train.paths)} training shards"):
-        scan = ingest.scan_training_data(train.paths, cfg.data)
-    if scan.usable < cfg.train.batch_size:
-        raise ValueError(f"data.train has {scan.usable} captioned samples, fewer than train.batch_size="
-                         f"{cfg.train.batch_size}; add data or lower the batch size")
-    if init is not None:  # the start weights' own ids
-        tokenizer = checkpoint.read_tokenizer(init)
-    elif cfg.data.tokenizer == "word":
-        tokenizer = scan.tokenizer
-    else:
-        tokenizer = vocabulary.make_tokenizer(cfg.data, cfg.model, scan.counts)
-    return tokenizer, scan.usable, scan.samples, train, val
-
-
-def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
+def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) -> TrainResult:
     """Train `cfg` on the connected Ray cluster; resumes when the run directory already has a checkpoint.
-    `callbacks` go to Ray Train's RunConfig (a Tune trial passes its TuneReportCallback)."""
+    `callbacks` go to Ray Train's RunConfig (a Tune trial passes its TuneReportCallback); `shared_scan`: a
+    sweep's vocabulary scan (`training_set.VocabularyScan`), which its trials share."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -345,9 +346,16 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
         if state["epoch"] >= cfg.train.epochs:
             print(f"[train] {cfg.run.name} already trained {state['epoch']} epochs: using {latest}")
             return TrainResult(run_dir, latest, state.get("metrics", {}), state.get("history", []), {}, latest)
-        print(f"[train] resuming {cfg.run.name} from {latest} (epoch {state['epoch']} of {cfg.train.epochs})")
-    tokenizer, n_train, samples, train_shards, val_shards = _prepare_data(cfg, latest, init)
-    print(f"[train] {n_train} training samples, {vocabulary.describe(tokenizer)}, "
+        where = (f"inside epoch {state['in_epoch']['epoch']} of {cfg.train.epochs}, at step {state['step']}"
+                 if state.get("in_epoch") else f"epoch {state['epoch']} of {cfg.train.epochs}")
+        print(f"[train] resuming {cfg.run.name} from {latest} ({where})")
+    data = training_set.prepare(cfg, latest, init, shared_scan)
+    tokenizer, n_train, train_shards, val_shards = data.tokenizer, data.n_train, data.train, data.val
+    names = list(shard_names(train_shards.paths).values())
+    drop_cursors = check_resume_data(cfg, latest, names)
+    for note in data.notes:
+        print(f"[data] {note}")
+    print(f"[train] {n_train} training samples ({_SOURCES[data.source]}), {vocabulary.describe(tokenizer)}, "
           f"{n_train // cfg.train.batch_size} steps/epoch on {cfg.scaling.num_workers} workers")
     if latest is None and (init or cfg.model.arch or cfg.model.image.weights or cfg.model.text.arch.startswith("hf:")):
         print(warm_start.describe(init, cfg))
@@ -361,11 +369,10 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
         if shards.missing:
             print(f"[data] {split}: {len(shards.missing)} shard(s) of the brace list are missing, skipped")
             counter.add_missing_shards.remote(split, shards.missing)
-    datasets = {"train": ingest.train_dataset(train_shards.paths, tokenizer, cfg.data, cfg.train.seed, counter),
-                "val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, counter,
+    # Training data is read by each worker itself (epoch_data): Ray Train only hands rank 0 the validation set.
+    datasets = {"val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, counter,
                                            view=transforms.image_view(cfg.data))}
-    for ds in datasets.values():  # bars drawn inside workers garble the progress lines; those stay
-        ds.context.enable_progress_bars = False
+    datasets["val"].context.enable_progress_bars = False  # bars drawn inside workers garble the progress lines
     fs, storage_path = storage.arrow_filesystem(run_dir)
     launch = uuid.uuid4().hex  # tells this launch's worker-group restarts from an earlier launch's
     trainer = TorchTrainer(
@@ -374,7 +381,10 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
         # Ray's own run snapshot, which lags behind a checkpoint that was uploaded just before a crash;
         # workers restarted after a failure look again (resume_point).
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer.to_dict(), "n_train": n_train,
-                           "samples": samples, "counter": counter, "resume_from": latest,
+                           "samples": data.samples, "resume_from": latest,
+                           "train_paths": [p if storage.is_remote(p) else os.path.abspath(p) for p in train_shards.paths],
+                           "shard_counts": {p if storage.is_remote(p) else os.path.abspath(p): n for p, n in data.shard_counts.items()}, "shard_names": names, "drop_cursors": drop_cursors,
+                           "layout": state_layout(latest, data.layout),
                            "run_dir": run_dir, "launch": launch, "config_changes": changes, "init_from": init},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -391,7 +401,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
                 controller_failure_limit=1 + math.ceil(cfg.scaling.resource_wait_s / START_TIMEOUT_S)),
             callbacks=callbacks or []),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     try:
         trainer.fit()
@@ -407,5 +417,15 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None) -> TrainResult:
     if attempts > 1:
         print(f"[train] recovered from {attempts - 1} worker failure(s) (run.max_failures="
               f"{cfg.run.max_failures}); each restart resumed from the last checkpoint")
+    train_skips = SkipTally.from_dict(state.get("skips"))
+    if train_shards.missing:
+        train_skips.add("missing_shard", train_shards.missing)
+    skips = {"train": train_skips} | {split: SkipTally.from_keys(by) for split, by in ingest.read_skips(counter).items()
+                                      if split != "train"}
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
-                       ingest.read_skips(counter), latest, attempts)
+                       {split: t.counts for split, t in skips.items() if t.counts}, latest, attempts,
+                       {split: t.examples for split, t in skips.items() if t.counts})
+
+
+_SOURCES = {"stats": "img2dataset stats", "parquet": "Parquet footers", "num_samples": "data.num_samples",
+            "pass": "counted", "checkpoint": "as the checkpoint planned"}

@@ -58,8 +58,9 @@ def _search_space(studies: list[sweep.Study], points: list[tuple[str, dict]]) ->
     return space
 
 
-def make_trainable(cfg: RunJobConfig, trials_root: str):
-    """The function trainable: one trial = its overrides on the recipe -> `train.run` with Tune reporting."""
+def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None):
+    """The function trainable: one trial = its overrides on the recipe -> `train.run` with Tune reporting.
+    `shared_scan`: an object ref to the sweep's vocabulary scan (`training_set.scan_for_sweep`)."""
     from pipeline.data.ingest import absolute_spec
 
     base_raw = to_dict(narrow(cfg, TrainJobConfig))
@@ -83,7 +84,10 @@ def make_trainable(cfg: RunJobConfig, trials_root: str):
         # A trial's run directory is named after its id: a resumed sweep finds the trial's checkpoints.
         over |= {"run.storage_path": trials_root, "run.name": tune.get_context().get_trial_id()}
         trial_cfg = build(TrainJobConfig, apply_overrides(base_raw, over, TrainJobConfig))
-        train.run(trial_cfg, callbacks=[TuneReportCallback()])
+        import ray
+
+        train.run(trial_cfg, callbacks=[TuneReportCallback()],
+                  shared_scan=ray.get(shared_scan) if shared_scan is not None else None)
 
     return trial
 
@@ -104,7 +108,11 @@ def run(cfg: RunJobConfig) -> SweepResult:
     print(f"[tune] {n_trials} trials ({len(points)} grid points x {cfg.tune.num_samples} samples) in "
           f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, {concurrency} at a time, "
           f"scheduler {cfg.tune.scheduler}, ranked on {cfg.tune.metric} ({cfg.tune.mode})")
-    trainable = tune.with_resources(make_trainable(cfg, storage.join(sweep_dir, "trials")), {"cpu": 0.01})
+    from pipeline.data.training_set import scan_for_sweep
+
+    scan = scan_for_sweep(cfg)  # once for every trial: the captions are read once per sweep, not per trial
+    shared = ray.put(scan) if scan is not None else None
+    trainable = tune.with_resources(make_trainable(cfg, storage.join(sweep_dir, "trials"), shared), {"cpu": 0.01})
     fs, path = storage.arrow_filesystem(sweep_dir)
     tune_root, tune_name = path.rsplit("/", 1)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):

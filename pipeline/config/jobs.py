@@ -17,6 +17,7 @@ class TrainJobConfig:
     scaling: ScalingConfig = _f(ScalingConfig(), "Ray Train scaling")
     run: RunConfig = _f(RunConfig(), "run directory")
     storage: StorageConfig = _f(StorageConfig(), "S3 endpoint for s3:// data and run directories")
+    eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
 
     def __post_init__(self) -> None:
         _check(bool(self.data.train), "data.train is empty; set it to a shard path, glob or directory")
@@ -53,7 +54,6 @@ class TrainJobConfig:
 
 @dataclass(frozen=True)
 class RunJobConfig(TrainJobConfig):
-    eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
     index: IndexConfig = _f(IndexConfig(), "FAISS index over the gallery")
     tune: SweepConfig = _f(SweepConfig(), "sweeps with Ray Tune (`pipeline tune`, or `pipeline run` with tune.enabled)")
     cca: CCAConfig = _f(CCAConfig(), "CCA baselines (`pipeline cca`, or `pipeline run` with cca.enabled)")

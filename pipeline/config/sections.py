@@ -48,9 +48,21 @@ class DataConfig:
                                 "epoch and rank; 0 turns it off")
     max_skip_fraction: float = _f(0.05, "fail the run when more than this share of training samples is "
                                         "unusable (corrupt, empty, undecodable); failed downloads do not count")
+    num_samples: int = _f(0, "training samples, for shards that carry no count of their own (img2dataset's "
+                             "*_stats.json, Parquet footers); 0: counted by a pass over the captions")
+    vocab_scan_samples: int = _f(1_000_000, "data.tokenizer=word|bpe: the vocabulary is learnt from the captions of "
+                                            "this many training samples (shards in a seeded order); 0: all of them")
+    readers_per_worker: int = _f(2, "shards a training worker needs of its own to keep several decode tasks "
+                                    "busy; with fewer than scaling.num_workers x this, every worker reads every "
+                                    "shard and keeps its own rows")
+    allow_changed_data: bool = _f(False, "resume mid-epoch although data.train now matches other shards than the "
+                                         "checkpoint's (the epoch's order is then a new one)")
     synth: SynthConfig = _f(SynthConfig(), "synthetic demo data")
 
     def __post_init__(self) -> None:
+        _check(self.num_samples >= 0 and self.vocab_scan_samples >= 0,
+               "data.num_samples and data.vocab_scan_samples must be >= 0")
+        _check(self.readers_per_worker >= 1, "data.readers_per_worker must be at least 1")
         _check(self.image_size >= 16, f"data.image_size={self.image_size} is too small; use 16 or more")
         _check(0.1 <= self.crop_scale_min <= 1.0, "data.crop_scale_min must lie in [0.1, 1]")
         _check(self.max_tokens >= 2, "data.max_tokens must be at least 2")
@@ -279,6 +291,10 @@ class RunConfig:
                               "workers from the last checkpoint; 0: fail at once, -1: no limit")
     allow_config_change: bool = _f(False, "resume a run even though model-, loss- or data-shaping keys differ "
                                           "from its checkpoint's (the differences go into attempts.jsonl)")
+    record_keys: bool = _f(False, "every worker writes the keys each step trained to <run_dir>/keys/rank<r>.jsonl "
+                                  "(local run directories; to audit that a resumed epoch lost and repeated nothing)")
+    checkpoint_every_steps: int = _f(0, "also checkpoint every this many training steps, mid-epoch; a resumed "
+                                        "run continues the epoch where the checkpoint left it; 0: epoch ends only")
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()) and "/" not in self.name and "\\" not in self.name
@@ -287,6 +303,7 @@ class RunConfig:
                "<run.storage_path>/<run.name>")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints must be at least 1")
         _check(self.max_failures >= -1, "run.max_failures must be >= -1 (-1: no limit)")
+        _check(self.checkpoint_every_steps >= 0, "run.checkpoint_every_steps must be >= 0 (0: at epoch ends only)")
 
     def run_dir(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
@@ -311,6 +328,7 @@ class EvalConfig:
     ks: list = _f([1, 5, 10], "K values of Recall@K")
     chunk_size: int = _f(1024, "query rows scored at once; bounds evaluation memory")
     examples: int = _f(5, "example queries shown in the report")
+    every_steps: int = _f(0, "training also validates every this many steps (rank 0); 0: at epoch ends only")
 
     def __post_init__(self) -> None:
         _check(bool(self.ks) and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.ks),
@@ -319,6 +337,7 @@ class EvalConfig:
         _check(self.chunk_size >= 1, f"eval.chunk_size={self.chunk_size} must be at least 1 (query rows scored "
                                      "at once)")
         _check(self.examples >= 0, f"eval.examples={self.examples} must be >= 0")
+        _check(self.every_steps >= 0, f"eval.every_steps={self.every_steps} must be >= 0")
 
 
 

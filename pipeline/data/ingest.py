@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.data import transforms
@@ -259,6 +260,53 @@ def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, c
 
     ds = _read(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block, fuse=True)
     return ds.map_batches(prepare, batch_size=128, batch_format="numpy")
+
+
+def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, epoch: int,
+                        cursor=None, cpus: float | None = None):
+    """One training worker's epoch (`epoch_plan.WorkerShare`), in position order, from `cursor` on: the
+    prepared sample rows {'key', 'image' (3,S,S) uint8, 'tokens' (L,), 'pos', 'tally': ''} and after each
+    prepared batch a tally row ('tally': JSON of the positions it covered and its skips; see `batcher`).
+    `cpus`: the share of the cluster's CPUs this worker's reads and decodes may hold at once. None when the
+    cursor is past every shard of the share."""
+    import json
+
+    import ray.data
+
+    from pipeline.data.epoch_plan import RowFilter
+    from pipeline.data.skips import SkipTally
+
+    size, augment, scale_min = data_cfg.image_size, data_cfg.augment, data_cfg.crop_scale_min
+    view = transforms.image_view(data_cfg)
+    first = cursor.first_shard() if cursor is not None else 0
+    index = {p: i for i, p in enumerate(share.shards)}
+    paths = share.shards[first:]
+    if not paths:
+        return None
+
+    def prepare(batch):
+        out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min, view)
+        tally = SkipTally()
+        tally.add_keys(skips)
+        pos = np.asarray(batch["pos"], dtype=np.int64)
+        mark = json.dumps({"first": int(pos.min()), "last": int(pos.max()), **tally.to_dict()})
+        n = len(out["key"])
+        return {"key": np.append(out["key"], ""),
+                "image": np.concatenate([out["image"], np.zeros((1, 3, size, size), np.uint8)]),
+                "tokens": np.concatenate([out["tokens"], np.zeros((1, tokenizer.max_tokens), np.int64)]),
+                "pos": np.append(out["pos"], pos.max()),
+                "tally": np.array([""] * n + [mark], dtype=object)}
+
+    source = make_source(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block, epoch=epoch,
+                         names_of=all_paths, shard_index=index, row_filter=RowFilter.of(share, cursor))
+    ds = ray.data.read_datasource(source, override_num_blocks=len(paths)).map_batches(
+        prepare, batch_size=128, batch_format="numpy")
+    options = ds.context.execution_options
+    options.preserve_order = True  # positions must arrive in order (see batcher)
+    if cpus:
+        options.resource_limits = options.resource_limits.copy(cpu=cpus)
+    ds.context.enable_progress_bars = False
+    return ds
 
 
 def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "val",

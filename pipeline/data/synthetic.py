@@ -125,6 +125,9 @@ def write_split(out: Path, n: int, seed: int, split_id: int, shard_size: int = 1
                 _add(tar, f"{key}.txt", caps[0].encode())
                 _add(tar, f"{key}.json", json.dumps(meta).encode())
         tmp.replace(path)  # a half-written shard never carries the final name
+        n_shard = min(n, (shard + 1) * shard_size) - shard * shard_size
+        stats = {"count": n_shard, "successes": n_shard, "failed_to_download": 0, "failed_to_resize": 0}
+        (out / f"{shard:05d}_stats.json").write_text(json.dumps(stats, indent=4) + "\n")  # as img2dataset's
         paths.append(path)
     return paths
 

@@ -208,13 +208,14 @@ def prepare_train_batch(
     """Rows -> {'key', 'image': (n,3,S,S) uint8, 'tokens': (n,L) int64}: one caption per image, crop,
     brightness and caption drawn from the row's seed (so the same epoch gives the same views); plus the
     keys of skipped samples by reason."""
-    keys, images, captions, skips = [], [], [], {}
-    for key, raw, txt, meta, problem, seed in iter_samples(batch):
+    keys, images, captions, kept, skips = [], [], [], [], {}
+    for i, (key, raw, txt, meta, problem, seed) in enumerate(iter_samples(batch)):
         caps, why = parse_captions(txt, meta)
         img = decode_or_skip(key, raw, problem, why, skips, min_side=size)
         if img is None:
             continue
         rng = np.random.default_rng(seed)
+        kept.append(i)
         keys.append(key)
         images.append(augment_image(img, size, scale_min, rng, interpolation=view[0]) if augment
                       else resize_image(img, size, *view))
@@ -224,6 +225,8 @@ def prepare_train_batch(
         "image": np.stack(images) if images else np.zeros((0, 3, size, size), np.uint8),
         "tokens": tokenizer.encode_batch(captions) if captions else np.zeros((0, tokenizer.max_tokens), np.int64),
     }
+    if "pos" in batch:  # a worker's own epoch stream: the rows' positions travel with them (epoch_plan)
+        out["pos"] = np.asarray(batch["pos"], dtype=np.int64)[kept]
     return out, skips
 
 

@@ -57,7 +57,7 @@ def _run_epoch(poison=None, n_batches: int = 5, poison_at: int = 1):
         ctx = FakeContext(n_batches)
     records = []
     out = train_epoch(objective, opt, sched, ctx, cfg, epoch=1, step=0, steps_per_epoch=n_batches,
-                      log=lambda r, p: records.append(r))
+                      log=lambda r, p: records.append(r), batches=ctx.shard.iter_batches())
     return out, records
 
 

@@ -1,0 +1,87 @@
+"""A training worker's batches from its own epoch stream, with the bookkeeping an exact resume needs.
+
+The stream (see `ingest.train_epoch_dataset`) is Ray Data's prepared blocks in position order: sample rows,
+and after each prepared batch one tally row {"first", "last", "counts", "examples"} that says which
+positions that batch covered and which of them were skipped. The batcher
+- cuts equal local batches (the last partial one is dropped), optionally drawn from a seeded shuffle buffer;
+- keeps the `Cursor` (`epoch_plan`): a sample is done once the step that trained it has run
+  (`mark_trained`), a prepared batch's skipped rows once its tally row has been read;
+- sums the tally rows into a `SkipTally`, so skips are counted where the data is consumed, with no actor.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from pipeline.data.epoch_plan import Cursor
+from pipeline.data.skips import SkipTally
+
+SAMPLE_COLUMNS = ("key", "image", "tokens", "pos")
+
+
+class EpochBatcher:
+    def __init__(self, blocks: Iterable[dict], batch_size: int, buffer: int = 0,
+                 rng: np.random.Generator | None = None, cursor: Cursor | None = None,
+                 tally: SkipTally | None = None):
+        self.blocks, self.batch_size, self.buffer = blocks, batch_size, buffer
+        self.rng = rng or np.random.default_rng(0)
+        self.cursor = cursor or Cursor()
+        self.tally = tally or SkipTally()
+        self.pool: dict[str, np.ndarray] | None = None  # pulled, untrained sample rows (all pending)
+
+    def __iter__(self) -> Iterator[dict]:
+        for block in self.blocks:
+            self._take(block)
+            while self._size() >= max(self.buffer, self.batch_size):
+                yield self._draw()
+        while self._size() >= self.batch_size:
+            yield self._draw()
+
+    def mark_trained(self, pos: np.ndarray) -> None:
+        """After the step that trained the batch with these positions."""
+        for p in map(int, pos):
+            self.cursor.pending.discard(p)
+            if p >= self.cursor.next:
+                self.cursor.done.add(p)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps for this worker (pending rows at or past `next` are read again anyway)."""
+        c = self.cursor
+        return {"cursor": Cursor(c.next, {p for p in c.pending if p < c.next}, set(c.done)).to_dict(),
+                "tally": self.tally.to_dict()}
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _size(self) -> int:
+        return 0 if self.pool is None else len(self.pool["pos"])
+
+    def _take(self, block: dict) -> None:
+        marks = np.asarray([bool(t) for t in block["tally"]], dtype=bool)
+        samples = {c: np.asarray(block[c])[~marks] for c in SAMPLE_COLUMNS}
+        if len(samples["pos"]):
+            self.cursor.pending.update(map(int, samples["pos"]))
+            self.pool = samples if self.pool is None else {
+                c: np.concatenate([self.pool[c], samples[c]]) for c in SAMPLE_COLUMNS}
+        for t in np.asarray(block["tally"])[marks]:  # after the block's samples: they come first in the stream
+            self._close(json.loads(t))
+
+    def _close(self, tally: dict) -> None:
+        """A prepared batch is over: its skips are counted, and the cursor moves past it."""
+        self.tally.merge(SkipTally.from_dict(tally))
+        last = int(tally["last"])
+        c = self.cursor
+        c.next = max(c.next, last + 1)
+        c.done = {p for p in c.done if p > last}
+
+    def _draw(self) -> dict:
+        n = self._size()
+        if self.buffer:
+            pick = np.zeros(n, dtype=bool)
+            pick[self.rng.choice(n, self.batch_size, replace=False)] = True
+        else:
+            pick = np.arange(n) < self.batch_size
+        out = {c: self.pool[c][pick] for c in SAMPLE_COLUMNS}
+        self.pool = {c: self.pool[c][~pick] for c in SAMPLE_COLUMNS}
+        return out

@@ -1,0 +1,107 @@
+"""A training worker's data for one epoch: its own seeded share of the shards (`data.epoch_plan`), read and
+prepared by Ray Data in position order (`ingest.train_epoch_dataset`), cut into local batches that keep the
+cursor a mid-epoch checkpoint needs (`data.batcher`), and moved to the device.
+
+Each worker runs its own Ray Data pipeline instead of taking blocks from a streaming split: what a worker
+trains is then a function of (seed, epoch, rank, shard list), so a checkpoint can say where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.data.batcher import EpochBatcher
+from pipeline.data.epoch_plan import Cursor, worker_share
+from pipeline.data.skips import SkipTally
+from pipeline.distributed import all_reduce_sum
+
+
+def to_device(batches, device: torch.device, channels_last: bool = False):
+    """numpy batches -> {'key', 'pos' (numpy or None), 'image': (b,3,S,S) uint8, 'tokens': (b,L) int64} on the
+    device; pinned host memory on GPU lets the copy overlap the previous step."""
+    if device.type == "cuda":
+        to = lambda a: torch.from_numpy(a).pin_memory().to(device, non_blocking=True)  # noqa: E731
+    else:
+        to = torch.from_numpy
+    fmt = torch.channels_last if device.type == "cuda" and channels_last else torch.contiguous_format
+    for batch in batches:
+        yield {"key": batch["key"], "pos": batch.get("pos"),
+               "image": to(np.ascontiguousarray(batch["image"])).contiguous(memory_format=fmt),
+               "tokens": to(np.ascontiguousarray(batch["tokens"]))}
+
+
+def iterate_epoch(shard, cfg, device, epoch: int, rank: int):
+    """Batches from a Ray Data iterator (a whole dataset or a streaming-split shard, as the benchmarks use):
+    equal-sized local batches, the last partial one dropped, prefetched while the previous step runs."""
+    buffer = cfg.data.shuffle_buffer
+    yield from to_device(shard.iter_batches(
+        batch_size=cfg.local_batch_size(), drop_last=True, batch_format="numpy", prefetch_batches=4,
+        local_shuffle_buffer_size=buffer or None,
+        local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch * 1_009 + rank) % 2**31 if buffer else None),
+        device, cfg.train.channels_last)
+
+
+def data_cpus(cfg) -> float | None:
+    """The CPUs one worker's reads and decodes may hold at once: the cluster's CPUs beyond the training
+    workers', shared between the workers (each runs its own Ray Data pipeline; unbounded, the first to start
+    would take every slot). None outside a Ray cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    total = float(ray.cluster_resources().get("CPU", 0))
+    n = cfg.scaling.num_workers
+    return max(1.0, (total - n * cfg.scaling.cpus_per_worker) / n)
+
+
+def epoch_batches(loop_cfg: dict, cfg, rank: int, world: int, tokenizer, epoch: int,
+                  saved: dict | None = None) -> EpochBatcher:
+    """This worker's batches for `epoch`, from where `saved` (its part of a mid-epoch checkpoint) left off."""
+    from pipeline.data import ingest
+
+    paths = loop_cfg["train_paths"]
+    share = worker_share(paths, loop_cfg.get("shard_counts"), world, rank, loop_cfg["layout"], cfg.train.seed, epoch)
+    cursor = Cursor.from_dict(saved["cursor"]) if saved and "cursor" in saved else None
+    ds = ingest.train_epoch_dataset(share, paths, tokenizer, cfg.data, cfg.train.seed, epoch, cursor,
+                                    data_cpus(cfg))
+    blocks = [] if ds is None else ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=4)
+    rng = np.random.default_rng([cfg.train.seed, epoch, rank, cursor.next if cursor else 0])
+    return EpochBatcher(blocks, cfg.local_batch_size(), cfg.data.shuffle_buffer, rng, cursor,
+                        SkipTally.from_dict(saved["tally"]) if saved else None)
+
+
+def skip_check(tally_of, samples: int, max_fraction: float):
+    """-> a collective callable: the unusable training samples of this epoch on all workers so far (each
+    worker's `tally_of()` counts its own), raising on every rank once they exceed `max_fraction` of
+    `samples`. Skips only grow, so crossing the line mid-epoch already decides the epoch's share."""
+    if not samples:
+        return None
+
+    def check() -> int:
+        skipped = all_reduce_sum(tally_of().skipped_samples())
+        if skipped > max_fraction * samples:
+            raise ValueError(
+                f"{skipped} of {samples} training samples ({100 * skipped / samples:.1f}%) are unusable, more "
+                f"than data.max_skip_fraction={max_fraction}; see the reasons with `pipeline data inspect "
+                f"<data.train>`, fix or drop those shards, or raise data.max_skip_fraction")
+        return skipped
+
+    return check
+
+
+class KeyRecord:
+    """run.record_keys: every worker appends the keys each step trained to <run_dir>/keys/rank<r>.jsonl, with
+    the checkpoint it started from, so a resumed run can be checked for samples lost or trained twice."""
+
+    def __init__(self, loop_cfg: dict, rank: int, resumed_from: str | None):
+        self.path = Path(loop_cfg["run_dir"]) / "keys" / f"rank{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.start = resumed_from
+
+    def __call__(self, epoch: int, step: int, keys) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"start": self.start, "epoch": epoch, "step": step, "keys": [str(k) for k in keys]})
+                    + "\n")

@@ -1,0 +1,129 @@
+"""A run stopped mid-epoch, by a killed driver or a killed worker, resumes from its last step checkpoint and
+trains every usable sample of each epoch exactly once (none lost, none twice), ending at the step count of an
+uninterrupted run. Every worker records the keys of each step it trained (run.record_keys)."""
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from tests import faults
+
+from .conftest import smoke_args
+from .test_worker_failure import _train, _train_workers, _wait_for_workers
+
+SHARDS, GOOD, BAD, BATCH, EPOCHS, EVERY = 8, 48, 3, 16, 2, 5
+STEPS = EPOCHS * SHARDS * GOOD // BATCH  # 2 workers x 4 shards x 48 usable = 24 steps an epoch
+
+
+@pytest.fixture(scope="module")
+def even_data(tmp_path_factory):
+    """8 shards of 48 good samples and 3 corrupt ones each: dealt 4 to a worker, every worker holds a whole
+    number of batches, so an uninterrupted epoch trains every usable sample."""
+    out = tmp_path_factory.mktemp("even_data")
+    image = faults.encode(faults.good_image(0, size=40))
+    usable = set()
+    for s in range(SHARDS):
+        members = []
+        for j in range(GOOD + BAD):
+            key = f"{s:02d}{j:04d}"
+            members += [(f"{key}.jpg", image if j % 17 else b"not an image"), (f"{key}.txt", f"a red square {j}".encode())]
+        faults.write_tar(out / "train" / f"{s:05d}.tar", members)
+        usable |= {f"{s:05d}.tar/{s:02d}{j:04d}" for j in range(GOOD + BAD) if j % 17}
+    faults.write_tar(out / "val" / "00000.tar", [(f"v{j}.{e}", d) for j in range(32) for e, d in
+                                                 (("jpg", image), ("txt", b"a red square"))])
+    assert len(usable) == SHARDS * GOOD
+    return out, usable
+
+
+def _args(data: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return [*smoke_args(data, tmp_path, name), "--set", f"data.train={data}/train", "--set", f"data.val={data}/val",
+            "--set", f"train.epochs={EPOCHS}", "--set", f"train.batch_size={BATCH}", "--set", "train.log_every=6",
+            "--set", f"run.checkpoint_every_steps={EVERY}", "--set", "run.keep_checkpoints=30",
+            "--set", "run.record_keys=true", "--set", "data.max_skip_fraction=0.1", *extra]
+
+
+def _wait_for_step_checkpoint(run_dir: Path, proc, log: Path, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any((p / "state.json").exists() for p in (run_dir / "checkpoints").glob("epoch_0000_step_*")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no mid-epoch checkpoint (driver exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+
+
+def _effective(run_dir: Path) -> tuple[dict[int, Counter], list[str], int]:
+    """Keys trained per epoch by the steps that count: an attempt's steps after the checkpoint the next attempt
+    resumed from were trained again by that attempt. -> (epoch -> key counts, the resume points, last step)."""
+    per_epoch: dict[int, Counter] = {}
+    starts, last = [], 0
+    for f in sorted((run_dir / "keys").glob("rank*.jsonl")):
+        lines = [json.loads(x) for x in f.read_text().splitlines()]
+        attempts: list[list[dict]] = []
+        for r in lines:
+            if not attempts or attempts[-1][0]["start"] != r["start"]:
+                attempts.append([])
+            attempts[-1].append(r)
+        for i, att in enumerate(attempts):
+            until = (json.loads((Path(attempts[i + 1][0]["start"]) / "state.json").read_text())["step"]
+                     if i + 1 < len(attempts) else float("inf"))
+            for r in att:
+                if r["step"] <= until:
+                    per_epoch.setdefault(r["epoch"], Counter()).update(r["keys"])
+                    last = max(last, r["step"])
+        starts += [a[0]["start"] for a in attempts[1:]]
+    return per_epoch, starts, last
+
+
+def _check_exactly_once(run_dir: Path, usable: set[str]) -> list[str]:
+    per_epoch, starts, last = _effective(run_dir)
+    assert sorted(per_epoch) == list(range(1, EPOCHS + 1))
+    for epoch, seen in per_epoch.items():
+        twice = [k for k, n in seen.items() if n > 1]
+        assert not twice, f"epoch {epoch}: {len(twice)} samples trained twice, e.g. {twice[:3]}"
+        lost = usable - set(seen)
+        assert not lost, f"epoch {epoch}: {len(lost)} usable samples never trained, e.g. {sorted(lost)[:3]}"
+        assert set(seen) <= usable
+    assert last == STEPS
+    final = json.loads((run_dir / "checkpoints" / f"epoch_{EPOCHS:04d}" / "state.json").read_text())
+    assert final["step"] == STEPS and final["metrics"]["data/skipped"] == SHARDS * BAD
+    assert final["skips"]["counts"] == {"corrupt_image": SHARDS * BAD}  # counted once, though read twice
+    return starts
+
+
+def test_a_killed_driver_resumes_mid_epoch_exactly(ray_cluster, even_data, tmp_path, capsys):
+    data, usable = even_data
+    args = _args(data, tmp_path, "driver")
+    log = tmp_path / "driver.log"
+    proc = _train(args, ray_cluster, log)
+    run_dir = tmp_path / "driver"
+    _wait_for_step_checkpoint(run_dir, proc, log)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "checkpoints" / "epoch_0001").exists(), "the kill came too late: epoch 1 was over"
+    assert main(["train", *args]) == 0
+    assert "resuming driver from" in capsys.readouterr().out
+    starts = _check_exactly_once(run_dir, usable)
+    assert starts and all("_step_" in s for s in starts[:1]), starts  # it resumed inside epoch 1
+
+
+def test_a_killed_worker_resumes_mid_epoch_exactly(ray_cluster, even_data, tmp_path):
+    data, usable = even_data
+    log = tmp_path / "worker.log"
+    proc = _train(_args(data, tmp_path, "worker", "--set", "run.max_failures=1"), ray_cluster, log)
+    run_dir = tmp_path / "worker"
+    try:
+        workers = _wait_for_workers(2, proc, log)
+        _wait_for_step_checkpoint(run_dir, proc, log)
+        victim = next(pid for pid in _train_workers() if pid in workers)
+        os.kill(victim, signal.SIGKILL)
+        assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    starts = _check_exactly_once(run_dir, usable)
+    assert starts and "_step_" in starts[0], starts  # the restarted workers went on from a step checkpoint
