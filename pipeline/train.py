@@ -268,7 +268,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             ck, val = bool(every_ck and step % every_ck == 0), bool(every_val and step % every_val == 0)
             if not (ck or val):
                 return
-            workers = gather_objects(batches.state())  # collective: every rank is here on this step
+            workers = gather_objects(batches.state()) if ck else None  # collective: every rank is on this step
             mean = loss_sum() / n
             mid = {"epoch": epoch - 1, "step": step, "train/loss": mean, "epoch_progress": round(n / steps_per_epoch, 4)}
             if val and ctx.is_main:
@@ -335,6 +335,9 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     check_resources(cfg.scaling)  # before any pass over the data: a request that cannot fit would wait forever
     run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
+    if cfg.run.record_keys and storage.is_remote(run_dir):
+        raise ValueError(f"run.record_keys writes to a local run directory, not {run_dir}; set run.storage_path to "
+                         "a local folder or turn run.record_keys off")
     resolved, init = warm_start.resolve(narrow(cfg, TrainJobConfig))
     full = to_dict(cfg) | to_dict(resolved)
     cfg = resolved  # a RunJobConfig's extra sections stay on the driver
