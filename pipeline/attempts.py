@@ -93,6 +93,10 @@ def state_layout(latest: str | None, chosen: str) -> str:
     return (checkpoint.read_state(latest).get("layout") or chosen) if latest else chosen
 
 
+def _weights(train) -> list[float]:
+    return [float(src.get("weight", 1.0)) for src in train] if isinstance(train, list) else [1.0]
+
+
 def check_resume_data(cfg: TrainJobConfig, latest: str | None, names: list[str]) -> bool:
     """A mid-epoch checkpoint's cursors index the epoch order dealt from its shard list: resuming over other
     shards would lose and repeat samples. -> True when they differ and data.allow_changed_data lets the
@@ -104,12 +108,17 @@ def check_resume_data(cfg: TrainJobConfig, latest: str | None, names: list[str])
     if not state.get("in_epoch") or old is None:
         return False
     saved = checkpoint.read_config(latest)
-    for key, now in (("train.seed", cfg.train.seed), ("data.shuffle_block", cfg.data.shuffle_block)):
-        section, name = key.split(".")
-        was = saved.get(section, {}).get(name, now)
-        if was != now:  # the cursors are positions in the order these two make
-            raise ValueError(f"{latest} stopped mid-epoch with {key}={was}; resume it with {key}={was} (not {now}), "
-                             "or from an epoch-end checkpoint")
+    was = lambda section, name, now: saved.get(section, {}).get(name, now)  # noqa: E731
+    # The cursors are positions in the order these make (a resampled epoch's draws, too).
+    for key, before, now in (
+            ("train.seed", was("train", "seed", cfg.train.seed), cfg.train.seed),
+            ("data.shuffle_block", was("data", "shuffle_block", cfg.data.shuffle_block), cfg.data.shuffle_block),
+            ("data.sampling", was("data", "sampling", "epoch"), cfg.data.sampling),
+            ("train.samples_per_epoch", was("train", "samples_per_epoch", 0), cfg.train.samples_per_epoch),
+            ("data.train's weights", _weights(was("data", "train", "")), _weights(cfg.data.train))):
+        if before != now:
+            raise ValueError(f"{latest} stopped mid-epoch with {key}={before}; resume it with {key}={before} (not "
+                             f"{now}), or from an epoch-end checkpoint")
     diff = shard_list_changes(old, names)
     if not diff:
         return False

@@ -118,7 +118,7 @@ def fit(cfg, tokenizer: Tokenizer | None = None, counter=None) -> Fitted:
 
     t0 = time.time()
     c = cfg.cca
-    paths = expand_paths(cfg.data.train, "data.train")
+    paths = expand_paths(cfg.data.train_spec, "data.train")
     features = build_featurizer(cfg, tokenizer, paths)
     if c.kind == "kernel":
         fit_kernel_maps(paths, features, cfg.data.image_size, c.sample)

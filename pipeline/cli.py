@@ -330,7 +330,9 @@ def _preflight(cfg, splits=("train", "val"), writes=None) -> None:
     from pipeline.end_to_end import ensure_data
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    specs = {f"data.{s}": getattr(cfg.data, s) for s in splits}
+    specs = {f"data.{s}": getattr(cfg.data, s) for s in splits if s != "train" or not isinstance(cfg.data.train, list)}
+    if "train" in splits and isinstance(cfg.data.train, list):  # each source checked under its own name
+        specs = {f"data.train[{i}] ({s['name']})": s["path"] for i, s in enumerate(cfg.data.train)} | specs
     for key, spec in specs.items():
         for part in _remote_parts(spec):
             storage.check_access(part, key)

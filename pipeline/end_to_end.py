@@ -34,7 +34,7 @@ def ensure_data(cfg: RunJobConfig) -> None:
     if not s.enabled:
         return
     missing = []
-    for split, spec in (("train", cfg.data.train), ("val", cfg.data.val)):
+    for split, spec in (("train", cfg.data.train_spec), ("val", cfg.data.val)):
         try:
             expand_paths(spec, f"data.{split}")
         except ConfigError:

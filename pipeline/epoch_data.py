@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.data.batcher import EpochBatcher
-from pipeline.data.epoch_plan import Cursor, worker_share
+from pipeline.data.epoch_plan import Cursor, Resampling, worker_share
 from pipeline.data.skips import SkipTally
 from pipeline.distributed import all_reduce_sum
 
@@ -63,14 +63,18 @@ def epoch_batches(loop_cfg: dict, cfg, rank: int, world: int, tokenizer, epoch: 
     from pipeline.data import ingest
 
     paths = loop_cfg["train_paths"]
-    share = worker_share(paths, loop_cfg.get("shard_counts"), world, rank, loop_cfg["layout"], cfg.train.seed, epoch)
+    share = worker_share(paths, loop_cfg.get("shard_counts"), world, rank, loop_cfg["layout"], cfg.train.seed, epoch,
+                         Resampling.from_dict(loop_cfg.get("resampling")))
+    source_of = dict(zip(paths, loop_cfg.get("shard_sources") or [0] * len(paths)))
     cursor = Cursor.from_dict(saved["cursor"]) if saved and "cursor" in saved else None
     ds = ingest.train_epoch_dataset(share, paths, tokenizer, cfg.data, cfg.train.seed, epoch, cursor,
                                     data_cpus(cfg))
     blocks = [] if ds is None else ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=4)
     rng = np.random.default_rng([cfg.train.seed, epoch, rank, cursor.next if cursor else 0])
     return EpochBatcher(blocks, cfg.local_batch_size(), cfg.data.shuffle_buffer, rng, cursor,
-                        SkipTally.from_dict(saved["tally"]) if saved else None)
+                        SkipTally.from_dict(saved["tally"]) if saved else None,
+                        [source_of[p] for p in share.shards], len(cfg.data.sources()),
+                        saved.get("mix") if saved else None)
 
 
 def skip_check(tally_of, samples: int, max_fraction: float):

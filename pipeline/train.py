@@ -23,6 +23,7 @@ from pipeline.config import TrainJobConfig, build, narrow, to_dict
 from pipeline.console import say
 from pipeline.data import training_set, transforms, vocabulary
 from pipeline.data.shards import shard_names
+from pipeline.data.epoch_plan import describe_mix, mix_metrics, mix_targets
 from pipeline.data.skips import SkipTally
 from pipeline.data.subword import tokenizer_from_dict
 from pipeline.data.tokenizer import Tokenizer
@@ -145,20 +146,21 @@ def check_finite(first_bad: torch.Tensor, epoch: int) -> None:
 
 def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, epoch: int, step: int,
                 steps_per_epoch: int, log, batches, done: tuple[int, float] = (0, 0.0), on_step=None,
-                skips=None, trained=None) -> tuple[int, float, int]:
+                skips=None, trained=None, max_steps: int | None = None) -> tuple[int, float, int]:
     """One pass over this worker's `batches` (numpy; an `EpochBatcher` is told which rows each step trained);
     every worker stops on the same step. `done`: (steps, sum of global-batch losses) a resumed epoch already
     took; `on_step(step, n, loss_sum)`: after every step, on every rank (the mid-epoch checkpoint and
     validation cadence); `skips`: this worker's unusable samples so far, checked at log steps against
-    data.max_skip_fraction of `samples`; `trained(epoch, step, keys)`: told each step's keys (run.record_keys).
-    -> (step, mean loss, steps of this epoch)."""
+    data.max_skip_fraction of `samples`; `trained(epoch, step, keys)`: told each step's keys (run.record_keys);
+    `max_steps`: the epoch's length where it is not the data's (a resampled epoch). -> (step, mean loss, steps
+    of this epoch)."""
     it = to_device(batches, ctx.device, cfg.train.channels_last)
     mark = getattr(batches, "mark_trained", None)
     loss_sum, t_wait, t_start, (n0, loss0) = torch.zeros((), device=ctx.device), 0.0, time.perf_counter(), done
     n = n0
     bare = unwrap(objective)
     first_bad = torch.zeros(3, dtype=torch.long, device=ctx.device)  # image, text, loss: step first non-finite
-    while True:
+    while max_steps is None or n < max_steps:
         t0 = time.perf_counter()
         batch = next(it, None)
         t_wait += time.perf_counter() - t0
@@ -223,7 +225,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if in_epoch and loop_cfg.get("drop_cursors"):  # other shards now (data.allow_changed_data): a new order
         in_epoch["workers"] = [{"tally": w["tally"]} for w in in_epoch["workers"]]
     state["data_shards"] = loop_cfg["shard_names"]  # what a mid-epoch resume checks the data against
-    state["layout"] = loop_cfg["layout"]
+    state["layout"], state["resampling"] = loop_cfg["layout"], loop_cfg.get("resampling")
     if in_epoch and len(in_epoch["workers"]) != ctx.world_size:
         raise ValueError(f"{resume} stopped mid-epoch with {len(in_epoch['workers'])} workers; resume it with "
                          f"scaling.num_workers={len(in_epoch['workers'])} (not {ctx.world_size}), or from an "
@@ -256,6 +258,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         state["history"].append({"epoch": 0, **flat_metrics(untrained, "val")})
         say(f"[train] untrained model: val rsum {untrained['rsum']:.1f}")
     samples = state.get("samples", 0)
+    source_names = [src["name"] for src in cfg.data.sources()]
+    targets = mix_targets(cfg.data.sources(), cfg.data.sampling, loop_cfg.get("source_samples"))
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
         saved = in_epoch if in_epoch and in_epoch["epoch"] == epoch else None
         in_epoch = None
@@ -284,14 +288,18 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         check = skip_check(lambda b=batches: b.tally, samples, cfg.data.max_skip_fraction)
         step, mean_loss, n = train_epoch(objective, opt, sched, ctx, cfg, epoch, state["step"], steps_per_epoch,
                                          log, batches, (saved["steps"], saved["loss_sum"]) if saved else (0, 0.0),
-                                         on_step, check, record)
+                                         on_step, check, record,
+                                         steps_per_epoch if cfg.data.sampling == "resampled" else None)
         if check is not None:  # what the epoch's last steps read, checked too (collective, every rank raises)
             check()
-        tallies = gather_objects(batches.tally.to_dict())
-        skips = SkipTally.merged(tallies)
+        tallies = gather_objects({"tally": batches.tally.to_dict(), "mix": batches.mix.tolist()})
+        skips = SkipTally.merged([t["tally"] for t in tallies])
         metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss, "data/samples_used": n * cfg.train.batch_size,
-                   "data/skipped": skips.skipped_samples()}
-        if samples:  # usable samples no step took: the remainder of equal per-worker batches
+                   "data/skipped": skips.skipped_samples(),
+                   **mix_metrics(source_names, [t["mix"] for t in tallies], targets)}
+        if ctx.is_main and len(source_names) > 1:
+            say(f"[train] epoch {epoch} mix: {describe_mix(source_names, metrics)}")
+        if samples and cfg.data.sampling == "epoch":  # usable samples no step took: the remainder of equal batches
             metrics["data/dropped_remainder"] = samples - skips.skipped_samples() - n * cfg.train.batch_size
         if coverage:
             metrics["model/word_coverage"] = coverage["fraction"]
@@ -358,8 +366,14 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     drop_cursors = check_resume_data(cfg, latest, names)
     for note in data.notes:
         print(f"[data] {note}")
-    print(f"[train] {n_train} training samples ({_SOURCES[data.source]}), {vocabulary.describe(tokenizer)}, "
-          f"{n_train // cfg.train.batch_size} steps/epoch on {cfg.scaling.num_workers} workers")
+    if cfg.data.sampling == "resampled":
+        mix = ", ".join(f"{src['name']} weight {src['weight']:g}" for src in cfg.data.sources())
+        print(f"[train] resampled epochs of {n_train} samples, shards drawn with replacement from "
+              f"{len(train_shards.paths)} ({mix}), {vocabulary.describe(tokenizer)}, "
+              f"{n_train // cfg.train.batch_size} steps/epoch on {cfg.scaling.num_workers} workers")
+    else:
+        print(f"[train] {n_train} training samples ({_SOURCES[data.source]}), {vocabulary.describe(tokenizer)}, "
+              f"{n_train // cfg.train.batch_size} steps/epoch on {cfg.scaling.num_workers} workers")
     if latest is None and (init or cfg.model.arch or cfg.model.image.weights or cfg.model.text.arch.startswith("hf:")):
         print(warm_start.describe(init, cfg))
 
@@ -387,7 +401,9 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
                            "samples": data.samples, "resume_from": latest,
                            "train_paths": [p if storage.is_remote(p) else os.path.abspath(p) for p in train_shards.paths],
                            "shard_counts": {p if storage.is_remote(p) else os.path.abspath(p): n for p, n in data.shard_counts.items()}, "shard_names": names, "drop_cursors": drop_cursors,
-                           "layout": state_layout(latest, data.layout),
+                           "layout": state_layout(latest, data.layout), "shard_sources": data.shard_sources,
+                           "source_samples": data.source_samples,
+                           "resampling": data.resampling.to_dict() if data.resampling else None,
                            "run_dir": run_dir, "launch": launch, "config_changes": changes, "init_from": init},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,

@@ -61,11 +61,11 @@ def _search_space(studies: list[sweep.Study], points: list[tuple[str, dict]]) ->
 def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None):
     """The function trainable: one trial = its overrides on the recipe -> `train.run` with Tune reporting.
     `shared_scan`: an object ref to the sweep's vocabulary scan (`training_set.scan_for_sweep`)."""
-    from pipeline.data.ingest import absolute_spec
+    from pipeline.data.ingest import absolute_spec, absolute_train
 
     base_raw = to_dict(narrow(cfg, TrainJobConfig))
     # Tune runs each trial in its own working directory: relative paths must be resolved here.
-    base_raw["data"] |= {"train": absolute_spec(cfg.data.train), "val": absolute_spec(cfg.data.val)}
+    base_raw["data"] |= {"train": absolute_train(cfg.data), "val": absolute_spec(cfg.data.val)}
     if cfg.model.image.weights:
         base_raw["model"]["image"]["weights"] = absolute_spec(cfg.model.image.weights)
     if cfg.model.text.embeddings.path:

@@ -81,7 +81,7 @@ def run(cfg, out: str) -> EmbeddingsSummary:
 
     t0 = time.time()
     e = cfg.embeddings
-    paths = expand_paths(cfg.data.train, "data.train")
+    paths = expand_paths(cfg.data.train_spec, "data.train")
     tokenizer = scan_training_data(paths, cfg.data).tokenizer
     counts, tokens, captions = count_dataset(paths, tokenizer, e.window, e.weighting)
     vectors = word_vectors(counts, e.dim, e.alpha, e.shift, e.power, seed=cfg.train.seed)  # (V, dim)

@@ -22,6 +22,9 @@ class TrainJobConfig:
     def __post_init__(self) -> None:
         _check(bool(self.data.train), "data.train is empty; set it to a shard path, glob or directory")
         _check(bool(self.data.val), "data.val is empty; set it to a shard path, glob or directory")
+        _check(not self.train.samples_per_epoch or self.data.sampling == "resampled",
+               "train.samples_per_epoch sets the length of a resampled epoch: it needs data.sampling=resampled (an "
+               "epoch pass is as long as the data)")
         n = self.scaling.num_workers
         _check(
             self.train.batch_size % n == 0,

@@ -27,7 +27,9 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = _f("", "training shards: a path, directory, glob or brace list (local or s3://)")
+    train: str | list = _f("", "training shards: a path, directory, glob or brace list (local or s3://); or a list "
+                               "of sources [{path: P, weight: W, name: N}, ...], weight being a source's share of "
+                               "the samples drawn (data.sampling=resampled)")
     val: str = _f("", "validation shards, same forms as data.train; every caption of an image is ground truth")
     image_size: int = _f(64, "side of the square image fed to the image tower, in pixels")
     augment: bool = _f(True, "random resized crop + brightness jitter on training images (never flips)")
@@ -55,6 +57,9 @@ class DataConfig:
     readers_per_worker: int = _f(2, "shards a training worker needs of its own to keep several decode tasks "
                                     "busy; with fewer than scaling.num_workers x this, every worker reads every "
                                     "shard and keeps its own rows")
+    sampling: str = _f("epoch", "epoch (every training sample once per epoch, in a seeded order) | resampled "
+                                "(each worker draws shards with replacement, by source weight; an epoch is "
+                                "train.samples_per_epoch samples: for crawls too big to pass over)")
     allow_changed_data: bool = _f(False, "resume mid-epoch although data.train now matches other shards than the "
                                          "checkpoint's (the epoch's order is then a new one)")
     synth: SynthConfig = _f(SynthConfig(), "synthetic demo data")
@@ -74,6 +79,49 @@ class DataConfig:
                                                  f"{list(RESIZE_MODES)}")
         _check(self.shuffle_block >= 0 and self.shuffle_buffer >= 0,
                "data.shuffle_block and data.shuffle_buffer must be >= 0")
+        _check(self.sampling in SAMPLINGS, f"data.sampling={self.sampling!r}; choose one of {list(SAMPLINGS)}")
+        if isinstance(self.train, list):
+            object.__setattr__(self, "train", [_source(s, i) for i, s in enumerate(self.train)])
+            _check(bool(self.train), "data.train is an empty list; give it at least one {path: ..., weight: ...}")
+            names = [s["name"] for s in self.train]
+            _check(len(set(names)) == len(names), f"data.train's sources need distinct names, not {names}")
+            weights = [s["weight"] for s in self.train]
+            _check(self.sampling == "resampled" or len(set(weights)) == 1,
+                   f"data.train's weights {weights} need data.sampling=resampled: an epoch pass reads every sample "
+                   "once, whatever its source's weight")
+        else:
+            _check(isinstance(self.train, str), f"data.train={self.train!r} is neither a shard spec nor a list of "
+                                                "sources")
+
+    def sources(self) -> list[dict]:
+        """data.train as [{path, weight, name}] (a plain spec is one source of weight 1)."""
+        if isinstance(self.train, list):
+            return self.train
+        return [{"path": self.train, "weight": 1.0, "name": "train"}] if self.train else []
+
+    @property
+    def train_spec(self) -> str:
+        """Every training shard as one spec (the sources' paths joined): for passes that read all of them."""
+        return ",".join(s["path"] for s in self.sources())
+
+
+SAMPLINGS = ("epoch", "resampled")
+
+
+def _source(raw, i: int) -> dict:
+    """One entry of a data.train list -> {path, weight, name}; a one-line error for anything else."""
+    where = f"data.train[{i}]"
+    _check(isinstance(raw, dict), f"{where}={raw!r} is not a mapping; write it as {{path: ..., weight: ...}}")
+    unknown = sorted(set(raw) - {"path", "weight", "name"})
+    _check(not unknown, f"{where} has unknown key(s) {unknown}; a source has path, weight and name")
+    path = raw.get("path")
+    _check(isinstance(path, str) and bool(path), f"{where} needs a path (a shard path, directory, glob or brace list)")
+    weight = raw.get("weight", 1.0)
+    _check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
+           and weight < float("inf"), f"{where}.weight={weight!r} must be a positive number")
+    name = raw.get("name") or f"source{i}"
+    _check(isinstance(name, str), f"{where}.name={name!r} must be a string")
+    return {"path": path, "weight": float(weight), "name": name}
 
 
 @dataclass(frozen=True)
@@ -121,12 +169,15 @@ class TrainConfig:
     channels_last: bool = _f(True, "GPU: image tower and image batches in channels_last memory format (faster "
                                    "convolutions); ignored on CPU")
     compile: bool = _f(False, "torch.compile the image and text towers (the first steps are slow while compiling)")
+    samples_per_epoch: int = _f(0, "data.sampling=resampled: samples an epoch draws (checkpoints, validation and "
+                                   "the LR schedule count these epochs); 0: the training set's sample count")
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 2, "train.batch_size must be at least 2 (in-batch negatives)")
         _check(self.epochs >= 1, "train.epochs must be at least 1")
         _check(self.lr > 0, "train.lr must be positive")
         _check(self.warmup_steps >= 0 and self.grad_clip >= 0, "train.warmup_steps, train.grad_clip >= 0")
+        _check(self.samples_per_epoch >= 0, "train.samples_per_epoch must be >= 0 (0: the training set's size)")
         _check(self.micro_batch_size >= 0, "train.micro_batch_size must be >= 0 (0 turns gradient caching off)")
         _check(self.precision in ("auto", "fp32", "bf16"), f"train.precision={self.precision!r}; use auto, fp32 "
                                                            "or bf16")

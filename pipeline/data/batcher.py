@@ -6,7 +6,8 @@ positions that batch covered and which of them were skipped. The batcher
 - cuts equal local batches (the last partial one is dropped), optionally drawn from a seeded shuffle buffer;
 - keeps the `Cursor` (`epoch_plan`): a sample is done once the step that trained it has run
   (`mark_trained`), a prepared batch's skipped rows once its tally row has been read;
-- sums the tally rows into a `SkipTally`, so skips are counted where the data is consumed, with no actor.
+- sums the tally rows into a `SkipTally`, so skips are counted where the data is consumed, with no actor;
+- counts the samples trained from each source of data.train (`mix`), for the realised mix of the epoch.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pipeline.data.epoch_plan import Cursor
+from pipeline.data.epoch_plan import ROW_BITS, Cursor
 from pipeline.data.skips import SkipTally
 
 SAMPLE_COLUMNS = ("key", "image", "tokens", "pos")
@@ -24,11 +25,18 @@ SAMPLE_COLUMNS = ("key", "image", "tokens", "pos")
 class EpochBatcher:
     def __init__(self, blocks: Iterable[dict], batch_size: int, buffer: int = 0,
                  rng: np.random.Generator | None = None, cursor: Cursor | None = None,
-                 tally: SkipTally | None = None):
+                 tally: SkipTally | None = None, entry_source: list[int] | None = None, n_sources: int = 1,
+                 mix: list[int] | None = None):
         self.blocks, self.batch_size, self.buffer = blocks, batch_size, buffer
         self.rng = rng or np.random.default_rng(0)
         self.cursor = cursor or Cursor()
         self.tally = tally or SkipTally()
+        # entry_source[i]: the source of entry i of the epoch list (None: one source); mix[s]: samples trained
+        # from source s so far this epoch
+        self.entry_source = None if entry_source is None else np.asarray(entry_source, dtype=np.int64)
+        self.mix = np.zeros(n_sources, dtype=np.int64)
+        if mix:
+            self.mix[:len(mix)] = mix
         self.pool: dict[str, np.ndarray] | None = None  # pulled, untrained sample rows (all pending)
 
     def __iter__(self) -> Iterator[dict]:
@@ -45,12 +53,17 @@ class EpochBatcher:
             self.cursor.pending.discard(p)
             if p >= self.cursor.next:
                 self.cursor.done.add(p)
+        if self.entry_source is None:
+            self.mix[0] += len(pos)
+        else:
+            self.mix += np.bincount(self.entry_source[np.asarray(pos, dtype=np.int64) >> ROW_BITS],
+                                    minlength=len(self.mix))
 
     def state(self) -> dict:
         """What a checkpoint keeps for this worker (pending rows at or past `next` are read again anyway)."""
         c = self.cursor
         return {"cursor": Cursor(c.next, {p for p in c.pending if p < c.next}, set(c.done)).to_dict(),
-                "tally": self.tally.to_dict()}
+                "tally": self.tally.to_dict(), "mix": self.mix.tolist()}
 
     # ------------------------------------------------------------------------------------------ internals
 

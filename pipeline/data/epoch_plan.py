@@ -81,9 +81,91 @@ class WorkerShare:
     offset: int = 0
 
 
+@dataclass(frozen=True)
+class Resampling:
+    """data.sampling=resampled: each worker draws its epoch's shards with replacement, source by source
+    weight, until they hold about `quota` samples (its share of train.samples_per_epoch, plus room for skips).
+    `sources[i]`: the source of paths[i]; `weights[s]`: source s's share of the samples drawn."""
+    sources: list[int]
+    weights: list[float]
+    quota: int
+    mean: float = 1.0  # the samples a shard is taken to hold where the counts are unknown
+
+    def to_dict(self) -> dict:
+        return {"sources": self.sources, "weights": self.weights, "quota": self.quota, "mean": self.mean}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Resampling | None:
+        return cls(list(d["sources"]), list(d["weights"]), int(d["quota"]), float(d.get("mean", 1.0))) if d else None
+
+
+def draw_shards(paths: list[str], counts: dict[str, int] | None, plan: Resampling, seed: int, epoch: int,
+                rank: int) -> list[str]:
+    """One worker's resampled epoch list: a source drawn by weight (per sample: see below), then one of its
+    shards (by sample count where counts are known, so every sample of a source is equally likely; else
+    uniformly), repeated until the list holds `plan.quota` samples. Seeded by (seed, epoch, rank): a resumed run draws the same list.
+    A shard without a count is taken to hold `plan.mean` samples (the data's count over its shards)."""
+    rng = np.random.default_rng([seed, epoch, rank, 15485863])
+    known = bool(counts) and all(p in counts for p in paths)
+    size = np.array([counts[p] for p in paths] if known else [1] * len(paths), dtype=np.float64)
+    members = [np.flatnonzero(np.asarray(plan.sources) == s) for s in range(len(plan.weights))]
+    live = [s for s, m in enumerate(members) if len(m) and size[m].sum() > 0]
+    # A draw of source s brings sum(c^2)/sum(c) samples on average (its shards picked by size c): dividing
+    # its weight by that makes the weights the shares of samples, not of shard draws.
+    w = np.array([plan.weights[s] * size[members[s]].sum() / (size[members[s]] ** 2).sum() for s in live])
+    out: list[str] = []
+    held = 0.0
+    while held < plan.quota:
+        s = live[rng.choice(len(live), p=w / w.sum())]
+        m = members[s]
+        i = int(m[rng.choice(len(m), p=size[m] / size[m].sum())])
+        out.append(paths[i])
+        held += size[i] if known else max(1.0, plan.mean)
+    return out
+
+
+def mix_targets(sources: list[dict], sampling: str, source_samples: list[int] | None) -> list[float] | None:
+    """Each source's expected share of an epoch: its weight (resampled), else its share of the samples
+    (an epoch pass reads each once; None when the counts are unknown)."""
+    if sampling == "resampled":
+        w = [s["weight"] for s in sources]
+    elif source_samples and sum(source_samples):
+        w = list(source_samples)
+    else:
+        return None
+    return [x / sum(w) for x in w]
+
+
+def mix_metrics(names: list[str], per_worker: list[list[int]], targets: list[float] | None) -> dict:
+    """The realised mix of an epoch: samples trained from each source (summed over the workers' counts),
+    their share and the share expected (`mix_targets`). {} for a single source."""
+    if len(names) < 2:
+        return {}
+    n = np.sum(np.asarray(per_worker, dtype=np.int64), axis=0)  # (sources,)
+    total = max(1, int(n.sum()))
+    out = {}
+    for i, (name, k) in enumerate(zip(names, n.tolist())):
+        out |= {f"data/mix/{name}": k / total, f"data/mix_samples/{name}": k}
+        if targets:
+            out[f"data/mix_target/{name}"] = targets[i]
+    return out
+
+
+def describe_mix(names: list[str], metrics: dict) -> str:
+    """'a 74.9% (expected 75.0%), b 25.1% (25.0%)' for the console."""
+    parts = []
+    for i, name in enumerate(names):
+        want = metrics.get(f"data/mix_target/{name}")
+        parts.append(f"{name} {100 * metrics[f'data/mix/{name}']:.1f}%" +
+                     (f" ({'expected ' if i == 0 else ''}{100 * want:.1f}%)" if want is not None else ""))
+    return ", ".join(parts)
+
+
 def worker_share(paths: list[str], counts: dict[str, int] | None, world: int, rank: int, kind: str,
-                 seed: int, epoch: int) -> WorkerShare:
+                 seed: int, epoch: int, resampling: Resampling | None = None) -> WorkerShare:
     """This rank's share of `epoch` in the `kind` of layout (see choose_layout; the driver picks it once)."""
+    if resampling is not None:
+        return WorkerShare(draw_shards(paths, counts, resampling, seed, epoch, rank))
     if kind == "rows":
         rng = np.random.default_rng([seed, epoch, 7919])
         return WorkerShare([paths[i] for i in rng.permutation(len(paths))], stride=world, offset=rank)

@@ -140,6 +140,13 @@ def absolute_spec(spec: str) -> str:
     return ",".join(p if storage.is_remote(p) else os.path.abspath(p) for p in split_specs(spec))
 
 
+def absolute_train(data_cfg) -> str | list:
+    """data.train with its local paths made absolute (a plain spec, or each source's path)."""
+    if isinstance(data_cfg.train, list):
+        return [dict(s, path=absolute_spec(s["path"])) for s in data_cfg.train]
+    return absolute_spec(data_cfg.train)
+
+
 def expand_paths(spec: str, key: str = "data path") -> list[str]:
     """Shard spec -> sorted list of existing shard paths (see resolve_shards)."""
     return resolve_shards(spec, key).paths
@@ -274,12 +281,12 @@ def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_
     import ray.data
 
     from pipeline.data.epoch_plan import RowFilter
+    from pipeline.data.epoch_source import EpochSource
     from pipeline.data.skips import SkipTally
 
     size, augment, scale_min = data_cfg.image_size, data_cfg.augment, data_cfg.crop_scale_min
     view = transforms.image_view(data_cfg)
     first = cursor.first_shard() if cursor is not None else 0
-    index = {p: i for i, p in enumerate(share.shards)}
     paths = share.shards[first:]
     if not paths:
         return None
@@ -297,8 +304,8 @@ def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_
                 "pos": np.append(out["pos"], pos.max()),
                 "tally": np.array([""] * n + [mark], dtype=object)}
 
-    source = make_source(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block, epoch=epoch,
-                         names_of=all_paths, shard_index=index, row_filter=RowFilter.of(share, cursor))
+    source = EpochSource(share.shards, first, all_paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block,
+                         epoch=epoch, row_filter=RowFilter.of(share, cursor))
     ds = ray.data.read_datasource(source, override_num_blocks=len(paths)).map_batches(
         prepare, batch_size=128, batch_format="numpy")
     options = ds.context.execution_options

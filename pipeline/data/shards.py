@@ -271,39 +271,31 @@ def permute_windows(rows: Iterator[dict], window: int, rng: np.random.Generator)
 
 
 def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_block: int = 0,
-                with_images: bool = True, block_rows: int = 256, epoch: int | None = None,
-                names_of: list[str] | None = None, shard_index: dict[str, int] | None = None, row_filter=None):
-    """A Ray Data datasource over `paths` (all local or all s3://).
-
-    A training worker's own epoch (`ingest.train_epoch_dataset`) passes `epoch` (instead of Ray Data's
-    execution count), the shard list keys are named against (`names_of`, the whole dataset's), each shard's
-    index in the worker's epoch list (`shard_index`, for row positions) and a `epoch_plan.RowFilter`, which
-    drops rows before anything but their key is kept. Rows then carry `pos` (see `epoch_plan.position`)."""
+                with_images: bool = True, block_rows: int = 256):
+    """A Ray Data datasource over `paths` (all local or all s3://): validation, galleries, passes over the
+    captions. A training worker's own epoch reads through `epoch_source.EpochSource` instead."""
     import pyarrow.fs as pafs
     from ray.data.datasource import FileBasedDatasource, FileShuffleConfig
 
     from pipeline import storage
 
     remote = storage.is_remote(paths[0])
-    named = shard_names(names_of or paths)
+    named = shard_names(paths)
     names = {b: named[p] for p, b in zip(paths, _bare(paths))}  # the path Arrow reads -> the name in keys
-    index = {b: shard_index[p] for p, b in zip(paths, _bare(paths))} if shard_index else {}
 
     class ShardSource(FileBasedDatasource):
         _FILE_EXTENSIONS = ["tar", "parquet"]
 
         def __init__(self):
             fs, _ = storage.arrow_filesystem(paths[0])
-            # A worker's own epoch list is already in its seeded order: no second file shuffle.
-            shuffle = FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None and epoch is None else None
+            shuffle = FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None else None
             super().__init__(list(names), filesystem=fs, shuffle=shuffle)
-            self.epoch = epoch or 0
+            self.epoch = 0
             self.shard_fs = fs
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             # Ray Data counts executions of a dataset: each epoch re-executes, so this is the epoch.
-            if epoch is None:
-                self.epoch = data_context._execution_idx if data_context is not None else 0
+            self.epoch = data_context._execution_idx if data_context is not None else 0
             return super().get_read_tasks(parallelism, per_task_row_limit, data_context)
 
         def _open_input_source(self, filesystem, path, **open_args):
@@ -329,10 +321,6 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
             rows = (dict(row, seed=base + i) for i, row in enumerate(self._rows(f, path, shard)))
             if shuffle_seed is not None:
                 rows = permute_windows(rows, shuffle_block, np.random.default_rng(base))
-            if path in index:  # a training worker's own share: positions, and the rows it keeps
-                at = index[path]
-                rows = (dict(row, pos=(at << 32) | i) for i, row in enumerate(rows)
-                        if row_filter is None or row_filter.keeps(at, i))
             chunk: list[dict] = []
             for row in rows:
                 chunk.append(row)

@@ -6,6 +6,7 @@ needs: the shards must be the ones the checkpoint's epoch order was dealt from.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -22,7 +23,10 @@ class TrainingSet:
     shard_counts: dict[str, int] = field(default_factory=dict)  # path -> samples, where the data says
     source: str = ""  # where the counts came from: stats | parquet | num_samples | pass
     notes: list[str] = field(default_factory=list)  # one-line warnings for the console
-    layout: str = "shards"  # how the epoch is shared between workers (epoch_plan.choose_layout)
+    layout: str = "shards"  # how the epoch is shared between workers (epoch_plan.choose_layout), or resampled
+    shard_sources: list[int] = field(default_factory=list)  # the data.train source of each of train.paths
+    source_samples: list[int] = field(default_factory=list)  # samples per source, where the counts are known
+    resampling: object = None  # epoch_plan.Resampling, for data.sampling=resampled
 
 
 @dataclass
@@ -35,7 +39,37 @@ class VocabularyScan:
 
 
 def scan_key(data_cfg, seed: int) -> tuple:
-    return (data_cfg.train, data_cfg.vocab_scan_samples, seed)
+    return (data_cfg.train_spec, data_cfg.vocab_scan_samples, seed)
+
+
+def resolve_sources(data_cfg):
+    """data.train's sources -> (one ingest.ShardList of all their shards, the source of each shard). A shard
+    matched by two sources would be drawn under two weights: refused."""
+    from pipeline.data import ingest
+
+    sources = data_cfg.sources()
+    lists = [ingest.resolve_shards(s["path"], f"data.train[{i}]" if len(sources) > 1 else "data.train")
+             for i, s in enumerate(sources)]
+    owner: dict[str, int] = {}
+    for i, shards in enumerate(lists):
+        for path in shards.paths:
+            if owner.setdefault(path, i) != i:
+                raise ValueError(f"{path} is in data.train's sources {sources[owner[path]]['name']!r} and "
+                                 f"{sources[i]['name']!r}; give each shard to one source")
+    return (ingest.ShardList([p for s in lists for p in s.paths], [m for s in lists for m in s.missing]),
+            [owner[p] for s in lists for p in s.paths])
+
+
+def resampling_plan(cfg, n_train: int, shard_sources: list[int], data_samples: int):
+    """data.sampling=resampled: what each worker draws per epoch (epoch_plan.Resampling). Its quota is its
+    share of the epoch's samples with room for unusable ones (data.max_skip_fraction) and 10% to spare, so the
+    epoch's steps are there even when a draw lands on small or damaged shards; reading stops at the last step."""
+    from pipeline.data.epoch_plan import Resampling
+
+    need = (n_train // cfg.train.batch_size) * cfg.local_batch_size()
+    quota = math.ceil(need * 1.1 / max(0.05, 1 - cfg.data.max_skip_fraction)) + cfg.local_batch_size()
+    mean = data_samples / max(1, len(shard_sources))  # the size a shard without a count is taken to have
+    return Resampling(shard_sources, [s["weight"] for s in cfg.data.sources()], quota, mean)
 
 
 def scan_vocabulary(paths: list[str], counts: dict[str, int], data_cfg, seed: int) -> VocabularyScan:
@@ -56,14 +90,20 @@ def prepare(cfg, latest: str | None, init: str | None = None, shared: Vocabulary
     from pipeline import checkpoint
     from pipeline.data import ingest, vocabulary
     from pipeline.data.counts import count_samples
-    from pipeline.data.epoch_plan import choose_layout, layout, unused_by_deal
+    from pipeline.data.epoch_plan import Resampling, choose_layout, layout, unused_by_deal
 
-    train, val = ingest.resolve_shards(cfg.data.train, "data.train"), ingest.resolve_shards(cfg.data.val, "data.val")
+    (train, shard_sources), val = resolve_sources(cfg.data), ingest.resolve_shards(cfg.data.val, "data.val")
     counted = count_samples(train.paths, cfg.data.num_samples)
     notes = [counted.warning] if counted.warning else []
     workers, readers = cfg.scaling.num_workers, cfg.data.readers_per_worker
-    kind = choose_layout(train.paths, counted.per_shard, workers, readers, cfg.train.seed)
-    if layout(len(train.paths), workers, readers) == "rows":
+    resampled = cfg.data.sampling == "resampled"
+    kind = "resampled" if resampled else choose_layout(train.paths, counted.per_shard, workers, readers, cfg.train.seed)
+    known = counted.per_shard if counted.source in ("stats", "parquet") else {}
+    per_source = [sum(known.get(p, 0) for p, s in zip(train.paths, shard_sources) if s == i)
+                  for i in range(len(cfg.data.sources()))] if known else []
+    if resampled:
+        pass  # every worker draws its own shards: no deal, so no layout to choose
+    elif layout(len(train.paths), workers, readers) == "rows":
         notes.append(f"data.train has {len(train.paths)} shard(s) for {workers} workers x {readers} readers "
                      f"(data.readers_per_worker): every worker reads every shard and keeps its own rows; for "
                      f"large data write at least {workers * readers} shards (img2dataset --number_sample_per_shard)")
@@ -74,8 +114,13 @@ def prepare(cfg, latest: str | None, init: str | None = None, shared: Vocabulary
                      "the extra reading")
     if latest is not None:  # the vocabulary must be the one the weights were trained with
         state = checkpoint.read_state(latest)
+        plan = None
+        if resampled:  # the draws a mid-epoch checkpoint's cursors index are the ones its plan makes
+            plan = (Resampling.from_dict(state.get("resampling")) if state.get("in_epoch") else None) or \
+                resampling_plan(cfg, state["n_train"], shard_sources, counted.total)
         return TrainingSet(checkpoint.read_tokenizer(latest), state["n_train"], state.get("samples", 0), train,
-                           val, counted.per_shard, counted.source or "checkpoint", notes, kind)
+                           val, counted.per_shard, counted.source or "checkpoint", notes, kind, shard_sources,
+                           per_source, plan)
     learns = init is None and cfg.data.tokenizer != "pretrained"
     scan = None
     if learns and shared is not None and shared.key == scan_key(cfg.data, cfg.train.seed):
@@ -87,6 +132,11 @@ def prepare(cfg, latest: str | None, init: str | None = None, shared: Vocabulary
         n_train = samples = counted.total
     else:  # no count anywhere: the pass read every shard (scan_vocabulary reads all when counts are unknown)
         n_train, samples = scan.usable, scan.samples
+    plan = None
+    if resampled:  # an epoch is train.samples_per_epoch draws; skips are bounded per epoch
+        data_samples, n_train = n_train, cfg.train.samples_per_epoch or n_train
+        samples = n_train
+        plan = resampling_plan(cfg, n_train, shard_sources, data_samples)
     if n_train < cfg.train.batch_size:
         raise ValueError(f"data.train has {n_train} captioned samples, fewer than train.batch_size="
                          f"{cfg.train.batch_size}; add data or lower the batch size")
@@ -95,7 +145,7 @@ def prepare(cfg, latest: str | None, init: str | None = None, shared: Vocabulary
     else:
         tokenizer = vocabulary.make_tokenizer(cfg.data, cfg.model, scan.counts if scan else None)
     return TrainingSet(tokenizer, n_train, samples, train, val, counted.per_shard, counted.source or "pass", notes,
-                       kind)
+                       kind, shard_sources, per_source, plan)
 
 
 def _count_pass(paths: list[str], data_cfg) -> VocabularyScan:
@@ -128,6 +178,6 @@ def scan_for_sweep(cfg) -> VocabularyScan | None:
 
     if cfg.data.tokenizer == "pretrained" or cfg.model.init_from:
         return None
-    data_cfg = replace(cfg.data, train=ingest.absolute_spec(cfg.data.train))
-    paths = ingest.resolve_shards(data_cfg.train, "data.train").paths
+    data_cfg = replace(cfg.data, train=ingest.absolute_train(cfg.data))
+    paths = resolve_sources(data_cfg)[0].paths
     return scan_vocabulary(paths, count_samples(paths, data_cfg.num_samples).per_shard, data_cfg, cfg.train.seed)

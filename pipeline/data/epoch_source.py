@@ -1,0 +1,93 @@
+"""The Ray Data datasource of one training worker's epoch: one read task per entry of its epoch list
+(`epoch_plan.WorkerShare.shards`), in list order, each row tagged with its position.
+
+Not a FileBasedDatasource: that one keys everything by path (a resampled epoch may list a shard twice, each
+time in its own order) and stats every file before the first read (thousands of S3 HEADs per worker and
+epoch on a large corpus). Here a shard is opened only when its read task runs.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterator
+
+import numpy as np
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from pipeline.data.shards import (_bare, _to_table, iter_failed_downloads, iter_parquet_samples, iter_tar_samples,
+                                  permute_windows, shard_format, shard_names, shard_seed)
+
+BLOCK_ROWS = 256
+
+
+class EpochSource(Datasource):
+    """`shards[first:]` of a worker's epoch list; `names_of`: the dataset's whole shard list (keys name a
+    shard by its path below their common folder); `row_filter`: an `epoch_plan.RowFilter`, applied before
+    anything but a row's key is kept."""
+
+    def __init__(self, shards: list[str], first: int, names_of: list[str], *, shuffle_seed: int, shuffle_block: int,
+                 epoch: int, row_filter, with_images: bool = True):
+        from pipeline import storage
+
+        self.shards, self.first = shards, first
+        self.names = shard_names(names_of)
+        self.fs = storage.arrow_filesystem(shards[0])[0]
+        self.args = dict(shuffle_seed=shuffle_seed, shuffle_block=shuffle_block, epoch=epoch, row_filter=row_filter,
+                         with_images=with_images)
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+                       ) -> list[ReadTask]:
+        tasks, seen = [], {}
+        for at, path in enumerate(self.shards):
+            repeat = seen[path] = seen.get(path, -1) + 1  # counted from the list's start, wherever it resumes
+            if at < self.first:
+                continue
+            read = partial(read_entry, self.fs, path, self.names[path], at, repeat, **self.args)
+            tasks.append(ReadTask(read, BlockMetadata(num_rows=None, size_bytes=None, input_files=[path],
+                                                      exec_stats=None), per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed: int, shuffle_block: int,
+               epoch: int, row_filter, with_images: bool) -> Iterator:
+    """The rows of entry `at` of the epoch list (the `repeat`-th time its shard appears there): seeded,
+    window-shuffled, positioned, filtered, in tables of BLOCK_ROWS rows."""
+    bare = _bare([path])[0]
+    # The first time a shard appears its seed is the one the whole-pass reader uses; a repeat gets its own
+    # order, crops and caption choices.
+    base = shard_seed(shuffle_seed, epoch, shard if not repeat else f"{shard}#{repeat}")
+    with _open(fs, bare) as f:
+        rows = (dict(row, seed=base + i) for i, row in enumerate(_rows(fs, f, bare, shard, with_images)))
+        rows = permute_windows(rows, shuffle_block, np.random.default_rng(base))
+        rows = (dict(row, pos=(at << 32) | i) for i, row in enumerate(rows) if row_filter.keeps(at, i))
+        chunk: list[dict] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == BLOCK_ROWS:
+                yield _to_table(chunk, path)
+                chunk = []
+        if chunk:
+            yield _to_table(chunk, path)
+
+
+def _open(fs, bare: str):
+    if shard_format(bare) == "parquet":
+        return fs.open_input_file(bare)  # Parquet needs random access to its footer
+    return fs.open_input_stream(bare, buffer_size=1 << 20)
+
+
+def _rows(fs, f, bare: str, shard: str, with_images: bool) -> Iterator[dict]:
+    import pyarrow.fs as pafs
+
+    if shard_format(bare) == "parquet":
+        yield from iter_parquet_samples(f, shard, with_images)
+        return
+    yield from iter_tar_samples(f, shard, with_images)
+    # img2dataset's WebDataset output lists every URL of a tar, failed ones too, in NNNNN.parquet
+    meta = bare[: -len(".tar")] + ".parquet"
+    if fs.get_file_info(meta).type == pafs.FileType.File:
+        with fs.open_input_file(meta) as m:
+            yield from iter_failed_downloads(m, shard)
