@@ -71,8 +71,12 @@ def generate(out: Path, samples: int, shards: int) -> float:
     return time.time() - t0
 
 
+MILESTONES = {"planned": ("training samples (", "resampled epochs of"), "untrained val": ("untrained model",)}
+
+
 def start_once(train: Path, val: Path, cap: int) -> tuple[float, float]:
-    """-> (seconds to the first training step, the driver's peak resident memory in MB)."""
+    """-> (seconds to the first training step, the driver's peak resident memory in MB); prints when the
+    driver had planned the data and when rank 0 had validated the untrained model (the phases before)."""
     with tempfile.TemporaryDirectory() as runs:
         cmd = [sys.executable, "-m", "pipeline", "train", "--config", str(ROOT / "configs" / "smoke.yaml"),
                "--set", f"data.train={train}", "--set", f"data.val={val}", "--set", f"run.storage_path={runs}",
@@ -81,12 +85,17 @@ def start_once(train: Path, val: Path, cap: int) -> tuple[float, float]:
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
-        peak, seen = 0.0, []
+        peak, seen, at = 0.0, [], {}
         try:
             for line in proc.stdout:
                 seen.append(line)
+                for name, marks in MILESTONES.items():
+                    if name not in at and any(m in line for m in marks):
+                        at[name] = time.time() - t0
                 if FIRST_STEP in line:
                     took = time.time() - t0
+                    print("  " + ", ".join(f"{k} at {v:.1f} s" for k, v in at.items()) + f", first step at {took:.1f} s",
+                          flush=True)
                     status = Path(f"/proc/{proc.pid}/status").read_text()
                     peak = int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) / 1024
                     return took, peak

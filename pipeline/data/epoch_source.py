@@ -26,14 +26,14 @@ class EpochSource(Datasource):
     anything but a row's key is kept."""
 
     def __init__(self, shards: list[str], first: int, names_of: list[str], *, shuffle_seed: int, shuffle_block: int,
-                 epoch: int, row_filter, with_images: bool = True):
+                 epoch: int, row_filter, with_images: bool = True, prepare=None, chunk_rows: int = BLOCK_ROWS):
         from pipeline import storage
 
         self.shards, self.first = shards, first
         self.names = shard_names(names_of)
         self.fs = storage.arrow_filesystem(shards[0])[0]
         self.args = dict(shuffle_seed=shuffle_seed, shuffle_block=shuffle_block, epoch=epoch, row_filter=row_filter,
-                         with_images=with_images)
+                         with_images=with_images, prepare=prepare, chunk_rows=chunk_rows)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -52,9 +52,10 @@ class EpochSource(Datasource):
 
 
 def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed: int, shuffle_block: int,
-               epoch: int, row_filter, with_images: bool) -> Iterator:
+               epoch: int, row_filter, with_images: bool, prepare=None, chunk_rows: int = BLOCK_ROWS) -> Iterator:
     """The rows of entry `at` of the epoch list (the `repeat`-th time its shard appears there): seeded,
-    window-shuffled, positioned, filtered, in tables of BLOCK_ROWS rows."""
+    window-shuffled, positioned, filtered, in tables of `chunk_rows` rows; with `prepare` (numpy batch ->
+    numpy batch), each table prepared in the task."""
     bare = _bare([path])[0]
     # The first time a shard appears its seed is the one the whole-pass reader uses; a repeat gets its own
     # order, crops and caption choices.
@@ -63,14 +64,21 @@ def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed:
         rows = (dict(row, seed=base + i) for i, row in enumerate(_rows(fs, f, bare, shard, with_images)))
         rows = permute_windows(rows, shuffle_block, np.random.default_rng(base))
         rows = (dict(row, pos=(at << 32) | i) for i, row in enumerate(rows) if row_filter.keeps(at, i))
+        out = (lambda t: t) if prepare is None else (lambda t: _prepared(prepare, t))  # noqa: E731
         chunk: list[dict] = []
         for row in rows:
             chunk.append(row)
-            if len(chunk) == BLOCK_ROWS:
-                yield _to_table(chunk, path)
+            if len(chunk) == chunk_rows:
+                yield out(_to_table(chunk, path))
                 chunk = []
         if chunk:
-            yield _to_table(chunk, path)
+            yield out(_to_table(chunk, path))
+
+
+def _prepared(prepare, table):
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.batch_to_block(prepare(BlockAccessor.for_block(table).to_batch_format("numpy")))
 
 
 def _open(fs, bare: str):

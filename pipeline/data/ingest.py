@@ -269,6 +269,9 @@ def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, c
     return ds.map_batches(prepare, batch_size=128, batch_format="numpy")
 
 
+PREPARE_ROWS = 128  # rows a training read task decodes at once, each batch closed by its tally row
+
+
 def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, epoch: int,
                         cursor=None, cpus: float | None = None):
     """One training worker's epoch (`epoch_plan.WorkerShare`), in position order, from `cursor` on: the
@@ -304,10 +307,15 @@ def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_
                 "pos": np.append(out["pos"], pos.max()),
                 "tally": np.array([""] * n + [mark], dtype=object)}
 
+    # Each read task decodes its rows itself, 128 at a time (a separate map_batches(batch_size=128) is not
+    # fused with a read, and Ray Data holds a read's raw rows back until a 128 MiB block fills: with small
+    # images a worker's first batch waited for its whole first shard). Blocks of about one prepared batch
+    # then leave the task as they are made.
     source = EpochSource(share.shards, first, all_paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block,
-                         epoch=epoch, row_filter=RowFilter.of(share, cursor))
-    ds = ray.data.read_datasource(source, override_num_blocks=len(paths)).map_batches(
-        prepare, batch_size=128, batch_format="numpy")
+                         epoch=epoch, row_filter=RowFilter.of(share, cursor), prepare=prepare,
+                         chunk_rows=PREPARE_ROWS)
+    ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
+    ds.context.target_max_block_size = 2 * PREPARE_ROWS * (3 * size * size + 8 * tokenizer.max_tokens + 256)
     options = ds.context.execution_options
     options.preserve_order = True  # positions must arrive in order (see batcher)
     if cpus:
