@@ -26,6 +26,8 @@ class ContrastiveObjective(nn.Module):
         self.normalized = getattr(loss, "normalized_inputs", True)  # deep CCA wants raw projections
         self.autocast_dtype = autocast_dtype  # e.g. torch.bfloat16: the towers run in it, the rest in fp32
         self.nonfinite: torch.Tensor | None = None  # (2,) bool: image, text embeddings non-finite since last read
+        self.clock = None  # a phases.PhaseClock: the forward all-gather is timed on the steps it says
+        self.timed = False
 
     def embed(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.autocast_dtype is None:
@@ -51,7 +53,11 @@ class ContrastiveObjective(nn.Module):
         return out
 
     def score(self, img: torch.Tensor, txt: torch.Tensor, rank: int) -> torch.Tensor:
-        img_all, txt_all = all_gather_with_grad(img), all_gather_with_grad(txt)  # (B, D)
+        if self.clock is None:
+            img_all, txt_all = all_gather_with_grad(img), all_gather_with_grad(txt)  # (B, D)
+        else:
+            with self.clock("all_gather", self.timed):
+                img_all, txt_all = all_gather_with_grad(img), all_gather_with_grad(txt)
         return self.loss(img, txt, image_all=img_all, text_all=txt_all, offset=rank * img.shape[0])
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, rank: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ check and the numbers a progress line shows. `train` runs these inside its Ray T
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -60,19 +61,30 @@ def logit_scale_record(loss: nn.Module) -> dict:
         return {"train/logit_scale": loss.scale().item(), "train/logit_scale_param": loss.logit_scale.item()}
 
 
-def train_step(objective, opt, sched, batch: dict, rank: int, cfg) -> torch.Tensor:
+def train_step(objective, opt, sched, batch: dict, rank: int, cfg, clock=None, timed: bool = False
+               ) -> torch.Tensor:
     """One optimisation step on this worker's share of the global batch (`cfg`: the train section).
-    -> the loss on the device, detached; no host sync."""
-    opt.zero_grad(set_to_none=True)
-    loss = backward_step(objective, batch["image"], batch["tokens"], rank, cfg.micro_batch_size)
-    if cfg.grad_clip > 0:
-        nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
-    opt.step()
-    sched.step()
+    `clock`: a phases.PhaseClock, told the step's phases when `timed`. -> the loss on the device, detached;
+    no host sync (except the clock's, on timed steps)."""
     bare = unwrap(objective)
-    if hasattr(bare.loss, "clamp_parameters_"):  # the logit-scale cap, after the step (see losses._LearnedScale)
-        bare.loss.clamp_parameters_()
+    phase = clock if clock is not None else _untimed
+    bare.clock, bare.timed = clock, timed
+    opt.zero_grad(set_to_none=True)
+    with phase("forward_backward", timed):
+        loss = backward_step(objective, batch["image"], batch["tokens"], rank, cfg.micro_batch_size)
+    with phase("optimizer", timed):
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if hasattr(bare.loss, "clamp_parameters_"):  # the logit-scale cap, after the step (losses._LearnedScale)
+            bare.loss.clamp_parameters_()
     return loss
+
+
+@contextmanager
+def _untimed(phase: str, timed: bool = False):
+    yield
 
 
 def speed_up(objective: ContrastiveObjective, cfg, device: torch.device) -> ContrastiveObjective:

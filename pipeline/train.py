@@ -33,6 +33,7 @@ from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics, retrieval_metrics
 from pipeline.models import build_model
 from pipeline.objective import ContrastiveObjective, unwrap
+from pipeline.phases import PhaseClock, describe_phases, phase_metrics
 from pipeline.optimisation import (NONFINITE, check_finite, logit_scale_record, make_optimizer,  # noqa: F401
                                    make_scheduler, peak_memory_mb, speed_up, train_step)
 from pipeline import warm_start
@@ -54,13 +55,15 @@ def validate(model, tokenizer: Tokenizer, shard, device, eval_batch: int = 256, 
 
 def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, epoch: int, step: int,
                 steps_per_epoch: int, log, batches, done: tuple[int, float] = (0, 0.0), on_step=None,
-                skips=None, trained=None, max_steps: int | None = None) -> tuple[int, float, int]:
+                skips=None, trained=None, max_steps: int | None = None, clock: PhaseClock | None = None
+                ) -> tuple[int, float, int]:
     """One pass over this worker's `batches` (numpy; an `EpochBatcher` is told which rows each step trained);
     every worker stops on the same step. `done`: (steps, sum of global-batch losses) a resumed epoch already
     took; `on_step(step, n, loss_sum)`: after every step, on every rank (the mid-epoch checkpoint and
     validation cadence); `skips`: this worker's unusable samples so far, checked at log steps against
     data.max_skip_fraction of `samples`; `trained(epoch, step, keys)`: told each step's keys (run.record_keys);
-    `max_steps`: the epoch's length where it is not the data's (a resampled epoch). -> (step, mean loss, steps
+    `max_steps`: the epoch's length where it is not the data's (a resampled epoch); `clock`: told where the
+    time goes (`phases`; on GPU the step's phases are timed on logging steps only). -> (step, mean loss, steps
     of this epoch)."""
     it = to_device(batches, ctx.device, cfg.train.channels_last)
     mark = getattr(batches, "mark_trained", None)
@@ -68,13 +71,18 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
     n = n0
     bare = unwrap(objective)
     first_bad = torch.zeros(3, dtype=torch.long, device=ctx.device)  # image, text, loss: step first non-finite
+    clock = clock or PhaseClock()
+    every_step = ctx.device.type != "cuda"  # a GPU step is timed only where a log line syncs anyway
     while max_steps is None or n < max_steps:
         t0 = time.perf_counter()
         batch = next(it, None)
         t_wait += time.perf_counter() - t0
+        clock.add("epoch_start" if n == n0 else "data_wait", time.perf_counter() - t0)
         if all_reduce_min(int(batch is not None), ctx.device) == 0:
             break
-        loss = train_step(objective, opt, sched, batch, ctx.rank, cfg.train)
+        timed = every_step or (n + 1 - n0) % cfg.train.log_every == 0 or n == n0
+        loss = train_step(objective, opt, sched, batch, ctx.rank, cfg.train, clock, timed)
+        clock.count_step(timed)
         step, n = step + 1, n + 1
         if mark is not None:
             mark(batch["pos"])
@@ -168,9 +176,12 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     samples = state.get("samples", 0)
     source_names = [src["name"] for src in cfg.data.sources()]
     targets = mix_targets(cfg.data.sources(), cfg.data.sampling, loop_cfg.get("source_samples"))
+    clock, last_checkpoint_s = PhaseClock(), 0.0
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
         saved = in_epoch if in_epoch and in_epoch["epoch"] == epoch else None
         in_epoch = None
+        clock.start()
+        clock.add("checkpoint", last_checkpoint_s)  # the previous epoch's, written after its metrics were taken
         batches = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch,
                                 saved["workers"][ctx.rank] if saved else None)
 
@@ -180,24 +191,27 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             ck, val = bool(every_ck and step % every_ck == 0), bool(every_val and step % every_val == 0)
             if not (ck or val):
                 return
-            workers = gather_objects(batches.state()) if ck else None  # collective: every rank is on this step
+            with clock("checkpoint", ck):
+                workers = gather_objects(batches.state()) if ck else None  # collective: every rank is on this step
             mean = loss_sum() / n
             mid = {"epoch": epoch - 1, "step": step, "train/loss": mean, "epoch_progress": round(n / steps_per_epoch, 4)}
             if val and ctx.is_main:
-                mid |= run_validation(f"epoch {epoch} step {step}:")
+                with clock("validation"):
+                    mid |= run_validation(f"epoch {epoch} step {step}:")
                 state["history"] = state["history"] + [{**mid, "epoch": round(epoch - 1 + n / steps_per_epoch, 4)}]
             new_state = {**state, "step": step, "steps": state["steps"] + steps_log,
                          "in_epoch": {"epoch": epoch, "steps": n, "loss_sum": mean * n, "workers": workers}}
             state, steps_log = {k: v for k, v in new_state.items() if k != "in_epoch"}, []
             report = {**state.get("metrics", {}), **mid}  # the last epoch's metrics too: Tune's metric stays there
-            ctx.report(report, save(new_state) if ck else None,
-                       name=checkpoint.step_dir_name(epoch, step) if ck else None)
+            with clock("checkpoint", ck):
+                ctx.report(report, save(new_state) if ck else None,
+                           name=checkpoint.step_dir_name(epoch, step) if ck else None)
 
         check = skip_check(lambda b=batches: b.tally, samples, cfg.data.max_skip_fraction)
         step, mean_loss, n = train_epoch(objective, opt, sched, ctx, cfg, epoch, state["step"], steps_per_epoch,
                                          log, batches, (saved["steps"], saved["loss_sum"]) if saved else (0, 0.0),
                                          on_step, check, record,
-                                         steps_per_epoch if cfg.data.sampling == "resampled" else None)
+                                         steps_per_epoch if cfg.data.sampling == "resampled" else None, clock)
         if check is not None:  # what the epoch's last steps read, checked too (collective, every rank raises)
             check()
         tallies = gather_objects({"tally": batches.tally.to_dict(), "mix": batches.mix.tolist()})
@@ -212,11 +226,16 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         if coverage:
             metrics["model/word_coverage"] = coverage["fraction"]
         if ctx.is_main:
-            metrics |= run_validation(f"epoch {epoch}: loss {mean_loss:.4f}")
+            with clock("validation"):
+                metrics |= run_validation(f"epoch {epoch}: loss {mean_loss:.4f}")
+            metrics |= phase_metrics(clock.breakdown())
+            say(f"[train] epoch {epoch} took {describe_phases(metrics)}")
         state = {**state, "epoch": epoch, "step": step, "metrics": metrics, "skips": skips.to_dict(),
                  "history": state["history"] + [metrics], "steps": state["steps"] + steps_log}
         steps_log = []
+        t0 = time.perf_counter()
         ctx.report(metrics, save(state), name=checkpoint.epoch_dir_name(epoch))
+        last_checkpoint_s = time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------------ driver

@@ -1,0 +1,218 @@
+"""The pipeline against a plain single-process PyTorch loop at the same wall-clock budget, on the same data:
+samples/s and validation rsum reached within the budget.
+
+    .venv/bin/python bench/time_to_accuracy.py                          # demo recipe, 300 s, 2 rounds
+    .venv/bin/python bench/time_to_accuracy.py --budget 120 --rounds 1
+
+A  `pipeline train` of the recipe (its own embedded Ray, 2 workers, Ray Data decoding and augmenting every
+   epoch), stopped at the budget; timed from the command's start, so Ray's start and the pre-training passes
+   count, as they do for a user.
+B  the plain loop: one process on every core, the recipe's towers, loss, optimiser, LR schedule, global batch
+   and augmentation (`transforms.augment_image`, one caption drawn per image per epoch), its images decoded
+   into memory once (inside the budget, as A's reading is).
+Both validate on the same data.val after every epoch (the pipeline's own cadence); "rsum at the budget" is
+the last validation finished within it. Runs alternate A B A B so the machine's noise shows.
+
+Reported per run: whole-run samples/s (samples trained within the budget / the budget, or the run's time
+where it finished sooner), samples/s between
+epoch starts (an epoch's samples / the time from its first step to the next epoch's), rsum at the budget;
+then min and median over the rounds and the ratios A/B. For A, the last epoch's phase breakdown (`phases`)
+says where its time went.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STEP = re.compile(r"\[train\] epoch (\d+)/\d+ step (\d+)/(\d+)")
+VAL = re.compile(r"\[train\] epoch (\d+): loss [\d.]+ val rsum ([\d.]+)")
+TOOK = re.compile(r"\[train\] epoch (\d+) took (.*)")
+
+
+def overrides(data: Path, epochs: int, runs: Path) -> list[str]:
+    return [f"data.train={data}/train", f"data.val={data}/val", f"train.epochs={epochs}", "data.synth.enabled=false",
+            f"run.storage_path={runs}", "run.name=tta", "train.log_every=1"]
+
+
+def run_pipeline(recipe: Path, data: Path, epochs: int, budget: float) -> dict:
+    """A: `pipeline train`, stopped at the budget; every progress line timestamped as it arrives."""
+    with tempfile.TemporaryDirectory() as runs:
+        cmd = [sys.executable, "-m", "pipeline", "train", "--config", str(recipe),
+               *[x for o in overrides(data, epochs, Path(runs)) for x in ("--set", o)]]
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        steps, vals, took, firsts, per_epoch = 0, [], "", {}, 0
+        os.set_blocking(proc.stdout.fileno(), False)
+        buf = ""
+        try:
+            while time.time() - t0 < budget and proc.poll() is None:
+                chunk = proc.stdout.read() or ""
+                if not chunk:
+                    time.sleep(0.05)
+                    continue
+                buf += chunk
+                *lines, buf = buf.split("\n")
+                now = time.time() - t0
+                for line in lines:
+                    if m := STEP.search(line):
+                        e, n, per_epoch = int(m[1]), int(m[2]), int(m[3])
+                        steps = max(steps, (e - 1) * per_epoch + n)
+                        firsts.setdefault(e, now)
+                    elif m := VAL.search(line):
+                        vals.append((now, int(m[1]), float(m[2])))
+                    elif m := TOOK.search(line):
+                        took = f"epoch {m[1]}: {m[2]}"
+        finally:
+            end = min(budget, time.time() - t0)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return {"steps": steps, "vals": vals, "firsts": firsts, "per_epoch": per_epoch, "took": took, "end": end}
+
+
+class InMemoryVal:
+    """The validation set decoded once, served in the numpy batches `train.validate` takes."""
+
+    def __init__(self, batch: dict):
+        self.batch = batch
+
+    def iter_batches(self, batch_size: int, **_):
+        n = len(self.batch["key"])
+        for i in range(0, n, batch_size):
+            yield {k: v[i:i + batch_size] for k, v in self.batch.items()}
+
+
+def read_split(folder: Path) -> list[dict]:
+    from pipeline.data.shards import iter_tar_samples
+
+    rows = []
+    for path in sorted(folder.glob("*.tar")):
+        with open(path, "rb") as f:
+            rows += [r for r in iter_tar_samples(f, path.name) if not r["problem"]]
+    return rows
+
+
+def run_plain(recipe: Path, data: Path, epochs: int, budget: float) -> dict:
+    """B: the plain loop, in this process, on every core."""
+    import numpy as np
+    import torch
+
+    from pipeline.config import RunJobConfig, load_config
+    from pipeline.data import transforms, vocabulary
+    from pipeline.data.tokenizer import count_words
+    from pipeline.losses import build_loss
+    from pipeline.models import build_model
+    from pipeline.objective import ContrastiveObjective
+    from pipeline.train import make_optimizer, make_scheduler, train_step, validate
+
+    t0 = time.time()
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = load_config(RunJobConfig, recipe, overrides(data, epochs, Path(tempfile.gettempdir())))
+    size, d = cfg.data.image_size, cfg.data
+    train = []
+    for r in read_split(data / "train"):  # decoded once: PIL images and their captions
+        caps, why = transforms.parse_captions(r["txt"], r["json"])
+        if not why:
+            train.append((transforms.decode_image(bytes(r["image"]), size), caps))
+    counts = Counter()
+    for _, caps in train:
+        counts.update(count_words(caps))  # as the pipeline's vocabulary pass counts
+    tokenizer = vocabulary.make_tokenizer(d, cfg.model, counts)
+    val_rows = read_split(data / "val")
+    cols = {k: np.array([r[k] for r in val_rows], dtype=object) for k in ("key", "image", "txt", "json", "problem")}
+    cols["seed"] = np.zeros(len(val_rows), dtype=np.int64)
+    val_batch, _ = transforms.prepare_eval_batch(cols, size, transforms.image_view(d))
+    val = InMemoryVal(val_batch)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, len(tokenizer), vocab=getattr(tokenizer, "vocab", None), image_size=size,
+                        max_tokens=tokenizer.max_tokens)
+    loss = build_loss(cfg.loss)
+    objective = ContrastiveObjective(model, loss)
+    opt = make_optimizer(objective, cfg.train, cfg.model)
+    per_epoch = len(train) // cfg.train.batch_size
+    sched = make_scheduler(opt, cfg.train.warmup_steps, per_epoch * cfg.train.epochs)
+    rng = np.random.default_rng(cfg.train.seed)
+    steps, vals, firsts = 0, [], {}
+    for epoch in range(1, cfg.train.epochs + 1):
+        order = rng.permutation(len(train))
+        for b in range(per_epoch):
+            if time.time() - t0 >= budget:
+                return {"steps": steps, "vals": vals, "firsts": firsts, "per_epoch": per_epoch, "took": "",
+                        "end": time.time() - t0}
+            firsts.setdefault(epoch, time.time() - t0)
+            pick = order[b * cfg.train.batch_size:(b + 1) * cfg.train.batch_size]
+            images, captions = [], []
+            for i in pick:
+                img, caps = train[i]
+                images.append(transforms.augment_image(img, size, d.crop_scale_min, rng,
+                                                       interpolation=transforms.image_view(d)[0])
+                              if d.augment else transforms.resize_image(img, size, *transforms.image_view(d)))
+                captions.append(caps[int(rng.integers(len(caps)))])
+            batch = {"image": torch.from_numpy(np.stack(images)), "tokens": torch.from_numpy(tokenizer.encode_batch(captions))}
+            train_step(objective, opt, sched, batch, 0, cfg.train)
+            steps += 1
+        metrics = validate(model, tokenizer, val, torch.device("cpu"), loss=loss)
+        if time.time() - t0 <= budget:
+            vals.append((time.time() - t0, epoch, metrics["rsum"]))
+    return {"steps": steps, "vals": vals, "firsts": firsts, "per_epoch": per_epoch, "took": "", "end": time.time() - t0}
+
+
+def summarise(r: dict, batch: int, budget: float) -> dict:
+    f = sorted(r["firsts"].items())
+    between = [r["per_epoch"] * batch / (t2 - t1) for (_, t1), (_, t2) in zip(f, f[1:])]
+    return {"whole": r["steps"] * batch / min(budget, r["end"]), "between": statistics.median(between) if between else float("nan"),
+            "rsum": r["vals"][-1][2] if r["vals"] else 0.0, "epochs": r["vals"][-1][1] if r["vals"] else 0,
+            "first_step": f[0][1] if f else float("nan"), "took": r["took"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", type=Path, default=ROOT / "configs" / "demo.yaml")
+    ap.add_argument("--budget", type=float, default=300.0, help="wall-clock seconds each run may take")
+    ap.add_argument("--epochs", type=int, default=14, help="train.epochs of both (the LR schedule's length)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--train", type=int, default=4000, help="synthetic training images, written once")
+    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "tta_data")
+    args = ap.parse_args()
+    from pipeline.config import RunJobConfig, load_config
+    from pipeline.data.synthetic import write_dataset
+
+    if not (args.data / "train").exists():  # a seed the demo does not use: data the recipe was not tuned on
+        write_dataset(args.data, args.train, 500, seed=11)
+    batch = load_config(RunJobConfig, args.recipe, overrides(args.data, args.epochs, args.data)).train.batch_size
+    results: dict[str, list[dict]] = {"pipeline": [], "plain": []}
+    for r in range(args.rounds):
+        for name, fn in (("pipeline", run_pipeline), ("plain", run_plain)):  # A B A B
+            s = summarise(fn(args.recipe, args.data, args.epochs, args.budget), batch, args.budget)
+            results[name].append(s)
+            print(f"round {r + 1} {name:<8}: {s['whole']:6.1f} samples/s whole run, {s['between']:6.1f} between "
+                  f"epoch starts, first step at {s['first_step']:.1f} s, rsum {s['rsum']:6.1f} after "
+                  f"{s['epochs']} epochs" + (f"\n  last epoch's time, {s['took']}" if s["took"] else ""), flush=True)
+    print(f"\n{'':<10} {'whole min':>9} {'median':>7} {'between min':>11} {'median':>7} {'rsum min':>8} {'median':>7}")
+    med = {}
+    for name, rs in results.items():
+        col = lambda k: [x[k] for x in rs]  # noqa: E731
+        med[name] = {k: statistics.median(col(k)) for k in ("whole", "between", "rsum")}
+        print(f"{name:<10} {min(col('whole')):9.1f} {med[name]['whole']:7.1f} {min(col('between')):11.1f} "
+              f"{med[name]['between']:7.1f} {min(col('rsum')):8.1f} {med[name]['rsum']:7.1f}")
+    a, b = med["pipeline"], med["plain"]
+    print(f"pipeline / plain (medians): whole-run samples/s {a['whole'] / b['whole']:.2f}x (target 0.85), between "
+          f"epoch starts {a['between'] / b['between']:.2f}x, rsum at {args.budget:.0f} s {a['rsum']:.1f} vs "
+          f"{b['rsum']:.1f} (target: not below)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Where a training epoch's time goes (`phases`): the clock's arithmetic, and a real epoch of `train_epoch` on
+one process whose batches arrive slowly on purpose, which the breakdown must put under data wait."""
+import time
+
+import pytest
+import torch
+
+from pipeline.config import TrainJobConfig, load_config
+from pipeline.losses import build_loss
+from pipeline.models import build_model
+from pipeline.objective import ContrastiveObjective
+from pipeline.phases import PHASES, PhaseClock, describe_phases, phase_metrics
+from pipeline.train import make_optimizer, make_scheduler, train_epoch
+
+from .test_divergence import BASE, FakeContext
+
+
+def test_the_breakdown_sums_to_the_wall_time_and_nests_the_gather():
+    clock = PhaseClock()
+    with clock("forward_backward"):
+        time.sleep(0.05)
+        with clock("all_gather"):
+            time.sleep(0.02)
+    clock.add("epoch_start", 0.01)
+    time.sleep(0.02)  # in no phase: other
+    out = clock.breakdown()
+    assert set(out) == set(PHASES)
+    assert sum(out.values()) == pytest.approx(clock.wall(), abs=1e-3)
+    assert out["all_gather"] == pytest.approx(0.02, abs=0.01)
+    assert out["forward_backward"] == pytest.approx(0.05, abs=0.015)  # the gather is not counted twice
+    assert out["other"] == pytest.approx(0.01, abs=0.008)  # the 0.02 s in no phase, less the 0.01 s added
+
+
+def test_sampled_step_phases_are_scaled_to_every_step():
+    clock = PhaseClock()
+    for i in range(4):  # a GPU epoch: only one step in four timed
+        timed = i == 0
+        with clock("optimizer", timed):
+            time.sleep(0.01)
+        clock.count_step(timed)
+    assert clock.breakdown()["optimizer"] == pytest.approx(4 * clock.seconds["optimizer"])
+    assert clock.seconds["optimizer"] == pytest.approx(0.01, abs=0.008)
+
+
+def test_metrics_and_the_console_line():
+    m = phase_metrics({"forward_backward": 6.0, "data_wait": 3.0, "epoch_start": 1.0, "all_gather": 0.01})
+    assert m["time/epoch_s"] == pytest.approx(10.01) and m["time/data_wait_share"] == pytest.approx(3 / 10.01)
+    line = describe_phases(m)
+    assert line.startswith("10.0 s: forward/backward 60%, data wait 30%, epoch start 10%")
+    assert "all-gather" not in line and line.endswith("(first batch after 1.0 s)")
+
+
+def test_a_slow_data_source_shows_as_data_wait():
+    cfg = load_config(TrainJobConfig, None, BASE)
+    torch.manual_seed(0)
+    objective = ContrastiveObjective(build_model(cfg.model, 30), build_loss(cfg.loss))
+    opt = make_optimizer(objective, cfg.train)
+    ctx = FakeContext(6)
+
+    def slow():
+        time.sleep(0.3)  # the epoch's start
+        for b in ctx.shard.batches:
+            time.sleep(0.1)
+            yield b
+
+    clock = PhaseClock()
+    train_epoch(objective, opt, make_scheduler(opt, 0, 100), ctx, cfg, epoch=1, step=0, steps_per_epoch=6,
+                log=lambda r, p: None, batches=slow(), clock=clock)
+    out = clock.breakdown()
+    assert out["epoch_start"] == pytest.approx(0.4, abs=0.1)  # the start and the first batch's own wait
+    assert out["data_wait"] == pytest.approx(0.5, abs=0.1)  # the five batches after it
+    assert out["forward_backward"] > 0 and out["optimizer"] > 0
+    assert out["all_gather"] < 0.05  # one process: the gather returns its input
+    assert clock.steps == clock.timed_steps == 6  # on CPU every step is timed
+    assert sum(out.values()) == pytest.approx(clock.wall(), abs=1e-2)
