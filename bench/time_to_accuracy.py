@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -55,30 +56,28 @@ def run_pipeline(recipe: Path, data: Path, epochs: int, budget: float) -> dict:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         steps, vals, took, firsts, per_epoch = 0, [], "", {}, 0
-        os.set_blocking(proc.stdout.fileno(), False)
-        buf = ""
+        lines: list[tuple[float, str]] = []  # (seconds since the start, line), filled as they arrive
+        reader = threading.Thread(target=lambda: lines.extend((time.time() - t0, x) for x in proc.stdout),
+                                  daemon=True)
+        reader.start()
         try:
             while time.time() - t0 < budget and proc.poll() is None:
-                chunk = proc.stdout.read() or ""
-                if not chunk:
-                    time.sleep(0.05)
-                    continue
-                buf += chunk
-                *lines, buf = buf.split("\n")
-                now = time.time() - t0
-                for line in lines:
-                    if m := STEP.search(line):
-                        e, n, per_epoch = int(m[1]), int(m[2]), int(m[3])
-                        steps = max(steps, (e - 1) * per_epoch + n)
-                        firsts.setdefault(e, now)
-                    elif m := VAL.search(line):
-                        vals.append((now, int(m[1]), float(m[2])))
-                    elif m := TOOK.search(line):
-                        took = f"epoch {m[1]}: {m[2]}"
+                time.sleep(0.2)
         finally:
             end = min(budget, time.time() - t0)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for now, line in lines:
+            if now > budget:
+                break
+            if m := STEP.search(line):
+                e, n, per_epoch = int(m[1]), int(m[2]), int(m[3])
+                steps = max(steps, (e - 1) * per_epoch + n)
+                firsts.setdefault(e, now)
+            elif m := VAL.search(line):
+                vals.append((now, int(m[1]), float(m[2])))
+            elif m := TOOK.search(line):
+                took = f"epoch {m[1]}: {m[2]}"
     return {"steps": steps, "vals": vals, "firsts": firsts, "per_epoch": per_epoch, "took": took, "end": end}
 
 
