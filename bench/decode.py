@@ -3,6 +3,7 @@
 `decode_jpeg` (full size, then the same PIL resize), at S = 64, 224 and 384 px. Each method ends where the
 training transform starts: an RGB PIL image with both sides >= S.
 
+    .venv/bin/pip install -e '.[bench]'               # simplejpeg
     .venv/bin/python bench/decode.py                  # 3 rounds, A B C A B C
     .venv/bin/python bench/decode.py --rounds 5 --sizes 224
 
@@ -92,6 +93,10 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        sys.exit("bench/decode.py needs simplejpeg: .venv/bin/pip install -e '.[bench]'")
     torch.set_num_threads(1)
     images = corpus(args.side)
     sizes = [Image.open(io.BytesIO(d)).size for d in images]
