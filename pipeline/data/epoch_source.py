@@ -14,8 +14,7 @@ import numpy as np
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipeline.data.shards import (_bare, _to_table, iter_failed_downloads, iter_parquet_samples, iter_tar_samples,
-                                  permute_windows, shard_format, shard_names, shard_seed)
+from pipeline.data.shards import _bare, _to_table, permute_windows, shard_format, shard_names, shard_rows, shard_seed
 
 BLOCK_ROWS = 256
 
@@ -61,7 +60,7 @@ def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed:
     # order, crops and caption choices.
     base = shard_seed(shuffle_seed, epoch, shard if not repeat else f"{shard}#{repeat}")
     with _open(fs, bare) as f:
-        rows = (dict(row, seed=base + i) for i, row in enumerate(_rows(fs, f, bare, shard, with_images)))
+        rows = (dict(row, seed=base + i) for i, row in enumerate(shard_rows(fs, f, bare, shard, with_images)))
         rows = permute_windows(rows, shuffle_block, np.random.default_rng(base))
         rows = (dict(row, pos=(at << 32) | i) for i, row in enumerate(rows) if row_filter.keeps(at, i))
         out = (lambda t: t) if prepare is None else (lambda t: _prepared(prepare, t))  # noqa: E731
@@ -85,17 +84,3 @@ def _open(fs, bare: str):
     if shard_format(bare) == "parquet":
         return fs.open_input_file(bare)  # Parquet needs random access to its footer
     return fs.open_input_stream(bare, buffer_size=1 << 20)
-
-
-def _rows(fs, f, bare: str, shard: str, with_images: bool) -> Iterator[dict]:
-    import pyarrow.fs as pafs
-
-    if shard_format(bare) == "parquet":
-        yield from iter_parquet_samples(f, shard, with_images)
-        return
-    yield from iter_tar_samples(f, shard, with_images)
-    # img2dataset's WebDataset output lists every URL of a tar, failed ones too, in NNNNN.parquet
-    meta = bare[: -len(".tar")] + ".parquet"
-    if fs.get_file_info(meta).type == pafs.FileType.File:
-        with fs.open_input_file(meta) as m:
-            yield from iter_failed_downloads(m, shard)

@@ -274,7 +274,6 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
                 with_images: bool = True, block_rows: int = 256):
     """A Ray Data datasource over `paths` (all local or all s3://): validation, galleries, passes over the
     captions. A training worker's own epoch reads through `epoch_source.EpochSource` instead."""
-    import pyarrow.fs as pafs
     from ray.data.datasource import FileBasedDatasource, FileShuffleConfig
 
     from pipeline import storage
@@ -303,22 +302,12 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
                 return filesystem.open_input_file(path)  # Parquet needs random access to its footer
             return super()._open_input_source(filesystem, path, **open_args)
 
-        def _rows(self, f, path: str, shard: str) -> Iterator[dict]:
-            if shard_format(path) == "parquet":
-                yield from iter_parquet_samples(f, shard, with_images)
-                return
-            yield from iter_tar_samples(f, shard, with_images)
-            # img2dataset's WebDataset output lists every URL of a tar, failed ones too, in NNNNN.parquet
-            meta = path[: -len(".tar")] + ".parquet"
-            if self.shard_fs.get_file_info(meta).type == pafs.FileType.File:
-                with self.shard_fs.open_input_file(meta) as m:
-                    yield from iter_failed_downloads(m, shard)
-
         def _read_stream(self, f, path):
             shard = names[path]  # Ray Data hands back the path it was given
             source = f"s3://{path}" if remote else path  # the shard each row came from, for the embeddings
             base = shard_seed(shuffle_seed or 0, self.epoch, shard)
-            rows = (dict(row, seed=base + i) for i, row in enumerate(self._rows(f, path, shard)))
+            rows = (dict(row, seed=base + i) for i, row in enumerate(shard_rows(self.shard_fs, f, path, shard,
+                                                                                 with_images)))
             if shuffle_seed is not None:
                 rows = permute_windows(rows, shuffle_block, np.random.default_rng(base))
             chunk: list[dict] = []
@@ -331,6 +320,22 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
                 yield _to_table(chunk, source)
 
     return ShardSource()
+
+
+def shard_rows(fs, f, path: str, shard: str, with_images: bool = True) -> Iterator[dict]:
+    """The rows of one open shard `f` (`path` as the Arrow filesystem `fs` names it): a Parquet file's, or a
+    tar's followed by the failed downloads its img2dataset metadata Parquet lists."""
+    import pyarrow.fs as pafs
+
+    if shard_format(path) == "parquet":
+        yield from iter_parquet_samples(f, shard, with_images)
+        return
+    yield from iter_tar_samples(f, shard, with_images)
+    # img2dataset's WebDataset output lists every URL of a tar, failed ones too, in NNNNN.parquet
+    meta = path[: -len(".tar")] + ".parquet"
+    if fs.get_file_info(meta).type == pafs.FileType.File:
+        with fs.open_input_file(meta) as m:
+            yield from iter_failed_downloads(m, shard)
 
 
 def _to_table(rows: list[dict], shard: str = ""):
