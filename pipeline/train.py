@@ -67,16 +67,16 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
     of this epoch)."""
     it = to_device(batches, ctx.device, cfg.train.channels_last)
     mark = getattr(batches, "mark_trained", None)
-    loss_sum, t_wait, t_start, (n0, loss0) = torch.zeros((), device=ctx.device), 0.0, time.perf_counter(), done
+    loss_sum, t_start, (n0, loss0) = torch.zeros((), device=ctx.device), time.perf_counter(), done
     n = n0
     bare = unwrap(objective)
     first_bad = torch.zeros(3, dtype=torch.long, device=ctx.device)  # image, text, loss: step first non-finite
     clock = clock or PhaseClock()
+    waited0 = clock.seconds["epoch_start"] + clock.seconds["data_wait"]  # the log's share counts from here
     every_step = ctx.device.type != "cuda"  # a GPU step is timed only where a log line syncs anyway
     while max_steps is None or n < max_steps:
         t0 = time.perf_counter()
         batch = next(it, None)
-        t_wait += time.perf_counter() - t0
         clock.add("epoch_start" if n == n0 else "data_wait", time.perf_counter() - t0)
         if all_reduce_min(int(batch is not None), ctx.device) == 0:
             break
@@ -102,7 +102,8 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
                      **logit_scale_record(bare.loss),
                      "train/lr": sched.get_last_lr()[0],
                      "train/samples_per_s": (n - n0) * cfg.train.batch_size / elapsed,
-                     "train/data_wait_share": t_wait / elapsed,
+                     "train/data_wait_share": (clock.seconds["epoch_start"] + clock.seconds["data_wait"]
+                                               - waited0) / elapsed,
                      "train/peak_mem_mb": peak_memory_mb(ctx.device)}, f"{n}/{steps_per_epoch}")
         if on_step is not None:
             on_step(step, n, lambda: loss0 + float(all_reduce_mean(loss_sum).item()))
