@@ -52,6 +52,16 @@ def all_reduce_min(value: int, device: torch.device | None = None) -> int:
     return int(t.item())
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP broadcasts them at the start of
+    each forward, but every rank then updates its own copy from its local batch: after the last step of an
+    epoch only rank 0's match the checkpoint, and a rank that evaluates needs those."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def all_reduce_sum(value: int) -> int:
     """Sum of an integer across workers, on the CPU group."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -8,7 +8,9 @@ trains is then a function of (seed, epoch, rank, shard list), so a checkpoint ca
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -57,9 +59,38 @@ def data_cpus(cfg) -> float | None:
     return max(1.0, (total - n * cfg.scaling.cpus_per_worker) / n)
 
 
+def primed(blocks: Iterable) -> Iterator:
+    """`blocks`, the first of them already being fetched in a thread: a Ray Data pipeline takes about a second
+    to plan, start its read tasks and bring its first block, and the next epoch's can do that while this one
+    validates and checkpoints."""
+    it, box = iter(blocks), {}
+
+    def fetch() -> None:
+        try:
+            box["first"] = next(it)
+        except StopIteration:
+            pass
+        except BaseException as e:  # raised where the batches are taken, in the training thread
+            box["error"] = e
+
+    thread = threading.Thread(target=fetch, daemon=True, name="prime-next-epoch")
+    thread.start()
+
+    def chain() -> Iterator:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        if "first" in box:
+            yield box["first"]
+            yield from it
+
+    return chain()
+
+
 def epoch_batches(loop_cfg: dict, cfg, rank: int, world: int, tokenizer, epoch: int,
-                  saved: dict | None = None) -> EpochBatcher:
-    """This worker's batches for `epoch`, from where `saved` (its part of a mid-epoch checkpoint) left off."""
+                  saved: dict | None = None, prime: bool = False) -> EpochBatcher:
+    """This worker's batches for `epoch`, from where `saved` (its part of a mid-epoch checkpoint) left off;
+    `prime`: start reading at once (`primed`)."""
     from pipeline.data import ingest
 
     paths = loop_cfg["train_paths"]
@@ -68,8 +99,10 @@ def epoch_batches(loop_cfg: dict, cfg, rank: int, world: int, tokenizer, epoch: 
     source_of = dict(zip(paths, loop_cfg.get("shard_sources") or [0] * len(paths)))
     cursor = Cursor.from_dict(saved["cursor"]) if saved and "cursor" in saved else None
     ds = ingest.train_epoch_dataset(share, paths, tokenizer, cfg.data, cfg.train.seed, epoch, cursor,
-                                    data_cpus(cfg))
+                                    data_cpus(cfg), loop_cfg.get("decoded_cache"))
     blocks = [] if ds is None else ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=4)
+    if prime:
+        blocks = primed(blocks)
     rng = np.random.default_rng([cfg.train.seed, epoch, rank, cursor.next if cursor else 0])
     return EpochBatcher(blocks, cfg.local_batch_size(), cfg.data.shuffle_buffer, rng, cursor,
                         SkipTally.from_dict(saved["tally"]) if saved else None,

@@ -25,32 +25,17 @@ from pipeline.data.shards import shard_names
 from pipeline.data.epoch_plan import describe_mix, mix_metrics, mix_targets
 from pipeline.data.skips import SkipTally
 from pipeline.data.subword import tokenizer_from_dict
-from pipeline.data.tokenizer import Tokenizer
 from pipeline.distributed import WorkerContext, all_reduce_mean, all_reduce_min, gather_objects
 from pipeline.epoch_data import KeyRecord, epoch_batches, iterate_epoch, skip_check, to_device  # noqa: F401 (iterate_epoch: benches)
-from pipeline.encoder import embed_gallery
 from pipeline.losses import build_loss
-from pipeline.metrics import flat_metrics, retrieval_metrics
+from pipeline.metrics import flat_metrics
 from pipeline.models import build_model
 from pipeline.objective import ContrastiveObjective, unwrap
 from pipeline.phases import PhaseClock, describe_phases, phase_metrics
 from pipeline.optimisation import (NONFINITE, check_finite, logit_scale_record, make_optimizer,  # noqa: F401
                                    make_scheduler, peak_memory_mb, speed_up, train_step)
 from pipeline import warm_start
-
-
-def validate(model, tokenizer: Tokenizer, shard, device, eval_batch: int = 256, loss=None) -> dict:
-    maps = loss.retrieval_maps() if hasattr(loss, "retrieval_maps") else None
-    if maps is not None:  # deep CCA: retrieve in the canonical space its statistics define
-        model.set_retrieval_maps(*maps)
-    model.eval()
-    with torch.no_grad():
-        gallery = embed_gallery(
-            lambda px: model.encode_image(torch.as_tensor(px).to(device)).float().cpu(),
-            lambda caps: model.encode_text(torch.from_numpy(tokenizer.encode_batch(caps)).to(device)).float().cpu(),
-            shard.iter_batches(batch_size=eval_batch, batch_format="numpy"))
-    model.train()
-    return retrieval_metrics(gallery.image_emb, gallery.text_emb, gallery.text_to_image)
+from pipeline.validation import ValidationSet, validate  # noqa: F401 (validate: benches)
 
 
 def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, epoch: int, step: int,
@@ -164,16 +149,32 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             path, model=model, loss=loss, optimizer=opt, scheduler=sched, tokenizer=tokenizer,
             config=loop_cfg["config"], state=new_state)
 
+    import ray
+
+    refs = loop_cfg.get("val_blocks")  # the prepared validation set, where the workers keep it in memory
+    val_set = ValidationSet(ctx.rank, ctx.world_size, blocks=lambda: ray.get(refs)) if refs is not None else \
+        ValidationSet(ctx.rank, ctx.world_size, stream=ctx.dataset_shard("val"))
+    validates = lambda: ctx.is_main or val_set.split  # noqa: E731 (in memory, every rank embeds its slice)
+
     def run_validation(where: str) -> dict:
-        val = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device, loss=loss)
+        val = val_set.run(model, tokenizer, ctx.device, loss=loss)
+        if val is None:
+            return {}
         say(f"[train] {where} val rsum {val['rsum']:.1f} i2t R@1 {val['i2t']['R@1']:.1f} "
             f"t2i R@1 {val['t2i']['R@1']:.1f}")
         return flat_metrics(val, "val")
 
-    if state["epoch"] == 0 and ctx.is_main and not state["history"]:
-        untrained = validate(model, tokenizer, ctx.dataset_shard("val"), ctx.device)
-        state["history"].append({"epoch": 0, **flat_metrics(untrained, "val")})
-        say(f"[train] untrained model: val rsum {untrained['rsum']:.1f}")
+    first = state["epoch"] + 1
+    saved_first = in_epoch if in_epoch and in_epoch["epoch"] == first else None
+    # The first epoch's reads start before the untrained model is validated, and run beside it.
+    upcoming = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, first,
+                             saved_first["workers"][ctx.rank] if saved_first else None, prime=True) \
+        if first <= cfg.train.epochs else None
+    if state["epoch"] == 0 and validates() and not state["history"]:
+        untrained = val_set.run(model, tokenizer, ctx.device)
+        if untrained is not None:
+            state["history"].append({"epoch": 0, **flat_metrics(untrained, "val")})
+            say(f"[train] untrained model: val rsum {untrained['rsum']:.1f}")
     samples = state.get("samples", 0)
     source_names = [src["name"] for src in cfg.data.sources()]
     targets = mix_targets(cfg.data.sources(), cfg.data.sampling, loop_cfg.get("source_samples"))
@@ -183,8 +184,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         in_epoch = None
         clock.start()
         clock.add("checkpoint", last_checkpoint_s)  # the previous epoch's, written after its metrics were taken
-        batches = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch,
-                                saved["workers"][ctx.rank] if saved else None)
+        batches = upcoming if upcoming is not None else epoch_batches(
+            loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch, saved["workers"][ctx.rank] if saved else None)
 
         def on_step(step: int, n: int, loss_sum, epoch=epoch, batches=batches) -> None:
             nonlocal state, steps_log
@@ -196,9 +197,10 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                 workers = gather_objects(batches.state()) if ck else None  # collective: every rank is on this step
             mean = loss_sum() / n
             mid = {"epoch": epoch - 1, "step": step, "train/loss": mean, "epoch_progress": round(n / steps_per_epoch, 4)}
-            if val and ctx.is_main:
+            if val and validates():
                 with clock("validation"):
                     mid |= run_validation(f"epoch {epoch} step {step}:")
+            if val and ctx.is_main:
                 state["history"] = state["history"] + [{**mid, "epoch": round(epoch - 1 + n / steps_per_epoch, 4)}]
             new_state = {**state, "step": step, "steps": state["steps"] + steps_log,
                          "in_epoch": {"epoch": epoch, "steps": n, "loss_sum": mean * n, "workers": workers}}
@@ -215,6 +217,9 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                                          steps_per_epoch if cfg.data.sampling == "resampled" else None, clock)
         if check is not None:  # what the epoch's last steps read, checked too (collective, every rank raises)
             check()
+        # The next epoch's reads start now, in the background, while this one validates and checkpoints.
+        upcoming = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch + 1, None, prime=True) \
+            if epoch < cfg.train.epochs else None
         tallies = gather_objects({"tally": batches.tally.to_dict(), "mix": batches.mix.tolist()})
         skips = SkipTally.merged([t["tally"] for t in tallies])
         metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss, "data/samples_used": n * cfg.train.batch_size,
@@ -226,9 +231,10 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             metrics["data/dropped_remainder"] = samples - skips.skipped_samples() - n * cfg.train.batch_size
         if coverage:
             metrics["model/word_coverage"] = coverage["fraction"]
-        if ctx.is_main:
+        if validates():
             with clock("validation"):
                 metrics |= run_validation(f"epoch {epoch}: loss {mean_loss:.4f}")
+        if ctx.is_main:
             metrics |= phase_metrics(clock.breakdown())
             say(f"[train] epoch {epoch} took {describe_phases(metrics)}")
         state = {**state, "epoch": epoch, "step": step, "metrics": metrics, "skips": skips.to_dict(),
@@ -264,9 +270,10 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.data import ingest
-
+    from pipeline import validation
     from pipeline.cluster import check_resources
+    from pipeline.data import ingest
+    from pipeline.data.counts import count_samples
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     check_resources(cfg.scaling)  # before any pass over the data: a request that cannot fit would wait forever
@@ -310,14 +317,22 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
         print(f"[train] Ray's list of checkpoints in {run_dir}/checkpoints was damaged ({why}): set aside as "
               f"{checkpoint.RAY_SNAPSHOT}.damaged; resuming from {latest or 'the start'}")
     counter = ingest.skip_counter()
+    cache = start_cache(cfg.data, sum(data.shard_counts.values()) or data.samples or n_train)
     for split, shards in (("train", train_shards), ("val", val_shards)):
         if shards.missing:
             print(f"[data] {split}: {len(shards.missing)} shard(s) of the brace list are missing, skipped")
             counter.add_missing_shards.remote(split, shards.missing)
-    # Training data is read by each worker itself (epoch_data): Ray Train only hands rank 0 the validation set.
-    datasets = {"val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, counter,
-                                           view=transforms.image_view(cfg.data))}
-    datasets["val"].context.enable_progress_bars = False  # bars drawn inside workers garble the progress lines
+    # Training data is read by each worker itself (epoch_data). A validation set the workers keep in memory is
+    # prepared by tasks started now, beside the worker group's start; otherwise Ray Train hands rank 0 a
+    # dataset to stream.
+    datasets, val_blocks = {}, None
+    if validation.in_memory(cfg.data.cache_decoded, count_samples(val_shards.paths).total, cfg.data.image_size):
+        val_blocks = ingest.eval_shard_tasks(val_shards.paths, cfg.data.image_size, counter,
+                                             view=transforms.image_view(cfg.data))
+    else:
+        datasets = {"val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, counter,
+                                               view=transforms.image_view(cfg.data))}
+        datasets["val"].context.enable_progress_bars = False  # bars drawn inside workers garble the progress lines
     fs, storage_path = storage.arrow_filesystem(run_dir)
     launch = uuid.uuid4().hex  # tells this launch's worker-group restarts from an earlier launch's
     trainer = TorchTrainer(
@@ -332,7 +347,8 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
                            "layout": state_layout(latest, data.layout), "shard_sources": data.shard_sources,
                            "source_samples": data.source_samples,
                            "resampling": data.resampling.to_dict() if data.resampling else None,
-                           "run_dir": run_dir, "launch": launch, "config_changes": changes, "init_from": init},
+                           "run_dir": run_dir, "launch": launch, "config_changes": changes, "init_from": init,
+                           "decoded_cache": cache, "val_blocks": val_blocks},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
@@ -347,7 +363,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
                 max_failures=cfg.run.max_failures,
                 controller_failure_limit=1 + math.ceil(cfg.scaling.resource_wait_s / START_TIMEOUT_S)),
             callbacks=callbacks or []),
-        datasets=datasets,
+        datasets=datasets or None,
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     try:
@@ -372,6 +388,21 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
                        {split: t.counts for split, t in skips.items() if t.counts}, latest, attempts,
                        {split: t.examples for split, t in skips.items() if t.counts})
+
+
+def start_cache(data_cfg, samples: int):
+    """data.cache_decoded: the run's decoded-image cache actor, or None; says which on the console."""
+    import ray
+
+    from pipeline.data import decoded_cache
+
+    store = float(ray.cluster_resources().get("object_store_memory", 0))
+    on, note = decoded_cache.decide(data_cfg.cache_decoded, samples, data_cfg.image_size, store)
+    print(f"[data] {note}")
+    if not on:
+        return None
+    return decoded_cache.cache_actor(float("inf") if data_cfg.cache_decoded == "true"
+                                     else 1.5 * decoded_cache.AUTO_SHARE * store)
 
 
 _SOURCES = {"stats": "img2dataset stats", "parquet": "Parquet footers", "num_samples": "data.num_samples",

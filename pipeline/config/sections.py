@@ -60,6 +60,9 @@ class DataConfig:
     sampling: str = _f("epoch", "epoch (every training sample once per epoch, in a seeded order) | resampled "
                                 "(each worker draws shards with replacement, by source weight; an epoch is "
                                 "train.samples_per_epoch samples: for crawls too big to pass over)")
+    cache_decoded: str = _f("auto", "auto | true | false: training images decoded once (short side a little above "
+                                    "data.image_size) and kept in Ray's object store, crops cut from there every "
+                                    "epoch; auto: when the decoded set takes under a fifth of the object store")
     allow_changed_data: bool = _f(False, "resume mid-epoch although data.train now matches other shards than the "
                                          "checkpoint's (the epoch's order is then a new one)")
     synth: SynthConfig = _f(SynthConfig(), "synthetic demo data")
@@ -79,6 +82,9 @@ class DataConfig:
                                                  f"{list(RESIZE_MODES)}")
         _check(self.shuffle_block >= 0 and self.shuffle_buffer >= 0,
                "data.shuffle_block and data.shuffle_buffer must be >= 0")
+        object.__setattr__(self, "cache_decoded", str(self.cache_decoded).lower())
+        _check(self.cache_decoded in ("auto", "true", "false"),
+               f"data.cache_decoded={self.cache_decoded!r}; choose auto, true or false")
         _check(self.sampling in SAMPLINGS, f"data.sampling={self.sampling!r}; choose one of {list(SAMPLINGS)}")
         if isinstance(self.train, list):
             object.__setattr__(self, "train", [_source(s, i) for i, s in enumerate(self.train)])

@@ -7,6 +7,7 @@ epoch on a large corpus). Here a shard is opened only when its read task runs.
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from functools import partial
 from typing import Iterator
 
@@ -14,7 +15,9 @@ import numpy as np
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipeline.data.shards import _bare, _to_table, permute_windows, shard_format, shard_names, shard_rows, shard_seed
+from pipeline.data.decoded_cache import ShardDecoder
+from pipeline.data.shards import (_bare, _to_table, permute_windows, rows_to_batch, shard_format, shard_names,
+                                   shard_rows, shard_seed)
 
 BLOCK_ROWS = 256
 
@@ -25,14 +28,15 @@ class EpochSource(Datasource):
     anything but a row's key is kept."""
 
     def __init__(self, shards: list[str], first: int, names_of: list[str], *, shuffle_seed: int, shuffle_block: int,
-                 epoch: int, row_filter, with_images: bool = True, prepare=None, chunk_rows: int = BLOCK_ROWS):
+                 epoch: int, row_filter, with_images: bool = True, prepare=None, chunk_rows: int = BLOCK_ROWS,
+                 cache=None):
         from pipeline import storage
 
         self.shards, self.first = shards, first
         self.names = shard_names(names_of)
         self.fs = storage.arrow_filesystem(shards[0])[0]
         self.args = dict(shuffle_seed=shuffle_seed, shuffle_block=shuffle_block, epoch=epoch, row_filter=row_filter,
-                         with_images=with_images, prepare=prepare, chunk_rows=chunk_rows)
+                         with_images=with_images, prepare=prepare, chunk_rows=chunk_rows, cache=cache)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -51,33 +55,66 @@ class EpochSource(Datasource):
 
 
 def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed: int, shuffle_block: int,
-               epoch: int, row_filter, with_images: bool, prepare=None, chunk_rows: int = BLOCK_ROWS) -> Iterator:
+               epoch: int, row_filter, with_images: bool, prepare=None, chunk_rows: int = BLOCK_ROWS,
+               cache=None) -> Iterator:
     """The rows of entry `at` of the epoch list (the `repeat`-th time its shard appears there): seeded,
     window-shuffled, positioned, filtered, in tables of `chunk_rows` rows; with `prepare` (numpy batch ->
-    numpy batch), each table prepared in the task."""
+    numpy batch), each table prepared in the task. `cache`: (`decoded_cache.CacheClient`, base side,
+    interpolation) where data.cache_decoded is on: the shard's rows come decoded from the cache, or are
+    decoded here (all of them, by the reader that claims the shard) and put there."""
     bare = _bare([path])[0]
     # The first time a shard appears its seed is the one the whole-pass reader uses; a repeat gets its own
     # order, crops and caption choices.
     base = shard_seed(shuffle_seed, epoch, shard if not repeat else f"{shard}#{repeat}")
-    with _open(fs, bare) as f:
-        rows = (dict(row, seed=base + i) for i, row in enumerate(shard_rows(fs, f, bare, shard, with_images)))
+    with ExitStack() as stack:
+        source, builder = _cached_rows(cache, path), None
+        if source is None:
+            f = stack.enter_context(_open(fs, bare))
+            source = shard_rows(fs, f, bare, shard, with_images)
+            if cache is not None and cache[0].claim(path):
+                builder = ShardDecoder(cache[1], cache[2])
+                source = _publishing(builder.decode(source), builder, cache[0], path)
+        rows = (dict(row, seed=base + i) for i, row in enumerate(source))
         rows = permute_windows(rows, shuffle_block, np.random.default_rng(base))
         rows = (dict(row, pos=(at << 32) | i) for i, row in enumerate(rows) if row_filter.keeps(at, i))
-        out = (lambda t: t) if prepare is None else (lambda t: _prepared(prepare, t))  # noqa: E731
+        if prepare is None:
+            out = lambda chunk: _to_table(chunk, path)  # noqa: E731
+        else:  # straight to a numpy batch: no Arrow round trip, and rows may hold decoded arrays (the cache)
+            out = lambda chunk: _prepared(prepare, chunk, path)  # noqa: E731
         chunk: list[dict] = []
         for row in rows:
             chunk.append(row)
             if len(chunk) == chunk_rows:
-                yield out(_to_table(chunk, path))
+                yield out(chunk)
                 chunk = []
         if chunk:
-            yield out(_to_table(chunk, path))
+            yield out(chunk)
 
 
-def _prepared(prepare, table):
+def _cached_rows(cache, path: str):
+    if cache is None:
+        return None
+    decoded = cache[0].lookup(path)
+    return None if decoded is None else decoded.iter_rows()
+
+
+def _publishing(rows, builder, client, path: str):
+    """`rows`, and once the last has passed, the decoded shard handed to the cache; a read stopped early
+    (a resampled epoch ends mid-shard) gives its claim back instead."""
+    done = False
+    try:
+        yield from rows
+        done = True
+        client.store(path, builder.finish())
+    finally:
+        if not done:
+            client.release(path)
+
+
+def _prepared(prepare, rows: list[dict], shard: str):
     from ray.data.block import BlockAccessor
 
-    return BlockAccessor.batch_to_block(prepare(BlockAccessor.for_block(table).to_batch_format("numpy")))
+    return BlockAccessor.batch_to_block(prepare(rows_to_batch(rows, shard)))
 
 
 def _open(fs, bare: str):

@@ -273,16 +273,18 @@ PREPARE_ROWS = 128  # rows a training read task decodes at once, each batch clos
 
 
 def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, epoch: int,
-                        cursor=None, cpus: float | None = None):
+                        cursor=None, cpus: float | None = None, cache=None):
     """One training worker's epoch (`epoch_plan.WorkerShare`), in position order, from `cursor` on: the
     prepared sample rows {'key', 'image' (3,S,S) uint8, 'tokens' (L,), 'pos', 'tally': ''} and after each
     prepared batch a tally row ('tally': JSON of the positions it covered and its skips; see `batcher`).
-    `cpus`: the share of the cluster's CPUs this worker's reads and decodes may hold at once. None when the
-    cursor is past every shard of the share."""
+    `cpus`: the share of the cluster's CPUs this worker's reads and decodes may hold at once; `cache`: the
+    run's decoded-image cache actor (data.cache_decoded, `decoded_cache`), or None. None when the cursor is
+    past every shard of the share."""
     import json
 
     import ray.data
 
+    from pipeline.data.decoded_cache import CacheClient, base_side
     from pipeline.data.epoch_plan import RowFilter
     from pipeline.data.epoch_source import EpochSource
     from pipeline.data.skips import SkipTally
@@ -294,8 +296,10 @@ def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_
     if not paths:
         return None
 
+    base = base_side(size) if cache is not None else 0
+
     def prepare(batch):
-        out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min, view)
+        out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min, view, base)
         tally = SkipTally()
         tally.add_keys(skips)
         pos = np.asarray(batch["pos"], dtype=np.int64)
@@ -313,7 +317,8 @@ def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_
     # then leave the task as they are made.
     source = EpochSource(share.shards, first, all_paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block,
                          epoch=epoch, row_filter=RowFilter.of(share, cursor), prepare=prepare,
-                         chunk_rows=PREPARE_ROWS)
+                         chunk_rows=PREPARE_ROWS,
+                         cache=(CacheClient(cache), base, view[0]) if cache is not None else None)
     ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
     ds.context.target_max_block_size = 2 * PREPARE_ROWS * (3 * size * size + 8 * tokenizer.max_tokens + 256)
     options = ds.context.execution_options
@@ -338,6 +343,31 @@ def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "
     return _read(paths).map_batches(prepare, batch_size=128, batch_format="numpy")
 
 
+def eval_shard_tasks(paths: list[str], image_size: int, counter=None, split: str = "val",
+                     view: tuple[str, str] = ("bilinear", "shortest")) -> list:
+    """One Ray task per shard preparing its evaluation rows as `eval_dataset` does, each -> an ObjectRef of
+    {'key', 'image' (n,3,S,S) uint8, 'captions'}: for a validation set the workers keep in memory, read once
+    while the worker group starts (a Ray Data pipeline per worker would start after it)."""
+    import ray
+
+    from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
+
+    names = shard_names(paths)
+
+    def prepare_shard(path: str) -> dict:
+        out, skips = transforms.prepare_eval_batch(rows_to_batch(list(iter_shard(path, names[path])), path),
+                                                   image_size, view)
+        if counter is not None and skips:
+            count_skips(counter, split, skips)
+        return {k: out[k] for k in ("key", "image", "captions")}
+
+    task = ray.remote(num_cpus=1)(prepare_shard)
+    return [task.remote(p) for p in paths]
+
+
+IN_PROCESS_SHARDS = 8  # a caption pass over this many shards or fewer reads them in the driver's threads
+
+
 @dataclass
 class Scan:
     tokenizer: Tokenizer  # the word tokenizer of the counts (data.tokenizer=word)
@@ -350,10 +380,28 @@ def scan_training_data(paths: list[str], data_cfg) -> Scan:
     """One Ray Data pass over the captions (image bytes are skipped, not read into memory): the vocabulary
     and the sample counts."""
     counts: Counter = Counter()
-    ds = _read(paths, with_images=False).map_batches(transforms.scan_captions, batch_format="numpy")
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    if len(paths) <= IN_PROCESS_SHARDS:  # a Ray Data pipeline takes seconds to start; a few shards, less to read
+        batches = _scan_in_process(paths)
+    else:
+        ds = _read(paths, with_images=False).map_batches(transforms.scan_captions, batch_format="numpy")
+        batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+    for batch in batches:
         for w, c in zip(batch["word"], batch["count"]):
             counts[str(w)] += int(c)
     usable, samples = counts.pop("", 0), counts.pop("\x00samples", 0)
     tok = Tokenizer.from_counts(counts, data_cfg.max_tokens, data_cfg.vocab_min_count, data_cfg.vocab_max_size)
     return Scan(tok, counts, usable, samples)
+
+
+def _scan_in_process(paths: list[str]):
+    """`transforms.scan_captions` of every shard, read in threads of this process (see IN_PROCESS_SHARDS)."""
+    from pipeline import storage
+    from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
+
+    names, fs = shard_names(paths), storage.arrow_filesystem(paths[0])[0]
+
+    def scan(path: str) -> dict:
+        return transforms.scan_captions(rows_to_batch(list(iter_shard(path, names[path], False, fs)), path))
+
+    with ThreadPoolExecutor(min(8, len(paths))) as pool:
+        yield from pool.map(scan, paths)

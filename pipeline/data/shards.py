@@ -338,6 +338,35 @@ def shard_rows(fs, f, path: str, shard: str, with_images: bool = True) -> Iterat
             yield from iter_failed_downloads(m, shard)
 
 
+def iter_shard(path: str, shard: str, with_images: bool = True, fs=None) -> Iterator[dict]:
+    """Every row of one shard (local or s3://), read in this process: for passes too small to be worth a Ray
+    Data pipeline's start. `shard`: its name in the keys (`shard_names`)."""
+    from pipeline import storage
+
+    fs = fs or storage.arrow_filesystem(path)[0]
+    bare = _bare([path])[0]
+    if shard_format(bare) == "parquet":
+        f = fs.open_input_file(bare)  # Parquet needs random access to its footer
+    else:
+        f = fs.open_input_stream(bare, buffer_size=1 << 20)
+    with f:
+        yield from shard_rows(fs, f, bare, shard, with_images)
+
+
+def rows_to_batch(rows: list[dict], shard: str = "") -> dict[str, np.ndarray]:
+    """Rows -> the numpy batch `transforms` takes, without Arrow: "image" may then hold decoded arrays of any
+    shape (data.cache_decoded), one object each."""
+    batch = {name: np.array([r[name] for r in rows], dtype=object) for name in ("key", "txt", "json", "problem")}
+    batch["image"] = np.empty(len(rows), dtype=object)
+    batch["image"][:] = [r["image"] for r in rows]
+    batch["has_image"] = np.array([r["has_image"] for r in rows], dtype=bool)
+    batch["shard"] = np.array([shard] * len(rows), dtype=object)
+    batch["seed"] = np.array([r.get("seed", 0) for r in rows], dtype=np.int64)
+    if rows and "pos" in rows[0]:
+        batch["pos"] = np.array([r["pos"] for r in rows], dtype=np.int64)
+    return batch
+
+
 def _to_table(rows: list[dict], shard: str = ""):
     import pyarrow as pa
 

@@ -188,11 +188,22 @@ def check_sample(raw: Any, problem: str, caps_reason: str) -> str:
 
 
 def decode_or_skip(key: str, raw: Any, problem: str, caps_reason: str, skips: dict[str, list[str]],
-                   min_side: int = 0) -> Image.Image | None:
+                   min_side: int = 0, base: int = 0, interpolation: str = "bilinear") -> Image.Image | None:
+    """The sample's image, or None with its key added under the reason it has none. `raw`: the file's bytes,
+    or (data.cache_decoded) an already decoded base array or the skip reason its decoding gave. `base`: decode
+    to the short side data.cache_decoded keeps (`decoded_cache.to_base`), so that a view cut from a fresh
+    decode is the view cut from the cache."""
     reason = check_sample(raw, problem, caps_reason)
+    if not reason and isinstance(raw, np.ndarray):
+        return Image.fromarray(raw)
+    if not reason and isinstance(raw, str):
+        reason = raw
     if not reason:
         try:
-            return decode_image(bytes(raw), min_side)
+            if not base:
+                return decode_image(bytes(raw), min_side)
+            from pipeline.data.decoded_cache import to_base
+            return Image.fromarray(to_base(decode_image(bytes(raw), base), base, interpolation))
         except ValueError:
             reason = "corrupt_image"
         except OverflowError:
@@ -203,15 +214,16 @@ def decode_or_skip(key: str, raw: Any, problem: str, caps_reason: str, skips: di
 
 def prepare_train_batch(
     batch: dict[str, Any], tokenizer: Tokenizer, size: int, augment: bool, scale_min: float,
-    view: tuple[str, str] = ("bilinear", "shortest"),
+    view: tuple[str, str] = ("bilinear", "shortest"), base: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """Rows -> {'key', 'image': (n,3,S,S) uint8, 'tokens': (n,L) int64}: one caption per image, crop,
     brightness and caption drawn from the row's seed (so the same epoch gives the same views); plus the
-    keys of skipped samples by reason."""
+    keys of skipped samples by reason. `base`: views are cut from the image decoded to this short side
+    (data.cache_decoded; rows may then hold decoded arrays, see `decode_or_skip`)."""
     keys, images, captions, kept, skips = [], [], [], [], {}
     for i, (key, raw, txt, meta, problem, seed) in enumerate(iter_samples(batch)):
         caps, why = parse_captions(txt, meta)
-        img = decode_or_skip(key, raw, problem, why, skips, min_side=size)
+        img = decode_or_skip(key, raw, problem, why, skips, min_side=size, base=base, interpolation=view[0])
         if img is None:
             continue
         rng = np.random.default_rng(seed)
