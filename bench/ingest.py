@@ -94,8 +94,6 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
     def loop(c):
         import json
 
-        import torch
-
         from pipeline.config import TrainJobConfig, build
         from pipeline.data.tokenizer import Tokenizer
         from pipeline.distributed import WorkerContext

@@ -361,7 +361,9 @@ def eval_shard_tasks(paths: list[str], image_size: int, counter=None, split: str
             count_skips(counter, split, skips)
         return {k: out[k] for k in ("key", "image", "captions")}
 
-    task = ray.remote(num_cpus=1)(prepare_shard)
+    # "DEFAULT" keeps the tasks out of a Tune trial's placement group, whose one small bundle is the
+    # driver's; Ray Data's own tasks escape it the same way (its scheduling strategy is SPREAD).
+    task = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(prepare_shard)
     return [task.remote(p) for p in paths]
 
 
