@@ -218,7 +218,7 @@ def cmd_index(args) -> None:
     cluster.connect(args.address, args.command)
     image_size = checkpoint.read_config(ckpt)["data"]["image_size"]
     emb = embed_to_parquet(ckpt, paths, image_size, args.out, cfg.scaling.num_workers, cfg.scaling.use_gpu,
-                           cfg.eval.batch_size)
+                           cfg.eval.batch_size, in_driver_images=cfg.eval.in_driver_images)
     built = build_gallery_indexes(args.out, cfg.index.spec(), cfg.index.shard_rows)
     meta = write_index(args.out, built, ckpt, cfg.index.spec(), emb.n_images, emb.n_captions, emb.dim)
     shards = len(meta["indexes"]["images"].get("shards") or []) or 1

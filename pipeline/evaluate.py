@@ -116,8 +116,9 @@ def checkpoint_label(ckpt: str, taken: set) -> str:
 
 
 def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index_cfg, scaling, counter=None):
-    """Embed the gallery into `index_dir` (two Ray Data passes to Parquet), build and save its indexes, read
-    the gallery back and score it. -> (metrics, index meta, captions dropped with their skipped images)"""
+    """Embed the gallery into `index_dir` (two passes to Parquet: Ray Data's, or the driver's where it is
+    small), build and save its indexes, read the gallery back and score it. -> (metrics, index meta, captions
+    dropped with their skipped images)"""
     from pipeline.checkpoint import read_config
     from pipeline.console import phase
     from pipeline.gallery_embeddings import embed_to_parquet, read_gallery
@@ -127,7 +128,8 @@ def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index
     spec = index_cfg.spec()
     with phase("embed gallery (images, captions)"):
         emb = embed_to_parquet(ckpt, paths, read_config(ckpt)["data"]["image_size"], index_dir,
-                               scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, counter)
+                               scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, counter,
+                               eval_cfg.in_driver_images)
     with phase(f"build index ({emb.n_images} images, {emb.n_captions} captions)"):
         built = build_gallery_indexes(index_dir, spec, index_cfg.shard_rows)
         meta = write_index(index_dir, built, ckpt, spec, emb.n_images, emb.n_captions, emb.dim)

@@ -1,5 +1,7 @@
 """Gallery embedding: two Ray Data passes (images, then captions) over the eval shards, each through a pool of
-model-holding actors and streamed to Parquet, so no vector passes through the driver; and reading them back.
+model-holding actors and streamed to Parquet, so no vector passes through the driver; a small gallery
+(eval.in_driver_images) is embedded in the driver instead, shard by shard, into the same files; and reading
+them back.
 
     <out>/images.parquet/    id, key, label, shard, vector     (a Parquet dataset: one file per write task)
     <out>/captions.parquet/  id, key (of its image), caption, vector
@@ -35,9 +37,12 @@ def vectors_of(table) -> np.ndarray:
 
 
 class _EmbedActor:
-    def __init__(self, checkpoint: str, device: str = "cpu", storage_options: dict | None = None):
+    def __init__(self, checkpoint: str, device: str = "cpu", storage_options: dict | None = None, encoder=None):
         from pipeline.encoder import load
 
+        if encoder is not None:  # in the driver: the model the image pass loaded
+            self.encoder = encoder
+            return
         storage.configure(**(storage_options or {}))  # a checkpoint on s3:// is read from this process
         self.encoder = load(checkpoint, device)
 
@@ -75,9 +80,39 @@ class Embedded:
     dim: int
 
 
+def in_driver(paths: list[str], use_gpu: bool, max_images: int) -> bool:
+    """Whether the gallery is small enough to embed in the driver: at most `max_images` samples by its stats
+    files or Parquet footers (a gallery they do not count goes to the actor pool), and no GPU asked for."""
+    from pipeline.data.counts import count_samples
+
+    return not use_gpu and max_images > 0 and 0 < count_samples(paths).total <= max_images
+
+
 def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int = 1,
-                     use_gpu: bool = False, batch_size: int = 256, counter=None) -> Embedded:
-    """Embed every image and every caption of the eval shards into `out` (local or s3://)."""
+                     use_gpu: bool = False, batch_size: int = 256, counter=None, in_driver_images: int = 0
+                     ) -> Embedded:
+    """Embed every image and every caption of the eval shards into `out` (local or s3://): in this process
+    where the gallery has at most `in_driver_images` images (`in_driver`), else by Ray Data actor pools."""
+    from pipeline.checkpoint import read_config
+    from pipeline.data.transforms import image_view
+
+    for name in (IMAGES, CAPTIONS):  # a rerun into the same directory replaces, never appends
+        if storage.exists(storage.join(out, name)):
+            storage.remove_tree(storage.join(out, name))
+    view = image_view(read_config(checkpoint)["data"])  # resampled as the checkpoint's model expects
+    if in_driver(paths, use_gpu, in_driver_images):
+        n_images, n_captions = embed_here(checkpoint, paths, image_size, out, batch_size, counter, view)
+    else:
+        embed_with_actors(checkpoint, paths, image_size, out, num_actors, use_gpu, batch_size, counter, view)
+        n_images, n_captions = number_rows(storage.join(out, IMAGES)), number_rows(storage.join(out, CAPTIONS))
+    if n_images == 0:
+        raise ValueError(f"the gallery {paths[0]}{' ...' if len(paths) > 1 else ''} has no readable samples")
+    return Embedded(out, n_images, n_captions, parquet_dim(storage.join(out, IMAGES)))
+
+
+def embed_with_actors(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int,
+                      use_gpu: bool, batch_size: int, counter, view: tuple[str, str]) -> None:
+    """The two Ray Data passes, each file of rows then numbered by `number_rows`."""
     from ray.data import ActorPoolStrategy
 
     from pipeline.data.ingest import _read, eval_dataset
@@ -88,21 +123,47 @@ def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: st
                   batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=num_actors),
                   num_gpus=1 if use_gpu else 0)
     fs, root = storage.arrow_filesystem(out)
-    for name in (IMAGES, CAPTIONS):  # a rerun into the same directory replaces, never appends
-        if storage.exists(storage.join(out, name)):
-            storage.remove_tree(storage.join(out, name))
-    from pipeline.checkpoint import read_config
-    from pipeline.data.transforms import image_view
-
-    view = image_view(read_config(checkpoint)["data"])  # resampled as the checkpoint's model expects
     images = eval_dataset(paths, image_size, counter, "gallery", view).map_batches(EmbedImages, **actors)
     images.write_parquet(f"{root}/{IMAGES}", filesystem=fs)
     captions = _read(paths, with_images=False).map_batches(caption_rows, batch_format="numpy")
     captions.map_batches(EmbedCaptions, **actors).write_parquet(f"{root}/{CAPTIONS}", filesystem=fs)
-    n_images, n_captions = number_rows(storage.join(out, IMAGES)), number_rows(storage.join(out, CAPTIONS))
-    if n_images == 0:
-        raise ValueError(f"the gallery {paths[0]}{' ...' if len(paths) > 1 else ''} has no readable samples")
-    return Embedded(out, n_images, n_captions, parquet_dim(storage.join(out, IMAGES)))
+
+
+def embed_here(checkpoint: str, paths: list[str], image_size: int, out: str, batch_size: int, counter,
+               view: tuple[str, str]) -> tuple[int, int]:
+    """Both passes in this process, shard by shard: the rows `eval_dataset` and the caption pass would give
+    (same reader, same preparation, same skips counted), one numbered Parquet file per shard and pass.
+    -> (images, captions)"""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.data.ingest import count_skips
+    from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
+    from pipeline.data.transforms import caption_rows, prepare_eval_batch
+
+    images = EmbedImages(checkpoint, storage_options=storage.options())
+    captions = EmbedCaptions(checkpoint, encoder=images.encoder)
+    fs, root = storage.arrow_filesystem(out)
+    names, counts = shard_names(paths), {IMAGES: 0, CAPTIONS: 0}
+    for i, path in enumerate(paths):
+        source = path if storage.is_remote(path) else os.path.abspath(path)  # the "shard" the Ray read gives
+        rows = rows_to_batch(list(iter_shard(path, names[path])), source)
+        prepared, skips = prepare_eval_batch(rows, image_size, view)
+        if counter is not None and skips:
+            count_skips(counter, "gallery", skips)
+        for name, fn, batch in ((IMAGES, images, prepared), (CAPTIONS, captions, caption_rows(rows))):
+            n = len(batch["key"])
+            if n == 0:
+                continue
+            table = pa.concat_tables([fn({k: v[j:j + batch_size] for k, v in batch.items()})
+                                      for j in range(0, n, batch_size)])
+            table = table.add_column(0, "id", pa.array(np.arange(counts[name], counts[name] + n), pa.int64()))
+            fs.create_dir(f"{root}/{name}", recursive=True)
+            pq.write_table(table, f"{root}/{name}/{i:06d}.parquet", filesystem=fs)  # by name: the id order
+            counts[name] += n
+    return counts[IMAGES], counts[CAPTIONS]
 
 
 # ------------------------------------------------------------------------------------------ reading back

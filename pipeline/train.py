@@ -271,12 +271,13 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     from ray.train.torch import TorchTrainer
 
     from pipeline import validation
-    from pipeline.cluster import check_resources
+    from pipeline.cluster import check_resources, settle_one_node_train_env
     from pipeline.data import ingest
     from pipeline.data.counts import count_samples
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     check_resources(cfg.scaling)  # before any pass over the data: a request that cannot fit would wait forever
+    settle_one_node_train_env()
     run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
     if cfg.run.record_keys and storage.is_remote(run_dir):
         raise ValueError(f"run.record_keys writes to a local run directory, not {run_dir}; set run.storage_path to "

@@ -260,8 +260,13 @@ class EvalConfig:
     chunk_size: int = _f(1024, "query rows scored at once; bounds evaluation memory")
     examples: int = _f(5, "example queries shown in the report")
     every_steps: int = _f(0, "training also validates every this many steps (rank 0); 0: at epoch ends only")
+    in_driver_images: int = _f(4096, "evaluate/index: a gallery of at most this many images (as its stats files or "
+                                     "Parquet footers count them) is embedded in the driver, not by a Ray Data actor "
+                                     "pool, whose start costs seconds; 0: always the pool; never with scaling.use_gpu")
 
     def __post_init__(self) -> None:
+        _check(self.in_driver_images >= 0, f"eval.in_driver_images={self.in_driver_images} must be >= 0 (0: always "
+                                           "embed with a Ray Data actor pool)")
         _check(bool(self.ks) and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.ks),
                f"eval.ks={self.ks!r} must be a non-empty list of positive integers, e.g. [1, 5, 10]")
         _check(self.batch_size >= 1, f"eval.batch_size={self.batch_size} must be at least 1")
