@@ -7,7 +7,8 @@ Ray Data does the passes: every (image, caption) pair of data.train is featurise
 of actors, each batch reduced to its CCA statistics (`cca.CCAStats`: n, means, centred co-moments), merged
 on the driver as they stream in; memory is O(d^2) whatever the dataset size. The closed-form fit is
 `cca.fit_linear_cca`; data.val is embedded by the same actors through the fitted projection and scored by
-`evaluate.evaluate_gallery`.
+`evaluate.evaluate_gallery`. Data small enough (eval.in_driver_images) is read and featurised in the driver
+instead (`data.local_passes`), by the same classes.
 """
 from __future__ import annotations
 
@@ -80,19 +81,32 @@ class EmbedCCA:
                 "text_emb": np.array(np.split(txt, splits) + [None], dtype=object)[:-1]}  # n x (k_i, k)
 
 
-def accumulate_stats(paths: list[str], features: Featurizer, image_size: int, num_actors: int = 1,
-                     counter=None) -> CCAStats:
-    """The statistics of every (image, caption) pair in `paths`, reduced per batch on the workers and merged
-    here in arrival order (the merge is exact in any order)."""
+def mapped_batches(paths: list[str], image_size: int, fn_class, fn_args: dict, batch_size: int, num_actors: int,
+                   counter, split: str, max_in_driver: int):
+    """`fn_class(**fn_args)` over the evaluation rows of `paths`: in the driver where they are few enough
+    (`local_passes.fits_in_driver`), else by a Ray Data actor pool. -> its output batches"""
+    from pipeline.data import local_passes
+
+    if local_passes.fits_in_driver(paths, max_in_driver):
+        fn = fn_class(**fn_args)
+        return (fn(b) for b in local_passes.eval_batches(paths, image_size, counter, split, batch_size=batch_size))
     from ray.data import ActorPoolStrategy
 
     from pipeline.data.ingest import eval_dataset
 
-    ds = eval_dataset(paths, image_size, counter, split="train").map_batches(
-        PairStats, fn_constructor_kwargs={"features": features}, batch_size=STATS_BATCH, batch_format="numpy",
+    ds = eval_dataset(paths, image_size, counter, split=split).map_batches(
+        fn_class, fn_constructor_kwargs=fn_args, batch_size=batch_size, batch_format="numpy",
         compute=ActorPoolStrategy(size=num_actors))
+    return ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def accumulate_stats(paths: list[str], features: Featurizer, image_size: int, num_actors: int = 1,
+                     counter=None, max_in_driver: int = 0) -> CCAStats:
+    """The statistics of every (image, caption) pair in `paths`, reduced per batch on the workers (or in the
+    driver, `mapped_batches`) and merged here in arrival order (the merge is exact in any order)."""
     total = None
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in mapped_batches(paths, image_size, PairStats, {"features": features}, STATS_BATCH, num_actors,
+                                counter, "train", max_in_driver):
         part = CCAStats.from_rows(batch)
         total = part if total is None else total.merge(part)
     if total is None or total.n < 2:
@@ -122,24 +136,21 @@ def fit(cfg, tokenizer: Tokenizer | None = None, counter=None) -> Fitted:
     features = build_featurizer(cfg, tokenizer, paths)
     if c.kind == "kernel":
         fit_kernel_maps(paths, features, cfg.data.image_size, c.sample)
-    stats = accumulate_stats(paths, features, cfg.data.image_size, cfg.scaling.num_workers, counter)
+    stats = accumulate_stats(paths, features, cfg.data.image_size, cfg.scaling.num_workers, counter,
+                             cfg.eval.in_driver_images)
     model = fit_linear_cca(stats, c.k, c.r1, c.r2)
     encoder = CCAEncoder(features, model, c.power, cfg.data.image_size)
     return Fitted(f"{c.kind}_cca", describe(c), encoder, stats.n, time.time() - t0)
 
 
-def embed_gallery(encoder: CCAEncoder, paths: list[str], image_size: int, num_actors: int = 1, counter=None):
+def embed_gallery(encoder: CCAEncoder, paths: list[str], image_size: int, num_actors: int = 1, counter=None,
+                  max_in_driver: int = 0):
     """data.val through the fitted baseline -> the evaluation's Gallery."""
-    from ray.data import ActorPoolStrategy
-
-    from pipeline.data.ingest import eval_dataset
     from pipeline.encoder import GalleryBuilder
 
-    ds = eval_dataset(paths, image_size, counter, split="gallery").map_batches(
-        EmbedCCA, fn_constructor_kwargs={"encoder": encoder}, batch_size=256, batch_format="numpy",
-        compute=ActorPoolStrategy(size=num_actors))
     g = GalleryBuilder()
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in mapped_batches(paths, image_size, EmbedCCA, {"encoder": encoder}, 256, num_actors, counter,
+                                "gallery", max_in_driver):
         g.img.append(batch["image_emb"])
         lists = g.add_rows(batch["key"], batch["captions"], batch.get("label"))
         g.txt += [np.asarray(t, dtype=np.float32).reshape(len(caps), -1)
@@ -155,7 +166,8 @@ def score(cfg, fitted: Fitted, counter=None) -> tuple[dict, dict]:
     from pipeline.indexes import train_sample
 
     paths = expand_paths(cfg.data.val, "data.val")
-    gallery = embed_gallery(fitted.encoder, paths, cfg.data.image_size, cfg.scaling.num_workers, counter)
+    gallery = embed_gallery(fitted.encoder, paths, cfg.data.image_size, cfg.scaling.num_workers, counter,
+                            cfg.eval.in_driver_images)
     spec = cfg.index.spec()
     queries = train_sample(gallery.text_emb.numpy(), 1000)  # held-out queries of the other modality
     index, index_meta = build_measured(gallery.image_emb.numpy(), queries, spec)
@@ -192,7 +204,8 @@ def run(cfg, out: str | None = None) -> tuple[dict, str]:
     out = out or storage.join(cfg.run.run_dir(), "baselines", fitted.name)
     by_split = read_skips(counter)
     skipped = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in by_split.items()}
-    thumbs = collect_thumbnails(expand_paths(cfg.data.val, "data.val"), evaluate.example_keys(metrics))
+    thumbs = collect_thumbnails(expand_paths(cfg.data.val, "data.val"), evaluate.example_keys(metrics),
+                                max_in_driver=cfg.eval.in_driver_images)
     with storage.staging_dir(out) as local:
         rep = report.write_report(local / "report", metrics, index_meta, fitted.description, to_dict(cfg), [],
                                   {"skipped": skipped}, thumbs)

@@ -85,7 +85,8 @@ def run(cfg: RunJobConfig) -> RunSummary:
         # The baseline's bag of words counts word ids (most frequent first); a sub-word tokenizer's ids are not
         # that, so the baseline then scans the captions for a word vocabulary of its own.
         metrics["baselines"] = baselines.run_baseline(cfg, tokenizer if hasattr(tokenizer, "vocab") else None)
-    thumbs = collect_thumbnails(val_paths, evaluate.example_keys(metrics))
+    thumbs = collect_thumbnails(val_paths, evaluate.example_keys(metrics),
+                                max_in_driver=cfg.eval.in_driver_images)
     data_block = {"skipped": data, "skip_examples": examples,
                   **({"captions_of_skipped_images": orphans} if orphans else {})}
     with storage.staging_dir(report_dir) as local:

@@ -178,7 +178,7 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
     if len(rows) > 1:
         metrics["comparison"] = rows
     history = train_history if train_history is not None else read_state(ckpt).get("history", [])
-    thumbs = collect_thumbnails(paths, example_keys(metrics))
+    thumbs = collect_thumbnails(paths, example_keys(metrics), max_in_driver=eval_cfg.in_driver_images)
     data_block = {"skipped": {"gallery": skipped}, **({"captions_of_skipped_images": orphans} if orphans else {})}
     with storage.staging_dir(out) as local:  # s3:// outputs are written locally, then uploaded
         return report.write_report(local, metrics, meta, ckpt, read_config(ckpt), history, data_block, thumbs)

@@ -81,11 +81,11 @@ class Embedded:
 
 
 def in_driver(paths: list[str], use_gpu: bool, max_images: int) -> bool:
-    """Whether the gallery is small enough to embed in the driver: at most `max_images` samples by its stats
-    files or Parquet footers (a gallery they do not count goes to the actor pool), and no GPU asked for."""
-    from pipeline.data.counts import count_samples
+    """Whether the gallery is embedded in the driver: small enough (`local_passes.fits_in_driver`), and no GPU
+    asked for."""
+    from pipeline.data.local_passes import fits_in_driver
 
-    return not use_gpu and max_images > 0 and 0 < count_samples(paths).total <= max_images
+    return not use_gpu and fits_in_driver(paths, max_images)
 
 
 def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int = 1,
@@ -134,31 +134,24 @@ def embed_here(checkpoint: str, paths: list[str], image_size: int, out: str, bat
     """Both passes in this process, shard by shard: the rows `eval_dataset` and the caption pass would give
     (same reader, same preparation, same skips counted), one numbered Parquet file per shard and pass.
     -> (images, captions)"""
-    import os
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.data.ingest import count_skips
-    from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
-    from pipeline.data.transforms import caption_rows, prepare_eval_batch
+    from pipeline.data.local_passes import chunks, prepare_eval, shard_batches
+    from pipeline.data.transforms import caption_rows
 
     images = EmbedImages(checkpoint, storage_options=storage.options())
     captions = EmbedCaptions(checkpoint, encoder=images.encoder)
     fs, root = storage.arrow_filesystem(out)
-    names, counts = shard_names(paths), {IMAGES: 0, CAPTIONS: 0}
-    for i, path in enumerate(paths):
-        source = path if storage.is_remote(path) else os.path.abspath(path)  # the "shard" the Ray read gives
-        rows = rows_to_batch(list(iter_shard(path, names[path])), source)
-        prepared, skips = prepare_eval_batch(rows, image_size, view)
-        if counter is not None and skips:
-            count_skips(counter, "gallery", skips)
+    counts = {IMAGES: 0, CAPTIONS: 0}
+    for i, rows in enumerate(shard_batches(paths)):
+        prepared = prepare_eval(rows, image_size, counter, "gallery", view)
         for name, fn, batch in ((IMAGES, images, prepared), (CAPTIONS, captions, caption_rows(rows))):
-            n = len(batch["key"])
-            if n == 0:
+            parts = [fn(part) for part in chunks(batch, batch_size)]
+            if not parts:
                 continue
-            table = pa.concat_tables([fn({k: v[j:j + batch_size] for k, v in batch.items()})
-                                      for j in range(0, n, batch_size)])
+            table = pa.concat_tables(parts)
+            n = len(table)
             table = table.add_column(0, "id", pa.array(np.arange(counts[name], counts[name] + n), pa.int64()))
             fs.create_dir(f"{root}/{name}", recursive=True)
             pq.write_table(table, f"{root}/{name}/{i:06d}.parquet", filesystem=fs)  # by name: the id order

@@ -27,15 +27,19 @@ from pipeline.indexes import (IndexSpec, ShardedIndex, build_index, deserialize,
 N_QUERIES = 1000  # held-out queries of the other modality for recall and QPS
 
 
-def collect_thumbnails(paths: list[str], keys: list[str], side: int = 96) -> dict[str, str]:
+def collect_thumbnails(paths: list[str], keys: list[str], side: int = 96, max_in_driver: int = 0
+                       ) -> dict[str, str]:
     """key -> thumbnail data URI for the few gallery images a report shows: a Ray Data pass that keeps only
-    those rows before decoding anything."""
+    those rows before decoding anything (a gallery of at most `max_in_driver` images is read in the driver)."""
+    from pipeline.data import local_passes
     from pipeline.data.ingest import _read
     from pipeline.report_html import thumbnail
 
     wanted = set(keys)
     if not wanted:
         return {}
+    if local_passes.fits_in_driver(paths, max_in_driver):
+        return local_passes.thumbnails(paths, wanted, side)
     from ray.data.expressions import col
 
     out = {}

@@ -9,7 +9,8 @@ from pipeline.cli import build_parser
 PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metrics", "pipeline.checkpoint",
         "pipeline.sweep", "pipeline.storage", "pipeline.data.transforms", "pipeline.data.karpathy",
         "pipeline.cca", "pipeline.cca_encoder", "pipeline.ppmi", "pipeline.word_embeddings", "pipeline.baselines",
-        "pipeline.optimisation", "pipeline.data.epoch_plan", "pipeline.data.batcher"]
+        "pipeline.optimisation", "pipeline.data.epoch_plan", "pipeline.data.batcher",
+        "pipeline.data.local_passes"]
 
 
 def test_pure_modules_do_not_import_ray():

@@ -1,0 +1,72 @@
+"""Passes over data small enough to read in this process: the rows, evaluation batches and report thumbnails
+that the Ray Data passes give, without a pipeline's start (seconds on a small machine, about 10 s where the
+pass needs an actor pool holding a model). Which passes qualify: `fits_in_driver`, against
+eval.in_driver_images.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from pipeline.data import transforms
+
+
+def fits_in_driver(paths: list[str], max_images: int) -> bool:
+    """At most `max_images` samples in `paths` by their stats files or Parquet footers (shards they do not
+    count are left to Ray Data, whatever their size); `max_images` 0: never."""
+    from pipeline.data.counts import count_samples
+
+    return max_images > 0 and 0 < count_samples(paths).total <= max_images
+
+
+def shard_batches(paths: list[str]) -> Iterator[dict]:
+    """Each shard's rows as one numpy batch, in shard order, with the "shard" column the Ray Data read gives
+    (s3:// paths as they are, local ones absolute)."""
+    from pipeline import storage
+    from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
+
+    names = shard_names(paths)
+    for path in paths:
+        source = path if storage.is_remote(path) else os.path.abspath(path)
+        yield rows_to_batch(list(iter_shard(path, names[path])), source)
+
+
+def prepare_eval(rows: dict, image_size: int, counter=None, split: str = "val",
+                 view: tuple[str, str] = ("bilinear", "shortest")) -> dict:
+    """A batch of rows -> what `ingest.eval_dataset` gives for them, its skips counted as that pass counts
+    them."""
+    out, skips = transforms.prepare_eval_batch(rows, image_size, view)
+    if counter is not None and skips:
+        from pipeline.data.ingest import count_skips
+
+        count_skips(counter, split, skips)
+    return out
+
+
+def chunks(batch: dict, size: int) -> Iterator[dict]:
+    """A numpy batch in slices of at most `size` rows (none for an empty batch)."""
+    n = len(batch["key"])
+    for i in range(0, n, size):
+        yield {k: v[i:i + size] for k, v in batch.items()}
+
+
+def eval_batches(paths: list[str], image_size: int, counter=None, split: str = "val",
+                 view: tuple[str, str] = ("bilinear", "shortest"), batch_size: int = 128) -> Iterator[dict]:
+    """`ingest.eval_dataset`'s rows, in batches of at most `batch_size` (none crosses a shard)."""
+    for rows in shard_batches(paths):
+        yield from chunks(prepare_eval(rows, image_size, counter, split, view), batch_size)
+
+
+def thumbnails(paths: list[str], keys: set[str], side: int) -> dict[str, str]:
+    """key -> thumbnail data URI of the wanted images, as `index.collect_thumbnails` makes them."""
+    from pipeline.report_html import thumbnail
+
+    out = {}
+    for rows in shard_batches(paths):
+        for key, image in zip(rows["key"], rows["image"]):
+            if key in keys:
+                try:
+                    out[key] = thumbnail(image, side)
+                except (ValueError, OverflowError, TypeError):
+                    continue  # an image the gallery skipped: the report shows a placeholder
+    return out

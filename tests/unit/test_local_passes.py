@@ -1,0 +1,43 @@
+"""Passes read in the driver (data.local_passes): which data qualifies, and that the batches and thumbnails are
+the rows the Ray Data passes would give (the integration tests compare the two paths' outputs)."""
+import glob
+
+import numpy as np
+
+from pipeline.data import local_passes
+from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
+from pipeline.data.synthetic import write_dataset
+from pipeline.data.transforms import prepare_eval_batch
+
+
+def _val(tmp_path):
+    write_dataset(tmp_path, 24, 10, seed=3)
+    return sorted(glob.glob(str(tmp_path / "val" / "*.tar")))
+
+
+def test_only_counted_data_within_the_limit_is_read_in_the_driver(tmp_path):
+    val = _val(tmp_path)
+    assert local_passes.fits_in_driver(val, 10) and not local_passes.fits_in_driver(val, 9)
+    assert not local_passes.fits_in_driver(val, 0)  # 0: never
+    for stats in glob.glob(str(tmp_path / "val" / "*_stats.json")):  # no file says how many: Ray Data reads it
+        (tmp_path / "val" / stats).unlink()
+    assert not local_passes.fits_in_driver(val, 10**6)
+
+
+def test_eval_batches_are_the_prepared_rows_in_order_in_bounded_batches(tmp_path):
+    val = _val(tmp_path)
+    batches = list(local_passes.eval_batches(val, 16, batch_size=4))
+    assert all(0 < len(b["key"]) <= 4 for b in batches)
+    names = shard_names(val)
+    whole = [prepare_eval_batch(rows_to_batch(list(iter_shard(p, names[p])), p), 16)[0] for p in val]
+    assert [k for b in batches for k in b["key"]] == [k for w in whole for k in w["key"]]
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches]),
+                                  np.concatenate([w["image"] for w in whole]))
+    assert {str(s) for b in batches for s in b["shard"]} == set(val)  # the shard column the Ray read gives
+
+
+def test_thumbnails_of_the_wanted_keys_only(tmp_path):
+    val = _val(tmp_path)
+    first = next(iter(local_passes.shard_batches(val)))["key"][0]
+    thumbs = local_passes.thumbnails(val, {first, "no/such-key"}, 32)
+    assert list(thumbs) == [first] and thumbs[first].startswith("data:image/")
