@@ -111,11 +111,11 @@ def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):
     assert sorted(captions.column("id").to_pylist()) == list(range(320))
     assert set(captions.column("key").to_pylist()) == set(images.column("key").to_pylist())
 
-    # The same gallery as shards (20 vectors at most: 4 image shards, 16 caption shards), built in parallel
+    # The same gallery as shards (40 vectors at most: 2 image shards, 8 caption shards), built in parallel
     # Ray tasks: exact shards merged must answer exactly what the single exact index answers. Embedded by Ray
     # Data's actor pools this time (evaluate embedded its 64 images in the driver): the same rows and ids.
     assert main(["index", "--checkpoint", epochs[-1], "--data", val, "--out", str(tmp_path / "sharded"),
-                 "--set", "index.type=flat", "--set", "index.shard_rows=20", "--set", "eval.in_driver_images=0"]) == 0
+                 "--set", "index.type=flat", "--set", "index.shard_rows=40", "--set", "eval.in_driver_images=0"]) == 0
     files = lambda d: [p.name for p in (d / "images.parquet").glob("*.parquet")]  # noqa: E731
     assert files(idx) == ["000000.parquet"] and files(tmp_path / "sharded") != ["000000.parquet"]  # driver; pool
     for name in ("images", "captions"):
@@ -124,8 +124,8 @@ def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):
         np.testing.assert_allclose(np.array(here.column("vector").to_pylist()),
                                    np.array(pooled.column("vector").to_pylist()), atol=1e-5)
     meta = json.loads((tmp_path / "sharded" / "meta.json").read_text())
-    assert [s["n"] for s in meta["indexes"]["images"]["shards"]] == [16, 16, 16, 16]
-    assert len(meta["indexes"]["captions"]["shards"]) == 16 and meta["recall@10_vs_exact"] == 1.0
+    assert [s["n"] for s in meta["indexes"]["images"]["shards"]] == [32, 32]
+    assert [s["n"] for s in meta["indexes"]["captions"]["shards"]] == [40] * 8 and meta["recall@10_vs_exact"] == 1.0
     capsys.readouterr()
 
     def search(index, *query, distributed=False):
