@@ -50,7 +50,6 @@ def connect(address: str | None = None, command: str = "pipeline") -> str:
         where = "cluster"
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        settle_one_node_train_env(nodes=1)  # before ray.init: every Ray process of this machine inherits it
         # The dashboard process also serves the state API that Ray Train polls; without it Train logs a
         # warning every few seconds.
         ray.init(num_cpus=local_cpus(), **kwargs)

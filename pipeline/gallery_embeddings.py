@@ -80,27 +80,21 @@ class Embedded:
     dim: int
 
 
-def in_driver(paths: list[str], use_gpu: bool, max_images: int) -> bool:
-    """Whether the gallery is embedded in the driver: small enough (`local_passes.fits_in_driver`), and no GPU
-    asked for."""
-    from pipeline.data.local_passes import fits_in_driver
-
-    return not use_gpu and fits_in_driver(paths, max_images)
-
-
 def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int = 1,
                      use_gpu: bool = False, batch_size: int = 256, counter=None, in_driver_images: int = 0
                      ) -> Embedded:
     """Embed every image and every caption of the eval shards into `out` (local or s3://): in this process
-    where the gallery has at most `in_driver_images` images (`in_driver`), else by Ray Data actor pools."""
+    where the gallery has at most `in_driver_images` images and no GPU is asked for, else by Ray Data actor
+    pools."""
     from pipeline.checkpoint import read_config
+    from pipeline.data.local_passes import fits_in_driver
     from pipeline.data.transforms import image_view
 
     for name in (IMAGES, CAPTIONS):  # a rerun into the same directory replaces, never appends
         if storage.exists(storage.join(out, name)):
             storage.remove_tree(storage.join(out, name))
     view = image_view(read_config(checkpoint)["data"])  # resampled as the checkpoint's model expects
-    if in_driver(paths, use_gpu, in_driver_images):
+    if not use_gpu and fits_in_driver(paths, in_driver_images):
         n_images, n_captions = embed_here(checkpoint, paths, image_size, out, batch_size, counter, view)
     else:
         embed_with_actors(checkpoint, paths, image_size, out, num_actors, use_gpu, batch_size, counter, view)

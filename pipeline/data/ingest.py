@@ -334,13 +334,10 @@ def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "
     """-> Dataset of {'key', 'image' (3,S,S) uint8, 'captions' JSON list}, unaugmented, in shard order.
     view: (interpolation, resize mode), `transforms.image_view` of the model's data config."""
 
-    def prepare(batch):
-        out, skips = transforms.prepare_eval_batch(batch, image_size, view)
-        if counter is not None and skips:
-            count_skips(counter, split, skips)
-        return out
+    from pipeline.data.local_passes import prepare_eval
 
-    return _read(paths).map_batches(prepare, batch_size=128, batch_format="numpy")
+    return _read(paths).map_batches(lambda batch: prepare_eval(batch, image_size, counter, split, view),
+                                    batch_size=128, batch_format="numpy")
 
 
 def eval_shard_tasks(paths: list[str], image_size: int, counter=None, split: str = "val",
@@ -350,15 +347,13 @@ def eval_shard_tasks(paths: list[str], image_size: int, counter=None, split: str
     while the worker group starts (a Ray Data pipeline per worker would start after it)."""
     import ray
 
-    from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
+    from pipeline.data.local_passes import prepare_eval, shard_batch
+    from pipeline.data.shards import shard_names
 
     names = shard_names(paths)
 
     def prepare_shard(path: str) -> dict:
-        out, skips = transforms.prepare_eval_batch(rows_to_batch(list(iter_shard(path, names[path])), path),
-                                                   image_size, view)
-        if counter is not None and skips:
-            count_skips(counter, split, skips)
+        out = prepare_eval(shard_batch(path, names[path]), image_size, counter, split, view)
         return {k: out[k] for k in ("key", "image", "captions")}
 
     # "DEFAULT" keeps the tasks out of a Tune trial's placement group, whose one small bundle is the

@@ -19,22 +19,30 @@ def fits_in_driver(paths: list[str], max_images: int) -> bool:
     return max_images > 0 and 0 < count_samples(paths).total <= max_images
 
 
-def shard_batches(paths: list[str]) -> Iterator[dict]:
-    """Each shard's rows as one numpy batch, in shard order, with the "shard" column the Ray Data read gives
-    (s3:// paths as they are, local ones absolute)."""
+def shard_batch(path: str, name: str) -> dict:
+    """One shard's rows as one numpy batch (`name`: its name in the keys, `shards.shard_names`), with the "shard"
+    column the Ray Data read gives (s3:// paths as they are, local ones absolute)."""
     from pipeline import storage
-    from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
+    from pipeline.data.shards import iter_shard, rows_to_batch
+
+    source = path if storage.is_remote(path) else os.path.abspath(path)
+    return rows_to_batch(list(iter_shard(path, name)), source)
+
+
+def shard_batches(paths: list[str]) -> Iterator[dict]:
+    """`shard_batch` of each shard, in shard order."""
+    from pipeline.data.shards import shard_names
 
     names = shard_names(paths)
     for path in paths:
-        source = path if storage.is_remote(path) else os.path.abspath(path)
-        yield rows_to_batch(list(iter_shard(path, names[path])), source)
+        yield shard_batch(path, names[path])
 
 
 def prepare_eval(rows: dict, image_size: int, counter=None, split: str = "val",
                  view: tuple[str, str] = ("bilinear", "shortest")) -> dict:
-    """A batch of rows -> what `ingest.eval_dataset` gives for them, its skips counted as that pass counts
-    them."""
+    """A batch of rows -> their evaluation rows (`transforms.prepare_eval_batch`), skips counted in `counter`
+    under `split`: the one preparation of `ingest.eval_dataset`, `ingest.eval_shard_tasks` and the passes
+    here."""
     out, skips = transforms.prepare_eval_batch(rows, image_size, view)
     if counter is not None and skips:
         from pipeline.data.ingest import count_skips
