@@ -273,7 +273,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     from pipeline import validation
     from pipeline.cluster import check_resources, settle_one_node_train_env
     from pipeline.data import ingest
-    from pipeline.data.counts import count_samples
+    from pipeline.data.counts import count_or_read
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     check_resources(cfg.scaling)  # before any pass over the data: a request that cannot fit would wait forever
@@ -327,7 +327,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     # prepared by tasks started now, beside the worker group's start; otherwise Ray Train hands rank 0 a
     # dataset to stream.
     datasets, val_blocks = {}, None
-    if validation.in_memory(cfg.data.cache_decoded, count_samples(val_shards.paths).total, cfg.data.image_size):
+    if validation.in_memory(cfg.data.cache_decoded, count_or_read(val_shards.paths), cfg.data.image_size):
         val_blocks = ingest.eval_shard_tasks(val_shards.paths, cfg.data.image_size, counter,
                                              view=transforms.image_view(cfg.data))
     else:

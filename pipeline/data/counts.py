@@ -85,6 +85,30 @@ def count_samples(paths: list[str], num_samples: int = 0, tolerance: float = 0.0
     return SampleCounts(per_shard, total, source, warning)
 
 
+SMALL_SHARDS_BYTES = 64 * 2**20  # shards this small in all may be counted by reading them, when no file says
+
+
+def count_or_read(paths: list[str], max_bytes: int | None = None) -> int:
+    """Samples in `paths` by `count_samples`; where no file says and the shards hold at most `max_bytes` in all,
+    by reading their rows here (a small evaluation set on S3 often comes without img2dataset's stats files).
+    0 where neither can say."""
+    total = count_samples(paths).total
+    if total or not paths:
+        return total
+    import pyarrow.fs as pafs
+
+    from pipeline import storage
+    from pipeline.data.shards import arrow_paths, iter_shard, shard_names
+
+    fs, _ = storage.arrow_filesystem(paths[0])
+    infos = fs.get_file_info(arrow_paths(paths))
+    limit = SMALL_SHARDS_BYTES if max_bytes is None else max_bytes
+    if any(i.type != pafs.FileType.File for i in infos) or sum(i.size for i in infos) > limit:
+        return 0
+    names = shard_names(paths)
+    return sum(1 for p in paths for row in iter_shard(p, names[p], with_images=False, fs=fs) if not row["problem"])
+
+
 def disagreement(num_samples: int, total: int, source: str) -> str:
     """The one-line warning when data.num_samples and the files' counts differ (relative to num_samples)."""
     what = {"stats": "img2dataset stats", "parquet": "Parquet footers"}[source]

@@ -16,7 +16,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.data.decoded_cache import ShardDecoder
-from pipeline.data.shards import (_bare, _to_table, permute_windows, rows_to_batch, shard_format, shard_names,
+from pipeline.data.shards import (_to_table, arrow_paths, permute_windows, rows_to_batch, shard_format, shard_names,
                                    shard_rows, shard_seed)
 
 BLOCK_ROWS = 256
@@ -62,7 +62,7 @@ def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed:
     numpy batch), each table prepared in the task. `cache`: (`decoded_cache.CacheClient`, base side,
     interpolation) where data.cache_decoded is on: the shard's rows come decoded from the cache, or are
     decoded here (all of them, by the reader that claims the shard) and put there."""
-    bare = _bare([path])[0]
+    bare = arrow_paths([path])[0]
     # The first time a shard appears its seed is the one the whole-pass reader uses; a repeat gets its own
     # order, crops and caption choices.
     base = shard_seed(shuffle_seed, epoch, shard if not repeat else f"{shard}#{repeat}")

@@ -350,9 +350,12 @@ def eval_shard_tasks(paths: list[str], image_size: int, counter=None, split: str
     from pipeline.data.local_passes import prepare_eval, shard_batch
     from pipeline.data.shards import shard_names
 
-    names = shard_names(paths)
+    from pipeline import storage
+
+    names, options = shard_names(paths), storage.options()
 
     def prepare_shard(path: str) -> dict:
+        storage.configure(**options)  # a task's process knows no S3 endpoint the driver was given
         out = prepare_eval(shard_batch(path, names[path]), image_size, counter, split, view)
         return {k: out[k] for k in ("key", "image", "captions")}
 

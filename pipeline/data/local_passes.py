@@ -12,11 +12,12 @@ from pipeline.data import transforms
 
 
 def fits_in_driver(paths: list[str], max_images: int) -> bool:
-    """At most `max_images` samples in `paths` by their stats files or Parquet footers (shards they do not
-    count are left to Ray Data, whatever their size); `max_images` 0: never."""
-    from pipeline.data.counts import count_samples
+    """At most `max_images` samples in `paths` by their stats files or Parquet footers, or by reading shards
+    small enough (`counts.count_or_read`; larger shards no file counts are left to Ray Data); `max_images` 0:
+    never."""
+    from pipeline.data.counts import count_or_read
 
-    return max_images > 0 and 0 < count_samples(paths).total <= max_images
+    return max_images > 0 and 0 < count_or_read(paths) <= max_images
 
 
 def shard_batch(path: str, name: str) -> dict:

@@ -38,7 +38,7 @@ def shard_format(path: str) -> str:
     return FORMATS[ext]
 
 
-def _bare(paths: list[str]) -> list[str]:
+def arrow_paths(paths: list[str]) -> list[str]:
     """Paths as Arrow's filesystems name them: s3:// dropped, local ones absolute."""
     return [p[len("s3://"):] if p.startswith("s3://") else os.path.abspath(p) for p in paths]
 
@@ -47,7 +47,7 @@ def shard_names(paths: list[str]) -> dict[str, str]:
     """path -> the shard's name in its rows' keys: its path below the common folder of all `paths` (the
     dataset's shard list). A file name alone would give `a/00000.tar` and `b/00000.tar` the same keys, and
     captions would be joined to the wrong image."""
-    bare = dict(zip(paths, _bare(paths)))
+    bare = dict(zip(paths, arrow_paths(paths)))
     root = posixpath.commonpath([posixpath.dirname(b) for b in bare.values()])
     return {p: posixpath.relpath(b, root) if root else b for p, b in bare.items()}
 
@@ -280,7 +280,7 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
 
     remote = storage.is_remote(paths[0])
     named = shard_names(paths)
-    names = {b: named[p] for p, b in zip(paths, _bare(paths))}  # the path Arrow reads -> the name in keys
+    names = {b: named[p] for p, b in zip(paths, arrow_paths(paths))}  # the path Arrow reads -> the name in keys
 
     class ShardSource(FileBasedDatasource):
         _FILE_EXTENSIONS = ["tar", "parquet"]
@@ -344,7 +344,7 @@ def iter_shard(path: str, shard: str, with_images: bool = True, fs=None) -> Iter
     from pipeline import storage
 
     fs = fs or storage.arrow_filesystem(path)[0]
-    bare = _bare([path])[0]
+    bare = arrow_paths([path])[0]
     if shard_format(bare) == "parquet":
         f = fs.open_input_file(bare)  # Parquet needs random access to its footer
     else:

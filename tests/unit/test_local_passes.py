@@ -19,8 +19,16 @@ def test_only_counted_data_within_the_limit_is_read_in_the_driver(tmp_path):
     val = _val(tmp_path)
     assert local_passes.fits_in_driver(val, 10) and not local_passes.fits_in_driver(val, 9)
     assert not local_passes.fits_in_driver(val, 0)  # 0: never
-    for stats in glob.glob(str(tmp_path / "val" / "*_stats.json")):  # no file says how many: Ray Data reads it
+    for stats in glob.glob(str(tmp_path / "val" / "*_stats.json")):  # no file says how many: small shards are
+        (tmp_path / "val" / stats).unlink()                          # counted by reading them
+    assert local_passes.fits_in_driver(val, 10) and not local_passes.fits_in_driver(val, 9)
+
+
+def test_uncounted_data_too_large_to_read_here_goes_to_ray_data(tmp_path, monkeypatch):
+    val = _val(tmp_path)
+    for stats in glob.glob(str(tmp_path / "val" / "*_stats.json")):
         (tmp_path / "val" / stats).unlink()
+    monkeypatch.setattr("pipeline.data.counts.SMALL_SHARDS_BYTES", 100)  # these shards: larger than that
     assert not local_passes.fits_in_driver(val, 10**6)
 
 

@@ -174,3 +174,21 @@ def test_counts_on_s3(tmp_path, s3_bucket):
     assert counts.count_samples(["s3://shards/pq/00000.parquet"]).total == 2
     storage.filesystem("s3://shards")[0].rm("shards/wds/00001_stats.json")
     assert counts.count_samples(remote).source == ""
+
+
+def test_small_shards_no_file_counts_are_counted_by_reading(tmp_path):
+    paths = _write(tmp_path, 25)
+    for p in tmp_path.glob("*_stats.json"):
+        p.unlink()
+    assert counts.count_samples(paths).total == 0  # no file says
+    assert counts.count_or_read(paths) == 25 == sum(_samples_in_tar(p) for p in paths)
+    size = sum(Path(p).stat().st_size for p in paths)
+    assert counts.count_or_read(paths, max_bytes=size) == 25
+    assert counts.count_or_read(paths, max_bytes=size - 1) == 0  # too large to read here: still unknown
+    assert counts.count_or_read(paths + [str(tmp_path / "00009.tar")]) == 0  # a missing shard: unknown
+
+
+def test_files_that_count_are_not_read(tmp_path, monkeypatch):
+    paths = _write(tmp_path, 25)
+    monkeypatch.setattr("pipeline.data.shards.iter_shard", lambda *a, **k: pytest.fail("read a counted shard"))
+    assert counts.count_or_read(paths, max_bytes=0) == 25
