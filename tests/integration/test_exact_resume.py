@@ -1,9 +1,12 @@
 """A run stopped mid-epoch, by a killed driver or a killed worker, resumes from its last step checkpoint and
 trains every usable sample of each epoch exactly once (none lost, none twice), ending at the step count of an
-uninterrupted run. Every worker records the keys of each step it trained (run.record_keys)."""
+uninterrupted run. Every worker records the keys of each step it trained (run.record_keys). The killed driver's
+rerun is also a user's console (no Ray chatter), and then resumes past a deleted (damaged) newest checkpoint."""
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 from pipeline.cli import main
 from tests import faults
 
-from .conftest import smoke_args
+from .conftest import RAY_CHATTER, smoke_args
 from .test_worker_failure import _train, _train_workers, _wait_for_workers
 
 SHARDS, GOOD, BAD, BATCH, EPOCHS, EVERY = 8, 48, 3, 16, 2, 5
@@ -102,13 +105,37 @@ def test_a_killed_driver_resumes_mid_epoch_exactly(ray_cluster, even_data, tmp_p
     proc = _train(args, ray_cluster, log)
     run_dir = tmp_path / "driver"
     _wait_for_step_checkpoint(run_dir, proc, log)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the interruption: the driver dies mid-epoch
     proc.wait()
     assert not (run_dir / "checkpoints" / "epoch_0001").exists(), "the kill came too late: epoch 1 was over"
-    assert main(["train", *args]) == 0
-    assert "resuming driver from" in capsys.readouterr().out
+
+    # Run again with the same name, as a user's own driver (no --verbose): it resumes, and its console shows the
+    # project's lines only, none of Ray's chatter; the workers' output went to the kept log file.
+    resumed = tmp_path / "resumed.log"
+    again = _train(args, ray_cluster, resumed, verbose=False)
+    assert again.wait(timeout=400) == 0, resumed.read_text()[-3000:]
+    printed = resumed.read_text()
+    noise = [line for line in printed.splitlines() if RAY_CHATTER.search(line)]
+    assert not noise and "resuming driver from" in printed and "[train] epoch 1:" in printed, \
+        noise[:10] or printed[-2000:]
+    assert "checkpoint" in printed and f"epoch_{EPOCHS:04d}" in printed
+    kept = list((Path(tempfile.gettempdir()) / "pipeline-logs").glob(f"train-*-{again.pid}.log"))
+    assert kept and "(RayTrainWorker)" in kept[0].read_text()
     starts = _check_exactly_once(run_dir, usable)
     assert starts and all("_step_" in s for s in starts[:1]), starts  # it resumed inside epoch 1
+
+    # The advice for a damaged checkpoint is to delete it. Ray's own checkpoint list still names it, which
+    # made every rerun fail inside Ray; the run must resume from the newest complete checkpoint instead (an
+    # epoch's end: this also covers resuming at an epoch boundary), each epoch recorded once.
+    ckpts = run_dir / "checkpoints"
+    epoch1 = json.loads((ckpts / "epoch_0001" / "state.json").read_text())["metrics"]
+    shutil.rmtree(ckpts / f"epoch_{EPOCHS:04d}")
+    assert main(["train", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"epoch_{EPOCHS - 1:04d}" in out and "was damaged" in out, out[-2000:]
+    final = json.loads((ckpts / f"epoch_{EPOCHS:04d}" / "state.json").read_text())
+    assert [h["epoch"] for h in final["history"]] == list(range(EPOCHS + 1))
+    assert final["history"][1] == epoch1 and final["step"] == STEPS  # epoch 1 untouched, none retrained
 
 
 def test_a_killed_worker_resumes_mid_epoch_exactly(ray_cluster, even_data, tmp_path):

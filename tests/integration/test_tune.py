@@ -1,5 +1,7 @@
-"""A smoke sweep inside the shared test Ray: 3 trials x 1 epoch, one of which fails; results, best config,
-and a restart of the same sweep resuming instead of starting over."""
+"""A smoke sweep inside the shared test Ray, run as `pipeline run` with tune.enabled: 3 trials x 1 epoch (ASHA,
+the default scheduler), one of which fails; results, best config, the best trial carried into evaluation, and
+`pipeline tune` on the same run resuming the sweep instead of starting over. (One sweep serves both commands:
+each trial is a Ray Train launch, the most expensive thing a test does here.)"""
 import csv
 import json
 from pathlib import Path
@@ -15,11 +17,12 @@ STUDIES = ("tune.studies={temperature: {loss.learn_temperature: false, loss.temp
            "failing: {data.max_skip_fraction: 0.0}}")
 
 
-def test_smoke_sweep_results_best_config_and_resume(ray_cluster, smoke_data, tmp_path, capsys, monkeypatch):
+def test_sweep_results_best_trial_into_evaluation_and_resume(ray_cluster, smoke_data, tmp_path, capsys,
+                                                             monkeypatch):
     monkeypatch.chdir(smoke_data)  # relative data paths: each trial runs in its own working directory
     args = smoke_args(Path("."), tmp_path, "sw", "--set", "train.epochs=1", "--set", STUDIES,
-                      "--set", "tune.scheduler=none")
-    assert main(["tune", *args]) == 0
+                      "--set", "tune.enabled=true")
+    assert main(["run", *args]) == 0
     out = capsys.readouterr().out
     results = tmp_path / "sw" / "sweep"
     rows = list(csv.DictReader((results / "results.csv").open()))
@@ -40,23 +43,18 @@ def test_smoke_sweep_results_best_config_and_resume(ray_cluster, smoke_data, tmp
     md = (results / "results.md").read_text()
     assert "### temperature" in md and "## Failed trials" in md
 
-    # Restarting the same sweep resumes it: finished trials are not run again.
+    # `run` carries the best trial's checkpoint into evaluation.
+    rep = json.loads((tmp_path / "sw" / "report" / "report.json").read_text())
+    assert rep["checkpoint"] == best["checkpoint"] and rep["n_images"] == 64
+    assert "Sweep finished" in out
+
+    # Restarting the same sweep with `pipeline tune` resumes it: finished trials are not run again.
     mtimes = {r["trial"]: (tmp_path / "sw" / "trials" / r["trial"] / "config.json").stat().st_mtime for r in ok}
     assert main(["tune", *args]) == 0
-    assert "resuming the sweep" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming the sweep" in out and f"best checkpoint: {best['checkpoint']}" in out
     assert len(list(csv.DictReader((results / "results.csv").open()))) == 3
     for trial, mtime in mtimes.items():
         assert (tmp_path / "sw" / "trials" / trial / "config.json").stat().st_mtime == mtime, trial
     assert json.loads((tmp_path / "sw" / "config.json").read_text())["tune"]["studies"]
     assert yaml.safe_load((results / "best_config.yaml").read_text())["run"]["name"] == "sw-best"
-
-
-def test_run_with_tuning_carries_the_best_trial_into_evaluation(ray_cluster, smoke_data, tmp_path, capsys):
-    args = smoke_args(smoke_data, tmp_path, "tuned", "--set", "train.epochs=1", "--set", "tune.enabled=true",
-                      "--set", "tune.space={loss.temperature: {grid: [0.1, 0.5]}}")  # ASHA, the default
-    assert main(["run", *args]) == 0
-    rows = list(csv.DictReader((tmp_path / "tuned" / "sweep" / "results.csv").open()))
-    best = max(rows, key=lambda r: float(r["val/rsum"]))
-    rep = json.loads((tmp_path / "tuned" / "report" / "report.json").read_text())
-    assert rep["checkpoint"] == best["checkpoint"] and rep["n_images"] == 64
-    assert "Sweep finished" in capsys.readouterr().out
