@@ -10,9 +10,9 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test unit integration clean browser img2dataset weights
 
 # pip's "Location ... is ignored" lines come from this machine's local index mirrors; they are noise.
-# --no-compile: Python compiles a module when it is first imported, so the venv skips byte-compiling the tens of
-# thousands of files (torch, transformers, ray) that nothing imports (~40 s of a ~130 s install here).
-PIP := pip install --quiet --no-compile --disable-pip-version-check
+# pip byte-compiles what it installs; keep it so (no --no-compile): where PYTHONDONTWRITEBYTECODE is set, as on
+# this machine, nothing compiled later is kept, and every process would compile torch again on import.
+PIP := pip install --quiet --disable-pip-version-check
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/$(PIP) -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
