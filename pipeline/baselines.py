@@ -146,7 +146,7 @@ def fit(cfg, tokenizer: Tokenizer | None = None, counter=None) -> Fitted:
 def embed_gallery(encoder: CCAEncoder, paths: list[str], image_size: int, num_actors: int = 1, counter=None,
                   max_in_driver: int = 0):
     """data.val through the fitted baseline -> the evaluation's Gallery."""
-    from pipeline.encoder import GalleryBuilder
+    from pipeline.gallery import GalleryBuilder
 
     g = GalleryBuilder()
     for batch in mapped_batches(paths, image_size, EmbedCCA, {"encoder": encoder}, 256, num_actors, counter,

@@ -214,6 +214,21 @@ def config_changes(saved: dict, new: dict) -> list[str]:
             if k.startswith(SHAPING) and old[k] != cur[k]]
 
 
+def load_model(ckpt: str | Path):
+    """A checkpoint dir -> (its model with the trained weights, its tokenizer, its config dict). The files the
+    model started from (image weights, word vectors) need not exist here: model.pt holds the trained weights."""
+    from pipeline.config.loading import build
+    from pipeline.config.model_sections import ModelConfig
+    from pipeline.models import build_model
+
+    cfg = read_config(ckpt)
+    tokenizer = read_tokenizer(ckpt)
+    model = build_model(build(ModelConfig, cfg["model"]), len(tokenizer), image_size=cfg["data"]["image_size"],
+                        max_tokens=tokenizer.max_tokens, load_files=False, spec=read_spec(ckpt))
+    load_weights(ckpt, model)
+    return model, tokenizer, cfg
+
+
 def check_loadable(path: str | Path) -> None:
     """On the driver, before any Ray work: every file the manifest lists matches its hash, and the weights load
     into the model its config describes. -> CheckpointError in one line otherwise (instead of a state-dict
@@ -223,9 +238,10 @@ def check_loadable(path: str | Path) -> None:
     for name in sorted(_manifest(path).get("sha256", {})):
         _read_verified(path, name)
     try:
-        from pipeline.encoder import load
-
-        load(path)
+        ckpt = find_latest(path)
+        if ckpt is None:
+            raise FileNotFoundError(f"no checkpoint under {path}; expected model.pt, tokenizer.json, config.json")
+        load_model(ckpt)
     except CheckpointError:
         raise
     except pickle.UnpicklingError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from pipeline import storage
-from pipeline.encoder import Gallery
+from pipeline.gallery import Gallery
 from pipeline.indexes import IndexSpec
 from pipeline.metrics import fold_metrics, i2t_ranks, metrics_from_ranks, t2i_ranks, zero_shot_accuracy
 

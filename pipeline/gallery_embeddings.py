@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import storage
-from pipeline.encoder import Gallery
+from pipeline.gallery import Gallery
 
 IMAGES, CAPTIONS = "images.parquet", "captions.parquet"
 

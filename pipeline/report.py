@@ -99,7 +99,8 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
     curves, ranks, training = (out / "plots" / f"{n}.png" for n in ("recall_at_k", "rank_histogram", "training"))
     drawn = {curves: plot_recall_curves(metrics.get("curves"), curves),
              ranks: plot_rank_histogram(metrics.get("ranks"), ranks), training: has_plot}
-    write_html(out, report, [p for p, ok in drawn.items() if ok], thumbs or {})
+    write_html(out, report, [p for p, ok in drawn.items() if ok], thumbs or {},
+               baseline_rows(report) if report.get("baselines") else None)
     lines = ["# Retrieval report", "", f"Checkpoint: `{checkpoint}`", "", recall_table(metrics), ""]
     if report.get("comparison"):
         lines += ["## Checkpoints compared (same gallery)", "", comparison_table(report["comparison"]), ""]

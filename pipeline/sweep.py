@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError
+from pipeline.config.loading import ConfigError
 
 KINDS = ("grid", "choice", "uniform", "loguniform")
 
@@ -227,8 +227,9 @@ def resolve_trial(point: dict, sampled: dict, base_flat: dict, lr_scaling: str) 
 def plan(cfg) -> tuple[list[Study], list[tuple[str, dict]]]:
     """The studies of `cfg.tune` and their deduplicated grid points, each checked to build a valid training
     config (sampled entries probed at their first value) before any Ray work."""
-    from pipeline.config import TrainJobConfig, apply_overrides, build, flatten, narrow, to_dict, valid_keys
+    from pipeline.config.loading import apply_overrides, build, flatten, narrow, to_dict, valid_keys
 
+    TrainJobConfig = type(cfg).trial_config  # noqa: N806 (a class; taken from the job so sweep imports no job)
     base_raw = to_dict(narrow(cfg, TrainJobConfig))
     base_flat = flatten(base_raw)
     studies = parse_studies(cfg.tune.space, cfg.tune.studies, set(valid_keys(TrainJobConfig)))

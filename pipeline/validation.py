@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.distributed import broadcast_buffers, gather_objects
-from pipeline.encoder import Gallery, embed_gallery
+from pipeline.gallery import Gallery, embed_gallery
 from pipeline.metrics import retrieval_metrics
 
 IN_MEMORY_BYTES = 2 * 2**30  # the most a worker keeps of prepared validation images (auto)

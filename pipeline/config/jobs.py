@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pipeline.config.loading import _check, _f
 from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
@@ -57,6 +58,7 @@ class TrainJobConfig:
 
 @dataclass(frozen=True)
 class RunJobConfig(TrainJobConfig):
+    trial_config: ClassVar[type] = TrainJobConfig  # what each trial of its sweep trains (sweep.plan checks them)
     index: IndexConfig = _f(IndexConfig(), "FAISS index over the gallery")
     tune: SweepConfig = _f(SweepConfig(), "sweeps with Ray Tune (`pipeline tune`, or `pipeline run` with tune.enabled)")
     cca: CCAConfig = _f(CCAConfig(), "CCA baselines (`pipeline cca`, or `pipeline run` with cca.enabled)")

@@ -24,6 +24,8 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline.data.transforms import decode_image, to_base  # noqa: F401 (to_base: callers name it decoded_cache.to_base)
+
 BASE_OVER = 8 / 7  # 224 -> 256: the margin of the classic resize-256, crop-224 pipeline
 AUTO_SHARE = 0.2  # data.cache_decoded=auto: the share of the object store the decoded set may take
 ASPECT = 4 / 3  # the long side a typical photo adds to a base's area, for the size estimate
@@ -61,17 +63,6 @@ def _mb(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def to_base(img, side: int, interpolation: str = "bilinear") -> np.ndarray:
-    """PIL image -> (h, w, 3) uint8 with its short side `side` (aspect kept; a smaller image stays as it is)."""
-    from pipeline.data.transforms import FILTERS
-
-    w, h = img.size
-    if min(w, h) > side:
-        scale = side / min(w, h)
-        img = img.resize((max(side, round(w * scale)), max(side, round(h * scale))), FILTERS[interpolation])
-    return np.asarray(img, dtype=np.uint8)
-
-
 @dataclass
 class DecodedShard:
     """One shard's rows in file order as `shards.shard_rows` gives them, each "image" replaced by the index
@@ -107,8 +98,6 @@ class ShardDecoder:
 
     def decode(self, rows: Iterator[dict]) -> Iterator[dict]:
         """rows with image bytes -> the same rows with "image" the base array (or the reason it has none)."""
-        from pipeline.data.transforms import decode_image
-
         for row in rows:
             raw, kept = row["image"], row["image"]
             if not row["problem"] and raw is not None and len(raw):

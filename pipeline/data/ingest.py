@@ -21,6 +21,7 @@ from pipeline.data import transforms
 from pipeline.data.shards import (NOT_SAMPLES, check_parquet_schema, check_parquet_types,
                                    first_readable_schema, is_download_metadata, make_source, parquet_schema,
                                    shard_format)
+from pipeline.data.skips import count_skips  # noqa: F401 (ingest.count_skips: its name before)
 from pipeline.data.tokenizer import Tokenizer
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -230,17 +231,6 @@ def skip_counter():
     here = ray.get_runtime_context().get_node_id()
     return SkipCounter.options(max_restarts=-1, max_task_retries=-1,
                                scheduling_strategy=NodeAffinity(here, soft=False)).remote()
-
-
-def count_skips(counter, split: str, skips: dict) -> None:
-    """Record a batch's skipped keys and wait for the counter to take them: a count read right after the
-    dataset finishes then includes every batch. A counter that cannot answer is no reason to fail the batch."""
-    import ray
-
-    try:
-        ray.get(counter.add.remote(split, skips), timeout=60)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        pass
 
 
 def read_skips(counter) -> dict:

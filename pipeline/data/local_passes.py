@@ -46,7 +46,7 @@ def prepare_eval(rows: dict, image_size: int, counter=None, split: str = "val",
     here."""
     out, skips = transforms.prepare_eval_batch(rows, image_size, view)
     if counter is not None and skips:
-        from pipeline.data.ingest import count_skips
+        from pipeline.data.skips import count_skips
 
         count_skips(counter, split, skips)
     return out

@@ -60,3 +60,14 @@ class SkipTally:
         for t in tallies:
             out.merge(t if isinstance(t, SkipTally) else cls.from_dict(t))
         return out
+
+
+def count_skips(counter, split: str, skips: dict) -> None:
+    """Record a batch's skipped keys and wait for the counter to take them: a count read right after the
+    dataset finishes then includes every batch. A counter that cannot answer is no reason to fail the batch."""
+    import ray
+
+    try:
+        ray.get(counter.add.remote(split, skips), timeout=60)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        pass

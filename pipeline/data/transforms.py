@@ -187,11 +187,20 @@ def check_sample(raw: Any, problem: str, caps_reason: str) -> str:
     return caps_reason
 
 
+def to_base(img, side: int, interpolation: str = "bilinear") -> np.ndarray:
+    """PIL image -> (h, w, 3) uint8 with its short side `side` (aspect kept; a smaller image stays as it is)."""
+    w, h = img.size
+    if min(w, h) > side:
+        scale = side / min(w, h)
+        img = img.resize((max(side, round(w * scale)), max(side, round(h * scale))), FILTERS[interpolation])
+    return np.asarray(img, dtype=np.uint8)
+
+
 def decode_or_skip(key: str, raw: Any, problem: str, caps_reason: str, skips: dict[str, list[str]],
                    min_side: int = 0, base: int = 0, interpolation: str = "bilinear") -> Image.Image | None:
     """The sample's image, or None with its key added under the reason it has none. `raw`: the file's bytes,
     or (data.cache_decoded) an already decoded base array or the skip reason its decoding gave. `base`: decode
-    to the short side data.cache_decoded keeps (`decoded_cache.to_base`), so that a view cut from a fresh
+    to the short side data.cache_decoded keeps (`to_base`), so that a view cut from a fresh
     decode is the view cut from the cache."""
     reason = check_sample(raw, problem, caps_reason)
     if not reason and isinstance(raw, np.ndarray):
@@ -202,7 +211,6 @@ def decode_or_skip(key: str, raw: Any, problem: str, caps_reason: str, skips: di
         try:
             if not base:
                 return decode_image(bytes(raw), min_side)
-            from pipeline.data.decoded_cache import to_base
             return Image.fromarray(to_base(decode_image(bytes(raw), base), base, interpolation))
         except ValueError:
             reason = "corrupt_image"

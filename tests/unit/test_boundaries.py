@@ -10,7 +10,7 @@ PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metri
         "pipeline.sweep", "pipeline.storage", "pipeline.data.transforms", "pipeline.data.karpathy",
         "pipeline.cca", "pipeline.cca_encoder", "pipeline.ppmi", "pipeline.word_embeddings", "pipeline.baselines",
         "pipeline.optimisation", "pipeline.data.epoch_plan", "pipeline.data.batcher",
-        "pipeline.data.local_passes"]
+        "pipeline.data.local_passes", "pipeline.gallery"]
 
 
 def test_pure_modules_do_not_import_ray():
