@@ -11,10 +11,9 @@ Parameter gradients equal the full-batch ones for models whose forward treats sa
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from pipeline.distributed import all_gather_with_grad
+from pipeline.distributed import all_gather_with_grad, average_gradients  # noqa: F401 (objective.average_gradients: its name before)
 
 
 class ContrastiveObjective(nn.Module):
@@ -67,17 +66,6 @@ class ContrastiveObjective(nn.Module):
 def unwrap(objective: nn.Module) -> nn.Module:
     """The bare objective inside a DistributedDataParallel wrapper (itself when there is none)."""
     return objective.module if isinstance(objective, nn.parallel.DistributedDataParallel) else objective
-
-
-def average_gradients(module: nn.Module) -> None:
-    """What DDP does after backward, done by hand where its forward hook was bypassed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    world = dist.get_world_size()
-    for p in module.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world
 
 
 def _chunks(n: int, size: int):
