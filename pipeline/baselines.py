@@ -196,7 +196,7 @@ def run(cfg, out: str | None = None) -> tuple[dict, str]:
     from pipeline import evaluate, report
     from pipeline.config import to_dict
     from pipeline.data.ingest import expand_paths, read_skips, skip_counter
-    from pipeline.index import collect_thumbnails
+    from pipeline.data.by_key import collect_thumbnails
 
     counter = skip_counter()
     fitted = fit(cfg, counter=counter)

@@ -327,7 +327,7 @@ def _preflight(cfg, splits=("train", "val"), writes=None) -> None:
     """What a training job checks before any Ray work, each failure one line: S3 reachable with the AWS chain's
     credentials for every s3:// path, the run directory (and `writes`) writable, synthetic data written only
     where the config points at the synthetic default, the shards there and non-empty."""
-    from pipeline.end_to_end import ensure_data
+    from pipeline.data.synthetic import ensure_data
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     specs = {f"data.{s}": getattr(cfg.data, s) for s in splits if s != "train" or not isinstance(cfg.data.train, list)}
@@ -338,7 +338,7 @@ def _preflight(cfg, splits=("train", "val"), writes=None) -> None:
             storage.check_access(part, key)
     for uri, key in [(cfg.run.storage_path, "run.storage_path"), *(writes or [])]:
         storage.check_access(uri, key, write=True)
-    ensure_data(cfg)
+    ensure_data(cfg.data)
     _check_paths(*[x for key, spec in specs.items() for x in (spec, key)])
     if hasattr(cfg, "model"):
         from pipeline.models.weights import WeightsError

@@ -20,38 +20,12 @@ class RunSummary:
     data: dict
 
 
-def ensure_data(cfg: RunJobConfig) -> None:
-    """Write the synthetic dataset when the config asks for it, data.train / data.val are the synthetic
-    default (`<data.synth.out>/train`, `/val`) and it is not there yet. A path of the user's own that matches
-    nothing is their mistake: it fails (the caller's path check says so) and nothing is written."""
-    import os
-
-    from pipeline.config import ConfigError
-    from pipeline.data.ingest import expand_paths
-    from pipeline.data.synthetic import write_dataset
-
-    s = cfg.data.synth
-    if not s.enabled:
-        return
-    missing = []
-    for split, spec in (("train", cfg.data.train_spec), ("val", cfg.data.val)):
-        try:
-            expand_paths(spec, f"data.{split}")
-        except ConfigError:
-            if os.path.normpath(spec) != os.path.normpath(os.path.join(s.out, split)):
-                return  # not the synthetic default: leave it to the path check to explain
-            missing.append(split)
-    if missing:
-        print(f"[data] writing synthetic data to {s.out} ({s.train} train, {s.val} val, seed {s.seed})")
-        write_dataset(s.out, s.train, s.val, s.seed)
-
-
 def run(cfg: RunJobConfig) -> RunSummary:
-
+    """`pipeline run`: train (or sweep), then index, evaluate and report; -> where everything went."""
     from pipeline import evaluate, train
+    from pipeline.data.by_key import collect_thumbnails
     from pipeline.data.ingest import expand_paths, read_skips, skip_counter
     from pipeline.data.skips import EXAMPLES
-    from pipeline.index import collect_thumbnails
 
     if cfg.tune.enabled:  # sweep, then carry the best trial's checkpoint into index and evaluation
         from pipeline import tune

@@ -156,7 +156,7 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
     from pipeline import report
     from pipeline.checkpoint import find_latest, read_config, read_state
     from pipeline.data.ingest import expand_paths, read_skips, skip_counter
-    from pipeline.index import collect_thumbnails
+    from pipeline.data.by_key import collect_thumbnails
 
     checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
     paths = expand_paths(data, "--data")

@@ -109,7 +109,7 @@ def embed_with_actors(checkpoint: str, paths: list[str], image_size: int, out: s
     """The two Ray Data passes, each file of rows then numbered by `number_rows`."""
     from ray.data import ActorPoolStrategy
 
-    from pipeline.data.ingest import _read, eval_dataset
+    from pipeline.data.ingest import read_shards, eval_dataset
     from pipeline.data.transforms import caption_rows
 
     actors = dict(fn_constructor_kwargs={"checkpoint": checkpoint, "device": "cuda" if use_gpu else "cpu",
@@ -119,7 +119,7 @@ def embed_with_actors(checkpoint: str, paths: list[str], image_size: int, out: s
     fs, root = storage.arrow_filesystem(out)
     images = eval_dataset(paths, image_size, counter, "gallery", view).map_batches(EmbedImages, **actors)
     images.write_parquet(f"{root}/{IMAGES}", filesystem=fs)
-    captions = _read(paths, with_images=False).map_batches(caption_rows, batch_format="numpy")
+    captions = read_shards(paths, with_images=False).map_batches(caption_rows, batch_format="numpy")
     captions.map_batches(EmbedCaptions, **actors).write_parquet(f"{root}/{CAPTIONS}", filesystem=fs)
 
 

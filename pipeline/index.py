@@ -19,37 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import storage
+from pipeline.data.by_key import collect_thumbnails  # noqa: F401 (index.collect_thumbnails: its name before)
 from pipeline.gallery_embeddings import CAPTIONS, IMAGES, parquet_files, read_columns, read_file, row_counts, sample_vectors
 from pipeline.encoder import Encoder, load
 from pipeline.indexes import (IndexSpec, ShardedIndex, build_index, deserialize, fill_shard, measure, merge_top_k,
                               recall_vs_exact, serialize, train_template)
 
 N_QUERIES = 1000  # held-out queries of the other modality for recall and QPS
-
-
-def collect_thumbnails(paths: list[str], keys: list[str], side: int = 96, max_in_driver: int = 0
-                       ) -> dict[str, str]:
-    """key -> thumbnail data URI for the few gallery images a report shows: a Ray Data pass that keeps only
-    those rows before decoding anything (a gallery of at most `max_in_driver` images is read in the driver)."""
-    from pipeline.data import local_passes
-    from pipeline.data.ingest import _read
-    from pipeline.report_html import thumbnail
-
-    wanted = set(keys)
-    if not wanted:
-        return {}
-    if local_passes.fits_in_driver(paths, max_in_driver):
-        return local_passes.thumbnails(paths, wanted, side)
-    from ray.data.expressions import col
-
-    out = {}
-    # an Arrow predicate: a Python function here makes Ray warn on every report
-    for row in _read(paths).filter(expr=col("key").is_in(sorted(wanted))).take_all():
-        try:
-            out[row["key"]] = thumbnail(row["image"], side)
-        except (ValueError, OverflowError, TypeError):
-            continue  # an image the gallery skipped: the report shows a placeholder
-    return out
 
 
 def build_measured(vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec):

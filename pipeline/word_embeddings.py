@@ -56,10 +56,10 @@ def count_dataset(paths: list[str], tokenizer: Tokenizer, window: int, weighting
                   ) -> tuple[Counts, int, int]:
     """The Ray Data pass: per-block counts, merged on the driver as they stream in. -> (counts, tokens,
     captions)."""
-    from pipeline.data.ingest import _read
+    from pipeline.data.ingest import read_shards
 
     v = len(tokenizer)
-    ds = _read(paths, with_images=False).map_batches(
+    ds = read_shards(paths, with_images=False).map_batches(
         count_batch, fn_kwargs={"tokenizer": tokenizer, "window": window, "weighting": weighting},
         batch_format="numpy")
     parts, pending, tokens, captions = [], 0, 0, 0

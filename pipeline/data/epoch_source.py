@@ -16,7 +16,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.data.decoded_cache import ShardDecoder
-from pipeline.data.shards import (_to_table, arrow_paths, permute_windows, rows_to_batch, shard_format, shard_names,
+from pipeline.data.shards import (arrow_paths, permute_windows, rows_to_batch, rows_to_table, shard_format, shard_names,
                                    shard_rows, shard_seed)
 
 BLOCK_ROWS = 256
@@ -78,7 +78,7 @@ def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed:
         rows = permute_windows(rows, shuffle_block, np.random.default_rng(base))
         rows = (dict(row, pos=(at << 32) | i) for i, row in enumerate(rows) if row_filter.keeps(at, i))
         if prepare is None:
-            out = lambda chunk: _to_table(chunk, path)  # noqa: E731
+            out = lambda chunk: rows_to_table(chunk, path)  # noqa: E731
         else:  # straight to a numpy batch: no Arrow round trip, and rows may hold decoded arrays (the cache)
             out = lambda chunk: _prepared(prepare, chunk, path)  # noqa: E731
         chunk: list[dict] = []

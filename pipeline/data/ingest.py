@@ -187,8 +187,9 @@ def check_shards(paths: list[str], key: str) -> None:
 # ------------------------------------------------------------------------------------------ Ray Data
 
 
-def _read(paths: list[str], shuffle_seed: int | None = None, shuffle_block: int = 0, with_images: bool = True,
-          fuse: bool = False):
+def read_shards(paths: list[str], shuffle_seed: int | None = None, shuffle_block: int = 0, with_images: bool = True,
+                fuse: bool = False):
+    """The shards' rows as a Ray Data dataset (`shards.make_source`), every row once, local or s3://."""
     import ray.data
 
     # fuse: one read task per shard. Ray Data splits the blocks of fewer, larger read tasks, and a split read
@@ -196,6 +197,9 @@ def _read(paths: list[str], shuffle_seed: int | None = None, shuffle_block: int 
     # training wants the fusion, while evaluation wants its few shards split for the embedding actor pool.
     source = make_source(paths, shuffle_seed=shuffle_seed, shuffle_block=shuffle_block, with_images=with_images)
     return ray.data.read_datasource(source, override_num_blocks=len(paths) if fuse else None)
+
+
+_read = read_shards  # its name before it was public
 
 
 def skip_counter():
@@ -255,7 +259,7 @@ def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, c
             count_skips(counter, "train", skips)
         return out
 
-    ds = _read(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block, fuse=True)
+    ds = read_shards(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block, fuse=True)
     return ds.map_batches(prepare, batch_size=128, batch_format="numpy")
 
 
@@ -326,7 +330,7 @@ def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "
 
     from pipeline.data.local_passes import prepare_eval
 
-    return _read(paths).map_batches(lambda batch: prepare_eval(batch, image_size, counter, split, view),
+    return read_shards(paths).map_batches(lambda batch: prepare_eval(batch, image_size, counter, split, view),
                                     batch_size=128, batch_format="numpy")
 
 
@@ -373,7 +377,7 @@ def scan_training_data(paths: list[str], data_cfg) -> Scan:
     if len(paths) <= IN_PROCESS_SHARDS:  # a Ray Data pipeline takes seconds to start; a few shards, less to read
         batches = _scan_in_process(paths)
     else:
-        ds = _read(paths, with_images=False).map_batches(transforms.scan_captions, batch_format="numpy")
+        ds = read_shards(paths, with_images=False).map_batches(transforms.scan_captions, batch_format="numpy")
         batches = ds.iter_batches(batch_size=None, batch_format="numpy")
     for batch in batches:
         for w, c in zip(batch["word"], batch["count"]):

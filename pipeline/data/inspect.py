@@ -68,12 +68,12 @@ def download_stats(paths: list[str]) -> dict:
 
 def inspect_shards(shards, show: int = 20) -> str:
     """`shards`: an ingest.ShardList (paths plus names missing from a brace list)."""
-    from pipeline.data.ingest import _read
+    from pipeline.data.ingest import read_shards
 
     paths = shards.paths
     members, problems = Counter(), []
     n_caps, words = [], []
-    for b in _read(paths).map_batches(_scan, batch_format="numpy").iter_batches(batch_size=None,
+    for b in read_shards(paths).map_batches(_scan, batch_format="numpy").iter_batches(batch_size=None,
                                                                                batch_format="numpy"):
         members.update(m for m in b["members"].tolist() if m is not None)
         n_caps += b["n_captions"].tolist()

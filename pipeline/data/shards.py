@@ -314,10 +314,10 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
             for row in rows:
                 chunk.append(row)
                 if len(chunk) == block_rows:
-                    yield _to_table(chunk, source)
+                    yield rows_to_table(chunk, source)
                     chunk = []
             if chunk:
-                yield _to_table(chunk, source)
+                yield rows_to_table(chunk, source)
 
     return ShardSource()
 
@@ -367,7 +367,7 @@ def rows_to_batch(rows: list[dict], shard: str = "") -> dict[str, np.ndarray]:
     return batch
 
 
-def _to_table(rows: list[dict], shard: str = ""):
+def rows_to_table(rows: list[dict], shard: str = ""):
     import pyarrow as pa
 
     col = lambda name: [r[name] for r in rows]  # noqa: E731

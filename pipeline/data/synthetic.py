@@ -136,3 +136,28 @@ def write_dataset(out: str | Path, n_train: int, n_val: int, seed: int = 0) -> d
     """out/train/*.tar and out/val/*.tar."""
     out = Path(out)
     return {"train": write_split(out / "train", n_train, seed, 0), "val": write_split(out / "val", n_val, seed, 1)}
+
+
+def ensure_data(data_cfg) -> None:
+    """Write the synthetic dataset when the data section asks for it, data.train / data.val are the synthetic
+    default (`<data.synth.out>/train`, `/val`) and it is not there yet. A path of the user's own that matches
+    nothing is their mistake: it fails (the caller's path check says so) and nothing is written."""
+    import os
+
+    from pipeline.config.loading import ConfigError
+    from pipeline.data.ingest import expand_paths
+
+    s = data_cfg.synth
+    if not s.enabled:
+        return
+    missing = []
+    for split, spec in (("train", data_cfg.train_spec), ("val", data_cfg.val)):
+        try:
+            expand_paths(spec, f"data.{split}")
+        except ConfigError:
+            if os.path.normpath(spec) != os.path.normpath(os.path.join(s.out, split)):
+                return  # not the synthetic default: leave it to the path check to explain
+            missing.append(split)
+    if missing:
+        print(f"[data] writing synthetic data to {s.out} ({s.train} train, {s.val} val, seed {s.seed})")
+        write_dataset(s.out, s.train, s.val, s.seed)
