@@ -193,10 +193,9 @@ def run(cfg, out: str | None = None) -> tuple[dict, str]:
     """`pipeline cca`: fit, score and write the report (and the projection, cca.npz) into `out`, by default
     <run dir>/baselines/<kind>_cca. -> (report, out)"""
 
-    from pipeline import evaluate, report
+    from pipeline import report
     from pipeline.config import to_dict
     from pipeline.data.ingest import expand_paths, read_skips, skip_counter
-    from pipeline.data.by_key import collect_thumbnails
 
     counter = skip_counter()
     fitted = fit(cfg, counter=counter)
@@ -204,10 +203,7 @@ def run(cfg, out: str | None = None) -> tuple[dict, str]:
     out = out or storage.join(cfg.run.run_dir(), "baselines", fitted.name)
     by_split = read_skips(counter)
     skipped = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in by_split.items()}
-    thumbs = collect_thumbnails(expand_paths(cfg.data.val, "data.val"), evaluate.example_keys(metrics),
-                                max_in_driver=cfg.eval.in_driver_images)
-    with storage.staging_dir(out) as local:
-        rep = report.write_report(local / "report", metrics, index_meta, fitted.description, to_dict(cfg), [],
-                                  {"skipped": skipped}, thumbs)
-        np.savez(local / "cca.npz", **fitted.encoder.cca.to_arrays())
+    rep = report.publish(out, metrics, index_meta, fitted.description, to_dict(cfg), [], {"skipped": skipped},
+                         expand_paths(cfg.data.val, "data.val"), cfg.eval.in_driver_images, subdir="report",
+                         extra=lambda local: np.savez(local / "cca.npz", **fitted.encoder.cca.to_arrays()))
     return rep, out

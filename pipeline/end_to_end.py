@@ -23,7 +23,6 @@ class RunSummary:
 def run(cfg: RunJobConfig) -> RunSummary:
     """`pipeline run`: train (or sweep), then index, evaluate and report; -> where everything went."""
     from pipeline import evaluate, train
-    from pipeline.data.by_key import collect_thumbnails
     from pipeline.data.ingest import expand_paths, read_skips, skip_counter
     from pipeline.data.skips import EXAMPLES
 
@@ -59,13 +58,10 @@ def run(cfg: RunJobConfig) -> RunSummary:
         # The baseline's bag of words counts word ids (most frequent first); a sub-word tokenizer's ids are not
         # that, so the baseline then scans the captions for a word vocabulary of its own.
         metrics["baselines"] = baselines.run_baseline(cfg, tokenizer if hasattr(tokenizer, "vocab") else None)
-    thumbs = collect_thumbnails(val_paths, evaluate.example_keys(metrics),
-                                max_in_driver=cfg.eval.in_driver_images)
     data_block = {"skipped": data, "skip_examples": examples,
                   **({"captions_of_skipped_images": orphans} if orphans else {})}
-    with storage.staging_dir(report_dir) as local:
-        rep = report.write_report(local, metrics, meta, result.checkpoint, to_dict(cfg), result.history,
-                                  data_block, thumbs)
+    rep = report.publish(report_dir, metrics, meta, result.checkpoint, to_dict(cfg), result.history, data_block,
+                         val_paths, cfg.eval.in_driver_images)
     return RunSummary(result.run_dir, result.checkpoint, index_dir, report_dir, rep, data)
 
 

@@ -10,6 +10,7 @@ from pipeline import storage
 from pipeline.gallery import Gallery
 from pipeline.indexes import IndexSpec
 from pipeline.metrics import fold_metrics, i2t_ranks, metrics_from_ranks, t2i_ranks, zero_shot_accuracy
+from pipeline.report import example_keys  # noqa: F401 (evaluate.example_keys: its name before)
 
 
 def examples(gallery: Gallery, n: int = 5, k: int = 5) -> list[dict]:
@@ -36,12 +37,6 @@ def image_examples(gallery: Gallery, n: int = 5, k: int = 5) -> list[dict]:
                     "top": [{"caption": gallery.captions[j], "score": float(sims[j]),
                              "hit": int(gallery.text_to_image[j]) == ii} for j in top]})
     return out
-
-
-def example_keys(metrics: dict) -> list[str]:
-    """The gallery keys a report's example queries show."""
-    keys = [t["key"] for ex in metrics.get("examples", []) for t in ex["top"]]
-    return list(dict.fromkeys(keys + [ex["query"] for ex in metrics.get("image_examples", [])]))
 
 
 def recall_curve(ranks: torch.Tensor, max_k: int = 50) -> list[float]:
@@ -156,7 +151,6 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
     from pipeline import report
     from pipeline.checkpoint import find_latest, read_config, read_state
     from pipeline.data.ingest import expand_paths, read_skips, skip_counter
-    from pipeline.data.by_key import collect_thumbnails
 
     checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
     paths = expand_paths(data, "--data")
@@ -178,7 +172,6 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
     if len(rows) > 1:
         metrics["comparison"] = rows
     history = train_history if train_history is not None else read_state(ckpt).get("history", [])
-    thumbs = collect_thumbnails(paths, example_keys(metrics), max_in_driver=eval_cfg.in_driver_images)
     data_block = {"skipped": {"gallery": skipped}, **({"captions_of_skipped_images": orphans} if orphans else {})}
-    with storage.staging_dir(out) as local:  # s3:// outputs are written locally, then uploaded
-        return report.write_report(local, metrics, meta, ckpt, read_config(ckpt), history, data_block, thumbs)
+    return report.publish(out, metrics, meta, ckpt, read_config(ckpt), history, data_block, paths,
+                          eval_cfg.in_driver_images)

@@ -74,6 +74,29 @@ def plot_history(history: list, path: Path) -> bool:
     return True
 
 
+def example_keys(metrics: dict) -> list[str]:
+    """The gallery keys a report's example queries show."""
+    keys = [t["key"] for ex in metrics.get("examples", []) for t in ex["top"]]
+    return list(dict.fromkeys(keys + [ex["query"] for ex in metrics.get("image_examples", [])]))
+
+
+def publish(out: str, metrics: dict, index_meta: dict, checkpoint: str, config: dict, history: list | None,
+            data: dict | None, gallery: list[str], in_driver_images: int, subdir: str = "", extra=None) -> dict:
+    """A run's report, assembled the one way every command does it: the thumbnails of the images its examples
+    show (read by key from the `gallery` shards), then `write_report` into `out`[/`subdir`] (s3:// outputs are
+    written locally, then uploaded); `extra(local_dir)` writes any other file beside it. -> report dict"""
+    from pipeline import storage
+    from pipeline.data.by_key import collect_thumbnails
+
+    thumbs = collect_thumbnails(gallery, example_keys(metrics), max_in_driver=in_driver_images)
+    with storage.staging_dir(out) as local:
+        rep = write_report(local / subdir if subdir else local, metrics, index_meta, checkpoint, config, history,
+                           data, thumbs)
+        if extra is not None:
+            extra(local)
+    return rep
+
+
 def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, config: dict,
                  history: list | None = None, data: dict | None = None, thumbs: dict | None = None) -> dict:
     """report.json, report.md, report.html and plots/ in `out`; `thumbs` maps sample keys to thumbnail data
