@@ -109,7 +109,7 @@ def embed_with_actors(checkpoint: str, paths: list[str], image_size: int, out: s
     """The two Ray Data passes, each file of rows then numbered by `number_rows`."""
     from ray.data import ActorPoolStrategy
 
-    from pipeline.data.ingest import read_shards, eval_dataset
+    from pipeline.data.ingest import eval_dataset, read_shards
     from pipeline.data.transforms import caption_rows
 
     actors = dict(fn_constructor_kwargs={"checkpoint": checkpoint, "device": "cuda" if use_gpu else "cpu",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.distributed import all_gather_with_grad, average_gradients  # noqa: F401 (objective.average_gradients: its name before)
+from pipeline.distributed import all_gather_with_grad, average_gradients
 
 
 class ContrastiveObjective(nn.Module):

@@ -86,6 +86,7 @@ def count_samples(paths: list[str], num_samples: int = 0, tolerance: float = 0.0
 
 
 SMALL_SHARDS_BYTES = 64 * 2**20  # shards this small in all may be counted by reading them, when no file says
+_READ_COUNTS: dict[tuple, int] = {}  # (path, size, mtime) of each shard -> the count read from them
 
 
 def count_or_read(paths: list[str], max_bytes: int | None = None) -> int:
@@ -105,8 +106,14 @@ def count_or_read(paths: list[str], max_bytes: int | None = None) -> int:
     limit = SMALL_SHARDS_BYTES if max_bytes is None else max_bytes
     if any(i.type != pafs.FileType.File for i in infos) or sum(i.size for i in infos) > limit:
         return 0
-    names = shard_names(paths)
-    return sum(1 for p in paths for row in iter_shard(p, names[p], with_images=False, fs=fs) if not row["problem"])
+    # A run asks about its gallery several times (validation, embedding, thumbnails): the files are read once,
+    # and read again only when they changed.
+    key = tuple((i.path, i.size, i.mtime_ns) for i in infos)
+    if key not in _READ_COUNTS:
+        names = shard_names(paths)
+        _READ_COUNTS[key] = sum(1 for p in paths for row in iter_shard(p, names[p], with_images=False, fs=fs)
+                                if not row["problem"])
+    return _READ_COUNTS[key]
 
 
 def disagreement(num_samples: int, total: int, source: str) -> str:

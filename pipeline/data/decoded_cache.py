@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.data.transforms import decode_image, to_base  # noqa: F401 (to_base: callers name it decoded_cache.to_base)
+from pipeline.data.transforms import decode_image, to_base
 
 BASE_OVER = 8 / 7  # 224 -> 256: the margin of the classic resize-256, crop-224 pipeline
 AUTO_SHARE = 0.2  # data.cache_decoded=auto: the share of the object store the decoded set may take

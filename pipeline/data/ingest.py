@@ -331,7 +331,7 @@ def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "
     from pipeline.data.local_passes import prepare_eval
 
     return read_shards(paths).map_batches(lambda batch: prepare_eval(batch, image_size, counter, split, view),
-                                    batch_size=128, batch_format="numpy")
+                                          batch_size=128, batch_format="numpy")
 
 
 def eval_shard_tasks(paths: list[str], image_size: int, counter=None, split: str = "val",
@@ -341,10 +341,9 @@ def eval_shard_tasks(paths: list[str], image_size: int, counter=None, split: str
     while the worker group starts (a Ray Data pipeline per worker would start after it)."""
     import ray
 
+    from pipeline import storage
     from pipeline.data.local_passes import prepare_eval, shard_batch
     from pipeline.data.shards import shard_names
-
-    from pipeline import storage
 
     names, options = shard_names(paths), storage.options()
 

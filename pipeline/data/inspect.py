@@ -74,7 +74,7 @@ def inspect_shards(shards, show: int = 20) -> str:
     members, problems = Counter(), []
     n_caps, words = [], []
     for b in read_shards(paths).map_batches(_scan, batch_format="numpy").iter_batches(batch_size=None,
-                                                                               batch_format="numpy"):
+                                                                                     batch_format="numpy"):
         members.update(m for m in b["members"].tolist() if m is not None)
         n_caps += b["n_captions"].tolist()
         words += b["caption_words"].tolist()

@@ -67,7 +67,7 @@ def eval_batches(paths: list[str], image_size: int, counter=None, split: str = "
 
 
 def thumbnails(paths: list[str], keys: set[str], side: int) -> dict[str, str]:
-    """key -> thumbnail data URI of the wanted images, as `index.collect_thumbnails` makes them."""
+    """key -> thumbnail data URI of the wanted images, as `by_key.collect_thumbnails` makes them."""
     from pipeline.report_html import thumbnail
 
     out = {}

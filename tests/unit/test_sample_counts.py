@@ -192,3 +192,21 @@ def test_files_that_count_are_not_read(tmp_path, monkeypatch):
     paths = _write(tmp_path, 25)
     monkeypatch.setattr("pipeline.data.shards.iter_shard", lambda *a, **k: pytest.fail("read a counted shard"))
     assert counts.count_or_read(paths, max_bytes=0) == 25
+
+
+def test_a_read_count_is_kept_until_the_files_change(tmp_path, monkeypatch):
+    out = tmp_path / "d"
+    paths = _write(out, 10)
+    for p in out.glob("*_stats.json"):
+        p.unlink()
+    assert counts.count_or_read(paths) == 10
+    with monkeypatch.context() as m:  # the same files again: no second read
+        m.setattr("pipeline.data.shards.iter_shard", lambda *a, **k: pytest.fail("read the same files twice"))
+        assert counts.count_or_read(paths) == 10
+    import shutil
+
+    shutil.rmtree(out)
+    paths = _write(out, 12)  # rewritten: read again
+    for p in out.glob("*_stats.json"):
+        p.unlink()
+    assert counts.count_or_read(paths) == 12
