@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import indexes  # noqa: E402
+from pipeline.index import faiss_indexes as indexes  # noqa: E402
 
 METRIC_CODE = """
 import sys, time, torch

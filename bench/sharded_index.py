@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from index import clustered  # noqa: E402  (bench/index.py: the same synthetic vectors)
 
-from pipeline import gallery_embeddings as embed  # noqa: E402
-from pipeline.index import build_gallery_indexes  # noqa: E402
-from pipeline.indexes import IndexSpec  # noqa: E402
+from pipeline.index import embedding_passes as embed  # noqa: E402
+from pipeline.index.sharded import build_gallery_indexes  # noqa: E402
+from pipeline.index.faiss_indexes import IndexSpec  # noqa: E402
 
 
 def write_parquet(directory: Path, x: np.ndarray, files: int) -> None:

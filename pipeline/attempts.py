@@ -74,8 +74,9 @@ def explain_failure(e: BaseException, attempts: int, budget: int) -> str:
     return f"training failed: {root_cause(e)}"
 
 
-def root_cause(e: BaseException) -> str:
-    """The user's exception from the lowest failing rank, as one line: 'rank 0: ValueError: ...'."""
+def root_cause(e: BaseException, limit: int = 2000) -> str:
+    """The user's exception from the lowest failing rank, as one line: 'rank 0: ValueError: ...'. Also a failed
+    Tune trial's (Ray wraps the trial's TrainingFailedError as `.cause`)."""
     failures = getattr(e, "worker_failures", None)
     prefix = ""
     if failures:
@@ -85,7 +86,7 @@ def root_cause(e: BaseException) -> str:
     while e.__cause__ is not None:
         e = e.__cause__
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return f"{prefix}{type(e).__name__}: {lines[0] if lines else ''}"[:2000]
+    return f"{prefix}{type(e).__name__}: {lines[0] if lines else ''}"[:limit]
 
 
 def state_layout(latest: str | None, chosen: str) -> str:

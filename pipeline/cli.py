@@ -170,7 +170,8 @@ def cmd_tune(args) -> None:
         raise ConfigError("nothing to sweep: set tune.space (e.g. --set 'tune.space={loss.temperature: "
                           "{grid: [0.05, 0.1]}}') or tune.studies in the recipe")
     _preflight(cfg)
-    from pipeline import cluster, tune
+    from pipeline import cluster
+    from pipeline.tune import driver as tune
 
     cluster.connect(args.address, args.command)
     res = tune.run(cfg)
@@ -183,7 +184,8 @@ def cmd_cca(args) -> None:
         if path and not storage.is_remote(path) and not Path(path).exists():
             raise ConfigError(f"{key}={path!r} does not exist")
     _preflight(cfg, writes=[(args.out, "--out")] if args.out else [])
-    from pipeline import baselines, cluster
+    from pipeline import cluster
+    from pipeline.baselines import fitting as baselines
     from pipeline.report import recall_table
 
     t0 = time.time()
@@ -208,8 +210,8 @@ def cmd_embeddings(args) -> None:
 
 def cmd_index(args) -> None:
     from pipeline import checkpoint, cluster
-    from pipeline.gallery_embeddings import embed_to_parquet
-    from pipeline.index import build_gallery_indexes, write_index
+    from pipeline.index.embedding_passes import embed_to_parquet
+    from pipeline.index.sharded import build_gallery_indexes, write_index
 
     cfg = load_config(EvalJobConfig, None, args.overrides)
     _preflight_eval(cfg, args.data, args.out, [args.checkpoint])
@@ -244,7 +246,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_search(args) -> None:
-    from pipeline.index import search
+    from pipeline.index.sharded import search
 
     if args.k < 1:
         raise ConfigError(f"--k {args.k}: ask for at least 1 result")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from pipeline import storage
 from pipeline.config import RunJobConfig
 
@@ -27,7 +28,7 @@ def run(cfg: RunJobConfig) -> RunSummary:
     from pipeline.data.skips import EXAMPLES
 
     if cfg.tune.enabled:  # sweep, then carry the best trial's checkpoint into index and evaluation
-        from pipeline import tune
+        from pipeline.tune import driver as tune
 
         swept = tune.run(cfg)
         print(tune.format_summary(swept, cfg.tune.metric))
@@ -51,7 +52,7 @@ def run(cfg: RunJobConfig) -> RunSummary:
         data["gallery"] = {r: len(k) for r, k in gallery_keys.items()}
         examples["gallery"] = {r: k[:EXAMPLES] for r, k in gallery_keys.items()}
     if cfg.cca.enabled:  # the CCA baseline (cca.*), fitted on data.train and scored on data.val beside the model
-        from pipeline import baselines
+        from pipeline.baselines import fitting as baselines
         from pipeline.checkpoint import read_tokenizer
 
         tokenizer = read_tokenizer(result.checkpoint)

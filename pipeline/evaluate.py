@@ -8,7 +8,7 @@ import torch
 
 from pipeline import storage
 from pipeline.gallery import Gallery
-from pipeline.indexes import IndexSpec
+from pipeline.index.faiss_indexes import IndexSpec
 from pipeline.metrics import fold_metrics, i2t_ranks, metrics_from_ranks, t2i_ranks, zero_shot_accuracy
 from pipeline.report import example_keys  # noqa: F401 (evaluate.example_keys: its name before)
 
@@ -87,7 +87,7 @@ def evaluate_gallery(gallery: Gallery, ks=(1, 5, 10), chunk: int = 1024, n_examp
                                                    position[gallery.text_to_image], folds, tuple(ks), chunk)}
     if spec is not None and spec.resolve(len(gallery.keys)) != "flat":
         if image_index is None:  # not handed the index the job built: build one like it
-            from pipeline.indexes import build_index
+            from pipeline.index.faiss_indexes import build_index
 
             image_index, _ = build_index(gallery.image_emb.numpy(), spec)
         metrics["approximate"] = approximate_t2i(gallery, image_index, spec.resolve(len(gallery.keys)), tuple(ks))
@@ -116,9 +116,9 @@ def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index
     dropped with their skipped images)"""
     from pipeline.checkpoint import read_config
     from pipeline.console import phase
-    from pipeline.gallery_embeddings import embed_to_parquet, read_gallery
     from pipeline.encoder import load
-    from pipeline.index import build_gallery_indexes, load_gallery_index, write_index
+    from pipeline.index.embedding_passes import embed_to_parquet, read_gallery
+    from pipeline.index.sharded import build_gallery_indexes, load_gallery_index, write_index
 
     spec = index_cfg.spec()
     with phase("embed gallery (images, captions)"):

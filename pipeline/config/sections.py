@@ -326,7 +326,7 @@ class IndexConfig:
                "index.nlist and index.pq_m must be >= 0, the other index.* counts >= 1")
 
     def spec(self):
-        from pipeline.indexes import IndexSpec
+        from pipeline.index.faiss_indexes import IndexSpec
 
         return IndexSpec(**{k: v for k, v in dataclasses.asdict(self).items() if k != "shard_rows"})
 

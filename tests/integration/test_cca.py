@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from pipeline.cca import CCAStats
+from pipeline.baselines.cca import CCAStats
 from pipeline.cli import main
 from pipeline.config import RunJobConfig, load_config
 
@@ -58,7 +58,7 @@ def _in_memory_rows(paths, image_size):
 
 
 def test_distributed_statistics_equal_in_memory(ray_cluster, smoke_data, tmp_path):
-    from pipeline.baselines import accumulate_stats, build_featurizer
+    from pipeline.baselines.fitting import accumulate_stats, build_featurizer
 
     cfg = _cfg(smoke_data, tmp_path, "--set", "cca.pixel_size=4")
     paths = sorted(glob.glob(str(smoke_data / "train" / "*.tar")))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipeline import evaluate, report
 from pipeline.encoder import Gallery
-from pipeline.indexes import IndexSpec
+from pipeline.index.faiss_indexes import IndexSpec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

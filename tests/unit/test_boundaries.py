@@ -10,11 +10,13 @@ from pipeline.cli import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 
 PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metrics", "pipeline.checkpoint",
-        "pipeline.sweep", "pipeline.storage", "pipeline.data.transforms", "pipeline.data.karpathy",
-        "pipeline.cca", "pipeline.cca_encoder", "pipeline.ppmi", "pipeline.optimisation",
+        "pipeline.tune.spaces", "pipeline.tune.results", "pipeline.storage", "pipeline.data.transforms",
+        "pipeline.data.karpathy", "pipeline.baselines.cca", "pipeline.baselines.features", "pipeline.ppmi",
+        "pipeline.index.faiss_indexes", "pipeline.optimisation",
         "pipeline.data.epoch_plan", "pipeline.data.batcher", "pipeline.data.local_passes", "pipeline.gallery"]
 # Modules at Ray's edge that import it only inside the functions that drive Ray Data: importable without it.
-EDGE = ["pipeline.baselines", "pipeline.word_embeddings"]
+EDGE = ["pipeline.baselines.fitting", "pipeline.word_embeddings", "pipeline.index.embedding_passes",
+        "pipeline.index.sharded", "pipeline.tune.driver"]
 
 
 def test_pure_modules_do_not_import_ray():
@@ -28,9 +30,11 @@ def test_pure_modules_do_not_import_ray():
 CALLS = """
 import sys, tempfile
 import numpy as np, torch
-from pipeline import checkpoint, gallery, losses, metrics, ppmi, sweep
-from pipeline.cca import CCAStats, fit_linear_cca
+from pipeline import checkpoint, gallery, losses, metrics, ppmi
+from pipeline.baselines.cca import CCAStats, fit_linear_cca
 from pipeline.config import RunJobConfig, load_config
+from pipeline.index import faiss_indexes
+from pipeline.tune import results, spaces
 from pipeline.data import local_passes
 from pipeline.data.synthetic import write_dataset
 from pipeline.data.shards import shard_names
@@ -38,7 +42,8 @@ from pipeline.data.shards import shard_names
 out = tempfile.mkdtemp()
 paths = [str(p) for p in write_dataset(out, 16, 8, seed=0)["val"]]
 cfg = load_config(RunJobConfig, "configs/smoke.yaml", {"tune.space": {"loss.temperature": {"grid": [0.1, 0.5]}}})
-assert len(sweep.plan(cfg)[1]) == 2
+assert len(spaces.plan(cfg)[1]) == 2
+assert [r['t'] for r in results.rank_rows([{'t': 1, 'm': float('nan')}, {'t': 2, 'm': 0.5}], 'm')] == [2, 1]
 assert local_passes.fits_in_driver(paths, 100)
 batches = list(local_passes.eval_batches(paths, 16, batch_size=4))
 g = gallery.embed_gallery(lambda px: torch.randn(len(px), 8), lambda caps: torch.randn(len(caps), 8), batches)
@@ -46,6 +51,8 @@ m = metrics.retrieval_metrics(g.image_emb, g.text_emb, g.text_to_image)
 x, y = torch.randn(6, 8), torch.randn(6, 8)
 losses.build_loss("infonce")(x, y).backward()
 fit_linear_cca(CCAStats.of(np.random.rand(40, 5), np.random.rand(40, 4)), 2)
+vecs = np.random.rand(50, 8).astype('float32')
+assert faiss_indexes.measure(faiss_indexes.build_index(vecs, faiss_indexes.IndexSpec('hnsw'))[0], vecs, vecs[:5])
 counts = ppmi.count_cooccurrences([[0, 1, 2], [2, 3, 1]], 4, window=2)
 ppmi.word_vectors(counts, 2)
 checkpoint.find_latest(out)

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from pipeline.cca import (CCAStats, build_kernel_map, fit_linear_cca, gaussian_kernel, inverse_sqrt,
-                          median_distance)
+from pipeline.baselines.cca import (CCAStats, build_kernel_map, fit_linear_cca, gaussian_kernel, inverse_sqrt,
+                                    median_distance)
 
 
 def _paired(n=400, dx=6, dy=5, seed=0):
@@ -139,7 +139,7 @@ def test_report_shows_baselines_beside_the_model(tmp_path):
 
 
 def test_features_and_encoder_by_hand():
-    from pipeline.cca_encoder import CCAEncoder, Featurizer
+    from pipeline.baselines.features import CCAEncoder, Featurizer
     from pipeline.config import CCAConfig
     from pipeline.data.tokenizer import Tokenizer
 

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline import gallery_embeddings as embed
-from pipeline.index import shard_pieces
+from pipeline.index import embedding_passes as embed
+from pipeline.index.sharded import shard_pieces
 
 
 def write_pass(directory, parts):

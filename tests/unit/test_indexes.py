@@ -3,7 +3,7 @@ import faiss
 import numpy as np
 import pytest
 
-from pipeline import indexes
+from pipeline.index import faiss_indexes as indexes
 
 
 def clustered(n: int, d: int, seed: int = 0, centres: int = 50) -> np.ndarray:

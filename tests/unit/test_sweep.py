@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from pipeline import sweep
 from pipeline.config import ConfigError, RunJobConfig, load_config
+from pipeline.tune import results, spaces
 
 DEMO = "configs/demo.yaml"
 
@@ -16,7 +16,7 @@ def _cfg(space=None, studies=None, **extra):
 
 def test_grid_points_drop_parameters_a_loss_does_not_take_and_dedupe():
     cfg = _cfg({"loss.name": {"grid": ["infonce", "vse"]}, "loss.margin": {"grid": [0.1, 0.2]}})
-    studies, points = sweep.plan(cfg)
+    studies, points = spaces.plan(cfg)
     assert points == [("sweep", {"loss.name": "infonce"}), ("sweep", {"loss.name": "vse", "loss.margin": 0.1}),
                       ("sweep", {"loss.name": "vse", "loss.margin": 0.2})]
     assert studies[0].swept_keys() == ["loss.name", "loss.margin"]
@@ -25,7 +25,7 @@ def test_grid_points_drop_parameters_a_loss_does_not_take_and_dedupe():
 def test_studies_are_separate_spaces_and_fixed_values_apply_to_every_point():
     cfg = _cfg(studies={"temperature": {"loss.temperature": {"grid": [0.05, 0.5]}, "loss.learn_temperature": False},
                         "losses": {"loss.name": {"grid": ["infonce", "triplet"]}}})
-    studies, points = sweep.plan(cfg)
+    studies, points = spaces.plan(cfg)
     assert [s.name for s in studies] == ["temperature", "losses"]
     assert points[:2] == [("temperature", {"loss.temperature": 0.05, "loss.learn_temperature": False}),
                           ("temperature", {"loss.temperature": 0.5, "loss.learn_temperature": False})]
@@ -35,15 +35,15 @@ def test_studies_are_separate_spaces_and_fixed_values_apply_to_every_point():
 def test_recipe_loss_parameters_are_emptied_for_a_loss_that_does_not_take_them():
     cfg = _cfg({"loss.name": {"grid": ["infonce", "vse"]}}, **{"loss.temperature": 0.07})
     base = {"loss.name": "infonce", "loss.temperature": 0.07, "train.batch_size": 256, "train.lr": 0.002}
-    over, _ = sweep.resolve_trial({"loss.name": "vse"}, {}, base, "none")
+    over, _ = spaces.resolve_trial({"loss.name": "vse"}, {}, base, "none")
     assert over == {"loss.name": "vse", "loss.temperature": None}
-    sweep.plan(cfg)  # and every point builds
+    spaces.plan(cfg)  # and every point builds
 
 
 @pytest.mark.parametrize("rule,expected", [("none", 0.002), ("linear", 0.004), ("sqrt", 0.002 * math.sqrt(2))])
 def test_lr_scaling_rules(rule, expected):
     base = {"loss.name": "infonce", "train.batch_size": 256, "train.lr": 0.002}
-    over, _ = sweep.resolve_trial({"train.batch_size": 512}, {}, base, rule)
+    over, _ = spaces.resolve_trial({"train.batch_size": 512}, {}, base, rule)
     assert over.get("train.lr", 0.002) == pytest.approx(expected)
 
 
@@ -64,7 +64,7 @@ def test_results_table_orders_best_first():
     rows = [{"trial": "a", "loss.temperature": 0.1, "val/rsum": 10.0, "status": "done"},
             {"trial": "b", "loss.temperature": 0.5, "val/rsum": 30.0, "status": "done"},
             {"trial": "c", "loss.temperature": 1.0, "val/rsum": None, "status": "error"}]
-    table = sweep.results_table(rows, ["loss.temperature"], "val/rsum").splitlines()
+    table = results.results_table(rows, ["loss.temperature"], "val/rsum").splitlines()
     assert table[0].startswith("| trial | loss.temperature | val/rsum")
     assert [line.split("|")[1].strip() for line in table[2:]] == ["b", "a", "c"]
 
@@ -76,6 +76,6 @@ def test_a_diverged_trial_ranks_last(mode, order):
     rows = [{"trial": "nan", "val/rsum": float("nan")}, {"trial": "a", "val/rsum": 10.0},
             {"trial": "inf", "val/rsum": float("inf")}, {"trial": "b", "val/rsum": 30.0},
             {"trial": "none", "val/rsum": None}]
-    assert [r["trial"] for r in sweep.rank_rows(rows, "val/rsum", mode)] == order
-    table = sweep.results_table(rows, [], "val/rsum", mode).splitlines()
+    assert [r["trial"] for r in results.rank_rows(rows, "val/rsum", mode)] == order
+    table = results.results_table(rows, [], "val/rsum", mode).splitlines()
     assert [line.split("|")[1].strip() for line in table[2:]] == order

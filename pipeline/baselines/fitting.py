@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import storage
-from pipeline.cca import CCAStats, fit_linear_cca
-from pipeline.cca_encoder import CCAEncoder, Featurizer, describe, load_towers
+from pipeline.baselines.cca import CCAStats, fit_linear_cca
+from pipeline.baselines.features import CCAEncoder, Featurizer, describe, load_towers
 from pipeline.data.tokenizer import Tokenizer
 
 STATS_BATCH = 1024  # images per statistics row: each row carries d x d matrices, so batches are large
@@ -162,8 +162,8 @@ def score(cfg, fitted: Fitted, counter=None) -> tuple[dict, dict]:
     """Embed and score data.val. -> (the evaluation's metrics, the index block of the report)."""
     from pipeline import evaluate
     from pipeline.data.ingest import expand_paths
-    from pipeline.index import build_measured
-    from pipeline.indexes import train_sample
+    from pipeline.index.faiss_indexes import train_sample
+    from pipeline.index.sharded import build_measured
 
     paths = expand_paths(cfg.data.val, "data.val")
     gallery = embed_gallery(fitted.encoder, paths, cfg.data.image_size, cfg.scaling.num_workers, counter,

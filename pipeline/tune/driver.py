@@ -17,8 +17,11 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import checkpoint, storage, sweep
+from pipeline import checkpoint, storage
+from pipeline.attempts import root_cause
 from pipeline.config import RunJobConfig, TrainJobConfig, apply_overrides, build, flatten, narrow, to_dict
+from pipeline.tune import spaces
+from pipeline.tune.results import fmt, is_score, plot_curves, plot_metric_vs, rank_rows, results_table, write_csv
 
 
 @dataclass
@@ -46,7 +49,7 @@ def trial_concurrency(cfg: RunJobConfig, resources: dict) -> int:
     return max(1, by_cpu)
 
 
-def _search_space(studies: list[sweep.Study], points: list[tuple[str, dict]]) -> dict:
+def _search_space(studies: list[spaces.Study], points: list[tuple[str, dict]]) -> dict:
     from ray import tune
 
     space: dict = {"point": tune.grid_search([{"study": s, "overrides": o} for s, o in points])}
@@ -80,7 +83,7 @@ def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None):
 
         study, point = config["point"]["study"], config["point"]["overrides"]
         sampled = {k.split("::", 1)[1]: v for k, v in config.items() if k.startswith(f"{study}::")}
-        over, _dropped = sweep.resolve_trial(point, sampled, base_flat, lr_scaling)
+        over, _dropped = spaces.resolve_trial(point, sampled, base_flat, lr_scaling)
         # A trial's run directory is named after its id: a resumed sweep finds the trial's checkpoints.
         over |= {"run.storage_path": trials_root, "run.name": tune.get_context().get_trial_id()}
         trial_cfg = build(TrainJobConfig, apply_overrides(base_raw, over, TrainJobConfig))
@@ -101,7 +104,7 @@ def run(cfg: RunJobConfig) -> SweepResult:
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     run_dir = cfg.run.run_dir()
     sweep_dir = run_dir if storage.is_remote(run_dir) else str(Path(run_dir).resolve())
-    studies, points = sweep.plan(cfg)
+    studies, points = spaces.plan(cfg)
     storage.write_text(storage.join(sweep_dir, "config.json"), json.dumps(to_dict(cfg), indent=2))
     concurrency = trial_concurrency(cfg, ray.cluster_resources())
     n_trials = len(points) * cfg.tune.num_samples
@@ -136,18 +139,11 @@ def run(cfg: RunJobConfig) -> SweepResult:
     return collect(cfg, grid, studies, sweep_dir)
 
 
-def error_line(e: BaseException) -> str:
-    """A failed trial's exception as one line: the trial's own error (Ray wraps it as `.cause`)."""
-    e = getattr(e, "cause", None) or e
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 def _row(cfg: RunJobConfig, result, trials_root: str, base_flat: dict) -> tuple[dict, list]:
     """One results row and the trial's learning curve from Tune's result and the trial's run directory."""
     point = result.config["point"]
     sampled = {k.split("::", 1)[1]: v for k, v in result.config.items() if k.startswith(f"{point['study']}::")}
-    over, _ = sweep.resolve_trial(point["overrides"], sampled, base_flat, cfg.tune.lr_scaling)
+    over, _ = spaces.resolve_trial(point["overrides"], sampled, base_flat, cfg.tune.lr_scaling)
     metrics = result.metrics or {}
     trial_id = metrics.get("trial_id") or str(result.path).rstrip("/").rsplit("/", 1)[-1]  # dirs are trial ids
     ckpt = checkpoint.find_latest(storage.join(trials_root, trial_id))
@@ -158,13 +154,13 @@ def _row(cfg: RunJobConfig, result, trials_root: str, base_flat: dict) -> tuple[
            "train/loss": metrics.get("train/loss"), "epochs": metrics.get("epoch"),
            "status": "error" if result.error else ("stopped early" if (metrics.get("epoch") or 0) <
                                                     cfg.train.epochs else "done"),
-           "error": error_line(result.error) if result.error else "",
+           "error": root_cause(result.error, limit=300) if result.error else "",
            "checkpoint": ckpt or ""}
     curve = [(h["epoch"], h[cfg.tune.metric]) for h in history if cfg.tune.metric in h]
     return row, curve
 
 
-def collect(cfg: RunJobConfig, grid, studies: list[sweep.Study], sweep_dir: str) -> SweepResult:
+def collect(cfg: RunJobConfig, grid, studies: list[spaces.Study], sweep_dir: str) -> SweepResult:
     """Rows, tables, CSV, plots and the best config/checkpoint of a finished sweep."""
     trials_root = storage.join(sweep_dir, "trials")
     rows, curves = [], {}
@@ -173,10 +169,10 @@ def collect(cfg: RunJobConfig, grid, studies: list[sweep.Study], sweep_dir: str)
     for result in grid:
         row, curve = _row(cfg, result, trials_root, base_flat)
         rows.append(row)
-        label = ", ".join(f"{k.split('.')[-1]}={sweep.fmt(row.get(k))}" for k in swept.get(row["study"], []))
+        label = ", ".join(f"{k.split('.')[-1]}={fmt(row.get(k))}" for k in swept.get(row["study"], []))
         curves[f"{row['study']}: {label or row['trial']}"] = curve
     metric = cfg.tune.metric
-    scored = [r for r in sweep.rank_rows(rows, metric, cfg.tune.mode) if r["checkpoint"] and sweep.is_score(r[metric])]
+    scored = [r for r in rank_rows(rows, metric, cfg.tune.mode) if r["checkpoint"] and is_score(r[metric])]
     best = scored[0] if scored else None
     best_cfg = checkpoint.read_config(best["checkpoint"]) if best else None
     if best_cfg is not None:  # a recipe `pipeline train` accepts, under the sweep's own run name
@@ -186,14 +182,14 @@ def collect(cfg: RunJobConfig, grid, studies: list[sweep.Study], sweep_dir: str)
     tables = []
     with storage.staging_dir(results) as out:
         (out / "plots").mkdir(exist_ok=True)
-        sweep.write_csv(out / "results.csv", rows)
+        write_csv(out / "results.csv", rows)
         for st in studies:
             st_rows = [r for r in rows if r["study"] == st.name]
             keys = st.swept_keys()
-            tables.append(f"### {st.name}\n\n" + sweep.results_table(st_rows, keys, metric, cfg.tune.mode))
+            tables.append(f"### {st.name}\n\n" + results_table(st_rows, keys, metric, cfg.tune.mode))
             for key in keys:
-                sweep.plot_metric_vs(out / "plots" / f"{st.name}_{key.replace('.', '_')}.png", st_rows, key, metric)
-        sweep.plot_curves(out / "plots" / "learning_curves.png", curves, metric)
+                plot_metric_vs(out / "plots" / f"{st.name}_{key.replace('.', '_')}.png", st_rows, key, metric)
+        plot_curves(out / "plots" / "learning_curves.png", curves, metric)
         text = "\n\n".join(tables)
         best_line = (f"best: trial {best['trial']} ({best['study']}), {metric} {best[metric]:.2f}, checkpoint "
                      f"{best['checkpoint']}" if best else "best: none (no trial finished with a checkpoint)")

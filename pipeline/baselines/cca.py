@@ -1,6 +1,6 @@
 """Canonical correlation analysis in closed form over mergeable sufficient statistics, and the kernel maps
 (random Fourier features, Nyström) that make kernel CCA a linear CCA on mapped features. NumPy, no Ray:
-`pipeline.baselines` accumulates the statistics over shards with Ray Data.
+`baselines.fitting` accumulates the statistics over shards with Ray Data.
 
 With ridge terms,  Σ11 = C_xx + r1·s1·I,  Σ22 = C_yy + r2·s2·I  (s = mean variance, so r is scale-free),
 T = Σ11^-1/2 Σ12 Σ22^-1/2 = U S Vᵀ,  W1 = Σ11^-1/2 U_k,  W2 = Σ22^-1/2 V_k,  canonical correlations S_k.

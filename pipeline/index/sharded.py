@@ -1,4 +1,4 @@
-"""FAISS indexes over an embedded gallery (see `pipeline.gallery_embeddings`), built in one process or, for galleries
+"""FAISS indexes over an embedded gallery (see `embedding_passes`), built in one process or, for galleries
 above `index.shard_rows` vectors, as shards in parallel Ray tasks over one trained quantizer; saved, loaded
 and searched (shard-parallel, merged top-K).
 
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import storage
-from pipeline.data.by_key import collect_thumbnails  # noqa: F401 (index.collect_thumbnails: its name before)
-from pipeline.gallery_embeddings import CAPTIONS, IMAGES, parquet_files, read_columns, read_file, row_counts, sample_vectors
 from pipeline.encoder import Encoder, load
-from pipeline.indexes import (IndexSpec, ShardedIndex, build_index, deserialize, fill_shard, measure, merge_top_k,
-                              recall_vs_exact, serialize, train_template)
+from pipeline.index.embedding_passes import (CAPTIONS, IMAGES, parquet_files, read_columns, read_file, row_counts,
+                                             sample_vectors)
+from pipeline.index.faiss_indexes import (IndexSpec, ShardedIndex, build_index, deserialize, fill_shard, measure,
+                                          merge_top_k, recall_vs_exact, serialize, train_template)
 
 N_QUERIES = 1000  # held-out queries of the other modality for recall and QPS
 
@@ -39,7 +39,7 @@ def build_measured(vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec):
 
 def build_one(directory: str, queries: np.ndarray, spec: IndexSpec):
     """The whole gallery in one index, in this process -> (index, info)."""
-    from pipeline.gallery_embeddings import read_vectors
+    from pipeline.index.embedding_passes import read_vectors
 
     t0 = time.perf_counter()
     vectors = read_vectors(directory)  # (n, D) in id order
@@ -53,7 +53,7 @@ def _shard_task(pieces: list, first_id: int, template: bytes | None, n_total: in
                 queries: np.ndarray, k: int, uri: str, storage_options: dict) -> dict:
     """A Ray task: read this shard's rows, fill a copy of the trained template, write it to `uri`, and
     search the held-out queries exactly and through the shard (global ids) for the driver to merge."""
-    from pipeline.gallery_embeddings import vectors_of
+    from pipeline.index.embedding_passes import vectors_of
 
     storage.configure(**storage_options)
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.cca import LinearCCA, build_kernel_map
+from pipeline.baselines.cca import LinearCCA, build_kernel_map
 from pipeline.data.tokenizer import Tokenizer, split_words
 from pipeline.data.transforms import resize_image
 
