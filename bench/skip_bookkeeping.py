@@ -3,7 +3,7 @@ training pipeline prepares.
 
     .venv/bin/python bench/skip_bookkeeping.py [--samples 1000000] [--bad 0.3] [--rounds 3]
 
-A  the old way: every batch's skipped keys sent to one SkipCounter actor (`ray.get(counter.add.remote(...))`),
+A  the old way: every batch's skipped keys sent to one SkipCounter actor (`SkipLog.record`),
    which keeps every key in a set; the driver then reads them all back
 B  the training pipeline's way: a `SkipTally` per batch (counts + the first few example keys), serialised into
    the batch's tally row (JSON), parsed and merged by the batcher; no actor
@@ -37,16 +37,16 @@ def batches(samples: int, bad: float, size: int = 128):
 def old_way(samples: int, bad: float) -> tuple[float, int]:
     import ray
 
-    from pipeline.data.ingest import count_skips, read_skips, skip_counter
+    from pipeline.data.skips import SkipLog
 
-    counter = skip_counter()
+    log = SkipLog.start()  # what evaluation passes still use
     t0 = time.perf_counter()
     for skips in batches(samples, bad):
-        count_skips(counter, "train", skips)
-    kept = read_skips(counter)
+        log.record("train", skips)
+    kept = log.read()
     took = time.perf_counter() - t0
     size = len(pickle.dumps(kept))
-    ray.kill(counter)
+    ray.kill(log.actor)
     return took, size
 
 

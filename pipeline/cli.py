@@ -138,13 +138,38 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def cmd_run(args) -> None:
-    cfg = load_config(RunJobConfig, args.config or default_config(), args.overrides)
-    _preflight(cfg)
-    from pipeline import cluster, end_to_end  # after the checks: they must answer before torch is loaded
+def _start_job(args, config: str | None = None, extra: tuple = (), check=None, **preflight
+               ) -> tuple[RunJobConfig, str]:
+    """Every training-side command's start: the recipe (`config`, default --config) with --set and `extra`
+    overrides, the command's own `check`, the checks before any Ray work (`_preflight`, given `preflight`),
+    then the cluster (or the embedded local Ray). -> (config, where: 'local' or the cluster's address)"""
+    cfg = load_config(RunJobConfig, config or args.config, [*args.overrides, *extra])
+    if check is not None:
+        check(cfg)
+    _preflight(cfg, **preflight)
+    from pipeline import cluster  # after the checks: they must answer before torch and Ray are loaded
 
+    return cfg, cluster.connect(args.address, args.command)
+
+
+def _start_eval(args, checkpoints: list[str]) -> tuple[EvalJobConfig, list[str], list[str]]:
+    """`index` and `evaluate`: --set overrides, the S3 paths and --out checked, each checkpoint verified and
+    the --data shards found before any Ray work, then the cluster. -> (config, checkpoints, shard paths)"""
+    cfg = load_config(EvalJobConfig, None, args.overrides)
+    _preflight_eval(cfg, args.data, args.out, checkpoints)
+    ckpts = [_require_checkpoint(c) for c in checkpoints]
+    paths = _check_paths(args.data, "--data")
+    from pipeline import cluster
+
+    cluster.connect(args.address, args.command)
+    return cfg, ckpts, paths
+
+
+def cmd_run(args) -> None:
     t0 = time.time()
-    where = cluster.connect(args.address, args.command)
+    cfg, where = _start_job(args, args.config or default_config())
+    from pipeline import end_to_end
+
     print(f"[run] {cfg.run.name}: {'embedded local Ray' if where == 'local' else 'Ray cluster'}, "
           f"{cfg.scaling.num_workers} workers, run directory {cfg.run.run_dir()}")
     summary = end_to_end.run(cfg)
@@ -154,42 +179,39 @@ def cmd_run(args) -> None:
 
 def cmd_train(args) -> None:
     # Recipes are shared with `pipeline run`: read the whole schema, keep the training sections.
-    cfg = load_config(RunJobConfig, args.config, args.overrides)
-    _preflight(cfg)
-    from pipeline import cluster, train
+    cfg, _ = _start_job(args)
+    from pipeline import train
 
-    cfg = narrow(cfg, TrainJobConfig)
-    cluster.connect(args.address, args.command)
-    res = train.run(cfg)
+    res = train.run(narrow(cfg, TrainJobConfig))
     print(f"run directory: {res.run_dir}\ncheckpoint: {res.checkpoint}\nmetrics: {json.dumps(res.metrics)}")
 
 
-def cmd_tune(args) -> None:
-    cfg = load_config(RunJobConfig, args.config, args.overrides)
+def _check_space(cfg) -> None:
     if not (cfg.tune.space or cfg.tune.studies):
         raise ConfigError("nothing to sweep: set tune.space (e.g. --set 'tune.space={loss.temperature: "
                           "{grid: [0.05, 0.1]}}') or tune.studies in the recipe")
-    _preflight(cfg)
-    from pipeline import cluster
+
+
+def cmd_tune(args) -> None:
+    cfg, _ = _start_job(args, check=_check_space)
     from pipeline.tune import driver as tune
 
-    cluster.connect(args.address, args.command)
     res = tune.run(cfg)
     print(tune.format_summary(res, cfg.tune.metric))
 
 
-def cmd_cca(args) -> None:
-    cfg = load_config(RunJobConfig, args.config, args.overrides)
+def _check_cca_inputs(cfg) -> None:
     for key, path in (("cca.word_vectors", cfg.cca.word_vectors), ("cca.checkpoint", cfg.cca.checkpoint)):
         if path and not storage.is_remote(path) and not Path(path).exists():
             raise ConfigError(f"{key}={path!r} does not exist")
-    _preflight(cfg, writes=[(args.out, "--out")] if args.out else [])
-    from pipeline import cluster
+
+
+def cmd_cca(args) -> None:
+    t0 = time.time()
+    cfg, _ = _start_job(args, check=_check_cca_inputs, writes=[(args.out, "--out")] if args.out else [])
     from pipeline.baselines import fitting as baselines
     from pipeline.report import recall_table
 
-    t0 = time.time()
-    cluster.connect(args.address, args.command)
     rep, out = baselines.run(cfg, args.out)
     print(f"{rep['checkpoint']}\n\n{recall_table(rep)}\n\nreport: {storage.join(out, 'report', 'report.html')} "
           f"(+ report.md, report.json); projections: {storage.join(out, 'cca.npz')}\n"
@@ -197,27 +219,21 @@ def cmd_cca(args) -> None:
 
 
 def cmd_embeddings(args) -> None:
-    flags = [f"embeddings.{k}={v}" for k, v in (("dim", args.dim), ("window", args.window)) if v is not None]
-    cfg = load_config(RunJobConfig, args.config, [*args.overrides, *flags])
-    _preflight(cfg, splits=("train",), writes=[])
-    storage.check_access(args.out.rsplit("/", 1)[0] if storage.is_remote(args.out) else
-                         str(Path(args.out).resolve().parent), "--out", write=True)
-    from pipeline import cluster, word_embeddings
+    flags = tuple(f"embeddings.{k}={v}" for k, v in (("dim", args.dim), ("window", args.window)) if v is not None)
+    out_dir = args.out.rsplit("/", 1)[0] if storage.is_remote(args.out) else str(Path(args.out).resolve().parent)
+    cfg, _ = _start_job(args, extra=flags, splits=("train",), writes=[(out_dir, "--out")])
+    from pipeline import word_embeddings
 
-    cluster.connect(args.address, args.command)
-    print(word_embeddings.format_summary(word_embeddings.run(cfg, args.out)))
+    print(word_embeddings.format_summary(word_embeddings.run(cfg.embeddings, cfg.data, args.out,
+                                                                      cfg.train.seed)))
 
 
 def cmd_index(args) -> None:
-    from pipeline import checkpoint, cluster
+    cfg, (ckpt,), paths = _start_eval(args, [args.checkpoint])
+    from pipeline import checkpoint
     from pipeline.index.embedding_passes import embed_to_parquet
     from pipeline.index.sharded import build_gallery_indexes, write_index
 
-    cfg = load_config(EvalJobConfig, None, args.overrides)
-    _preflight_eval(cfg, args.data, args.out, [args.checkpoint])
-    ckpt = _require_checkpoint(args.checkpoint)
-    paths = _check_paths(args.data, "--data")
-    cluster.connect(args.address, args.command)
     image_size = checkpoint.read_config(ckpt)["data"]["image_size"]
     emb = embed_to_parquet(ckpt, paths, image_size, args.out, cfg.scaling.num_workers, cfg.scaling.use_gpu,
                            cfg.eval.batch_size, in_driver_images=cfg.eval.in_driver_images)
@@ -231,14 +247,10 @@ def cmd_index(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from pipeline import cluster, evaluate
+    cfg, ckpts, _ = _start_eval(args, args.checkpoint)
+    from pipeline import evaluate
     from pipeline.report import comparison_table, recall_table
 
-    cfg = load_config(EvalJobConfig, None, args.overrides)
-    _preflight_eval(cfg, args.data, args.out, args.checkpoint)
-    ckpts = [_require_checkpoint(c) for c in args.checkpoint]
-    _check_paths(args.data, "--data")
-    cluster.connect(args.address, args.command)
     rep = evaluate.run(ckpts, args.data, args.out, cfg.eval, cfg.scaling, cfg.index)
     table = comparison_table(rep["comparison"]) if rep.get("comparison") else recall_table(rep)
     print(table + f"\n\nreport: {storage.join(args.out, 'report.html')} (+ report.md, report.json); "

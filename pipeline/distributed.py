@@ -159,13 +159,3 @@ class WorkerContext:
             write_checkpoint(Path(tmp))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=name)
-
-    def count_skipped(self, counter) -> int | None:
-        """Distinct unusable training samples so far, from the ingest's skip counter actor; None when the
-        counter cannot answer (its node was lost): bookkeeping must never end a training run."""
-        import ray
-
-        try:
-            return int(ray.get(counter.skipped_samples.remote("train"), timeout=60))
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return None

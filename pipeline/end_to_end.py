@@ -24,8 +24,8 @@ class RunSummary:
 def run(cfg: RunJobConfig) -> RunSummary:
     """`pipeline run`: train (or sweep), then index, evaluate and report; -> where everything went."""
     from pipeline import evaluate, train
-    from pipeline.data.ingest import expand_paths, read_skips, skip_counter
-    from pipeline.data.skips import EXAMPLES
+    from pipeline.data.ingest import expand_paths
+    from pipeline.data.skips import EXAMPLES, SkipLog
 
     if cfg.tune.enabled:  # sweep, then carry the best trial's checkpoint into index and evaluation
         from pipeline.tune import driver as tune
@@ -39,15 +39,15 @@ def run(cfg: RunJobConfig) -> RunSummary:
         result = train.run(cfg)
     val_paths = expand_paths(cfg.data.val, "data.val")
     index_dir, report_dir = storage.join(result.run_dir, "index"), storage.join(result.run_dir, "report")
-    counter = skip_counter()
+    skip_log = SkipLog.start()
     metrics, meta, orphans = evaluate.index_and_score(result.checkpoint, val_paths, index_dir, cfg.eval, cfg.index,
-                                                      cfg.scaling, counter)
+                                                      cfg.scaling, skip_log)
     from pipeline import report
     from pipeline.config import to_dict
 
     data = {split: dict(by) for split, by in result.data.items()}  # skipped samples by split and reason
     examples = dict(result.examples)
-    gallery_keys = read_skips(counter).get("gallery", {})
+    gallery_keys = skip_log.read().get("gallery", {})
     if gallery_keys:
         data["gallery"] = {r: len(k) for r, k in gallery_keys.items()}
         examples["gallery"] = {r: k[:EXAMPLES] for r, k in gallery_keys.items()}
@@ -58,7 +58,7 @@ def run(cfg: RunJobConfig) -> RunSummary:
         tokenizer = read_tokenizer(result.checkpoint)
         # The baseline's bag of words counts word ids (most frequent first); a sub-word tokenizer's ids are not
         # that, so the baseline then scans the captions for a word vocabulary of its own.
-        metrics["baselines"] = baselines.run_baseline(cfg, tokenizer if hasattr(tokenizer, "vocab") else None)
+        metrics["baselines"] = baselines.run_baseline(cfg, tokenizer if getattr(tokenizer, "kind", "word") == "word" else None)
     data_block = {"skipped": data, "skip_examples": examples,
                   **({"captions_of_skipped_images": orphans} if orphans else {})}
     rep = report.publish(report_dir, metrics, meta, result.checkpoint, to_dict(cfg), result.history, data_block,

@@ -110,7 +110,7 @@ def checkpoint_label(ckpt: str, taken: set) -> str:
     return label
 
 
-def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index_cfg, scaling, counter=None):
+def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index_cfg, scaling, skip_log=None):
     """Embed the gallery into `index_dir` (two passes to Parquet: Ray Data's, or the driver's where it is
     small), build and save its indexes, read the gallery back and score it. -> (metrics, index meta, captions
     dropped with their skipped images)"""
@@ -123,7 +123,7 @@ def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index
     spec = index_cfg.spec()
     with phase("embed gallery (images, captions)"):
         emb = embed_to_parquet(ckpt, paths, read_config(ckpt)["data"]["image_size"], index_dir,
-                               scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, counter,
+                               scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, skip_log,
                                eval_cfg.in_driver_images)
     with phase(f"build index ({emb.n_images} images, {emb.n_captions} captions)"):
         built = build_gallery_indexes(index_dir, spec, index_cfg.shard_rows)
@@ -150,7 +150,8 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
 
     from pipeline import report
     from pipeline.checkpoint import find_latest, read_config, read_state
-    from pipeline.data.ingest import expand_paths, read_skips, skip_counter
+    from pipeline.data.ingest import expand_paths
+    from pipeline.data.skips import SkipLog
 
     checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
     paths = expand_paths(data, "--data")
@@ -161,11 +162,11 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
             raise FileNotFoundError(f"no checkpoint under {given}")
         label = checkpoint_label(ckpt, taken)
         index_dir = storage.join(out, "index", *([label.replace("/", "_")] if len(checkpoints) > 1 else []))
-        counter = skip_counter()
-        metrics, meta, orphans = index_and_score(ckpt, paths, index_dir, eval_cfg, index_cfg, scaling, counter)
+        skip_log = SkipLog.start()
+        metrics, meta, orphans = index_and_score(ckpt, paths, index_dir, eval_cfg, index_cfg, scaling, skip_log)
         rows.append(comparison_row(label, ckpt, metrics, meta))
         if i == 0:
-            skipped = read_skips(counter).get("gallery", {})
+            skipped = skip_log.read().get("gallery", {})
             first = (ckpt, metrics, meta, {r: len(k) for r, k in skipped.items()}, orphans)
         print(f"[evaluate] {label}: rsum {metrics['rsum']:.1f} ({i + 1}/{len(checkpoints)})")
     ckpt, metrics, meta, skipped, orphans = first

@@ -23,7 +23,7 @@ from pipeline.console import say
 from pipeline.data import training_set, transforms, vocabulary
 from pipeline.data.shards import shard_names
 from pipeline.data.epoch_plan import describe_mix, mix_metrics, mix_targets
-from pipeline.data.skips import SkipTally
+from pipeline.data.skips import SkipLog, SkipTally
 from pipeline.data.subword import tokenizer_from_dict
 from pipeline.distributed import WorkerContext, all_reduce_mean, all_reduce_min, gather_objects
 from pipeline.epoch_data import KeyRecord, epoch_batches, iterate_epoch, skip_check, to_device  # noqa: F401 (iterate_epoch: benches)
@@ -317,21 +317,21 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     if why:
         print(f"[train] Ray's list of checkpoints in {run_dir}/checkpoints was damaged ({why}): set aside as "
               f"{checkpoint.RAY_SNAPSHOT}.damaged; resuming from {latest or 'the start'}")
-    counter = ingest.skip_counter()
+    skip_log = SkipLog.start()
     cache = start_cache(cfg.data, sum(data.shard_counts.values()) or data.samples or n_train)
     for split, shards in (("train", train_shards), ("val", val_shards)):
         if shards.missing:
             print(f"[data] {split}: {len(shards.missing)} shard(s) of the brace list are missing, skipped")
-            counter.add_missing_shards.remote(split, shards.missing)
+            skip_log.record_missing_shards(split, shards.missing)
     # Training data is read by each worker itself (epoch_data). A validation set the workers keep in memory is
     # prepared by tasks started now, beside the worker group's start; otherwise Ray Train hands rank 0 a
     # dataset to stream.
     datasets, val_blocks = {}, None
     if validation.in_memory(cfg.data.cache_decoded, count_or_read(val_shards.paths), cfg.data.image_size):
-        val_blocks = ingest.eval_shard_tasks(val_shards.paths, cfg.data.image_size, counter,
+        val_blocks = ingest.eval_shard_tasks(val_shards.paths, cfg.data.image_size, skip_log,
                                              view=transforms.image_view(cfg.data))
     else:
-        datasets = {"val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, counter,
+        datasets = {"val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, skip_log,
                                                view=transforms.image_view(cfg.data))}
         datasets["val"].context.enable_progress_bars = False  # bars drawn inside workers garble the progress lines
     fs, storage_path = storage.arrow_filesystem(run_dir)
@@ -384,7 +384,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     train_skips = SkipTally.from_dict(state.get("skips"))
     if train_shards.missing:
         train_skips.add("missing_shard", train_shards.missing)
-    skips = {"train": train_skips} | {split: SkipTally.from_keys(by) for split, by in ingest.read_skips(counter).items()
+    skips = {"train": train_skips} | {split: SkipTally.from_keys(by) for split, by in skip_log.read().items()
                                       if split != "train"}
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
                        {split: t.counts for split, t in skips.items() if t.counts}, latest, attempts,

@@ -75,16 +75,16 @@ def count_dataset(paths: list[str], tokenizer: Tokenizer, window: int, weighting
     return merge_counts(parts, v), tokens, captions
 
 
-def run(cfg, out: str) -> EmbeddingsSummary:
-    """Vocabulary scan, counting pass, PPMI + SVD; writes `out` (local or s3://)."""
+def run(e, data_cfg, out: str, seed: int = 0) -> EmbeddingsSummary:
+    """Vocabulary scan of data.train, counting pass, PPMI + SVD as the embeddings section `e` asks; writes `out`
+    (local or s3://)."""
     from pipeline.data.ingest import expand_paths, scan_training_data
 
     t0 = time.time()
-    e = cfg.embeddings
-    paths = expand_paths(cfg.data.train_spec, "data.train")
-    tokenizer = scan_training_data(paths, cfg.data).tokenizer
+    paths = expand_paths(data_cfg.train_spec, "data.train")
+    tokenizer = scan_training_data(paths, data_cfg).tokenizer
     counts, tokens, captions = count_dataset(paths, tokenizer, e.window, e.weighting)
-    vectors = word_vectors(counts, e.dim, e.alpha, e.shift, e.power, seed=cfg.train.seed)  # (V, dim)
+    vectors = word_vectors(counts, e.dim, e.alpha, e.shift, e.power, seed=seed)  # (V, dim)
     words = tokenizer.vocab[FIRST_WORD:]
     storage.write_text(out, format_glove(words, vectors[FIRST_WORD:]))
     seen = np.zeros(len(tokenizer), dtype=bool)

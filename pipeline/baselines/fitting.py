@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,18 +36,30 @@ class Fitted:
     fit_s: float  # statistics pass + closed-form fit, seconds
 
 
-def build_featurizer(cfg, tokenizer: Tokenizer | None = None, train_paths: list[str] | None = None
-                     ) -> Featurizer:
-    """Features as cca.* asks: the tokenizer of the training captions (scanned unless given), frozen towers,
-    word vectors aligned with the tokenizer."""
-    c = cfg.cca
+@dataclass(frozen=True)
+class Passes:
+    """How a baseline's passes over shards run: a Ray Data pool of `num_actors` actors, or the driver where the
+    shards hold at most `max_in_driver` samples; skipped samples go to `skip_log` (a `skips.SkipLog`)."""
+    num_actors: int = 1
+    max_in_driver: int = 0
+    skip_log: Any = None
+
+    @classmethod
+    def of(cls, scaling_cfg, eval_cfg, skip_log=None) -> Passes:
+        return cls(scaling_cfg.num_workers, eval_cfg.in_driver_images, skip_log)
+
+
+def build_featurizer(c, data_cfg, model_cfg, tokenizer: Tokenizer | None = None,
+                     train_paths: list[str] | None = None) -> Featurizer:
+    """Features as the cca section `c` asks: the tokenizer of the training captions (scanned unless given),
+    frozen towers, word vectors aligned with the tokenizer."""
     model = None
     if tokenizer is None and not (c.checkpoint and "tower" in (c.image_features, c.text_features)):
         from pipeline.data.ingest import scan_training_data
 
-        tokenizer = scan_training_data(train_paths, cfg.data).tokenizer
+        tokenizer = scan_training_data(train_paths, data_cfg).tokenizer
     if "tower" in (c.image_features, c.text_features):
-        model, tokenizer = load_towers(c, cfg.model, tokenizer)
+        model, tokenizer = load_towers(c, model_cfg, tokenizer)
     vectors = None
     if c.text_features == "word_vectors":
         from pipeline.models.word_vectors import load_word_vectors
@@ -81,32 +94,32 @@ class EmbedCCA:
                 "text_emb": np.array(np.split(txt, splits) + [None], dtype=object)[:-1]}  # n x (k_i, k)
 
 
-def mapped_batches(paths: list[str], image_size: int, fn_class, fn_args: dict, batch_size: int, num_actors: int,
-                   counter, split: str, max_in_driver: int):
+def mapped_batches(paths: list[str], image_size: int, fn_class, fn_args: dict, batch_size: int, passes: Passes,
+                   split: str):
     """`fn_class(**fn_args)` over the evaluation rows of `paths`: in the driver where they are few enough
     (`local_passes.fits_in_driver`), else by a Ray Data actor pool. -> its output batches"""
     from pipeline.data import local_passes
 
-    if local_passes.fits_in_driver(paths, max_in_driver):
+    if local_passes.fits_in_driver(paths, passes.max_in_driver):
         fn = fn_class(**fn_args)
-        return (fn(b) for b in local_passes.eval_batches(paths, image_size, counter, split, batch_size=batch_size))
+        return (fn(b) for b in local_passes.eval_batches(paths, image_size, passes.skip_log, split,
+                                                          batch_size=batch_size))
     from ray.data import ActorPoolStrategy
 
     from pipeline.data.ingest import eval_dataset
 
-    ds = eval_dataset(paths, image_size, counter, split=split).map_batches(
+    ds = eval_dataset(paths, image_size, passes.skip_log, split=split).map_batches(
         fn_class, fn_constructor_kwargs=fn_args, batch_size=batch_size, batch_format="numpy",
-        compute=ActorPoolStrategy(size=num_actors))
+        compute=ActorPoolStrategy(size=passes.num_actors))
     return ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
-def accumulate_stats(paths: list[str], features: Featurizer, image_size: int, num_actors: int = 1,
-                     counter=None, max_in_driver: int = 0) -> CCAStats:
+def accumulate_stats(paths: list[str], features: Featurizer, image_size: int, passes: Passes = Passes()
+                     ) -> CCAStats:
     """The statistics of every (image, caption) pair in `paths`, reduced per batch on the workers (or in the
     driver, `mapped_batches`) and merged here in arrival order (the merge is exact in any order)."""
     total = None
-    for batch in mapped_batches(paths, image_size, PairStats, {"features": features}, STATS_BATCH, num_actors,
-                                counter, "train", max_in_driver):
+    for batch in mapped_batches(paths, image_size, PairStats, {"features": features}, STATS_BATCH, passes, "train"):
         part = CCAStats.from_rows(batch)
         total = part if total is None else total.merge(part)
     if total is None or total.n < 2:
@@ -126,31 +139,28 @@ def fit_kernel_maps(paths: list[str], features: Featurizer, image_size: int, sam
     features.fit_kernel_maps(np.concatenate(pixels), captions)
 
 
-def fit(cfg, tokenizer: Tokenizer | None = None, counter=None) -> Fitted:
-    """Featurise data.train, accumulate, fit in closed form. `tokenizer`: a trained run's (else scanned)."""
+def fit(c, data_cfg, model_cfg, passes: Passes, tokenizer: Tokenizer | None = None) -> Fitted:
+    """Featurise data.train as the cca section `c` asks, accumulate, fit in closed form. `tokenizer`: a trained
+    run's (else scanned)."""
     from pipeline.data.ingest import expand_paths
 
     t0 = time.time()
-    c = cfg.cca
-    paths = expand_paths(cfg.data.train_spec, "data.train")
-    features = build_featurizer(cfg, tokenizer, paths)
+    paths = expand_paths(data_cfg.train_spec, "data.train")
+    features = build_featurizer(c, data_cfg, model_cfg, tokenizer, paths)
     if c.kind == "kernel":
-        fit_kernel_maps(paths, features, cfg.data.image_size, c.sample)
-    stats = accumulate_stats(paths, features, cfg.data.image_size, cfg.scaling.num_workers, counter,
-                             cfg.eval.in_driver_images)
+        fit_kernel_maps(paths, features, data_cfg.image_size, c.sample)
+    stats = accumulate_stats(paths, features, data_cfg.image_size, passes)
     model = fit_linear_cca(stats, c.k, c.r1, c.r2)
-    encoder = CCAEncoder(features, model, c.power, cfg.data.image_size)
+    encoder = CCAEncoder(features, model, c.power, data_cfg.image_size)
     return Fitted(f"{c.kind}_cca", describe(c), encoder, stats.n, time.time() - t0)
 
 
-def embed_gallery(encoder: CCAEncoder, paths: list[str], image_size: int, num_actors: int = 1, counter=None,
-                  max_in_driver: int = 0):
+def embed_gallery(encoder: CCAEncoder, paths: list[str], image_size: int, passes: Passes = Passes()):
     """data.val through the fitted baseline -> the evaluation's Gallery."""
     from pipeline.gallery import GalleryBuilder
 
     g = GalleryBuilder()
-    for batch in mapped_batches(paths, image_size, EmbedCCA, {"encoder": encoder}, 256, num_actors, counter,
-                                "gallery", max_in_driver):
+    for batch in mapped_batches(paths, image_size, EmbedCCA, {"encoder": encoder}, 256, passes, "gallery"):
         g.img.append(batch["image_emb"])
         lists = g.add_rows(batch["key"], batch["captions"], batch.get("label"))
         g.txt += [np.asarray(t, dtype=np.float32).reshape(len(caps), -1)
@@ -158,20 +168,19 @@ def embed_gallery(encoder: CCAEncoder, paths: list[str], image_size: int, num_ac
     return g.build()
 
 
-def score(cfg, fitted: Fitted, counter=None) -> tuple[dict, dict]:
+def score(fitted: Fitted, data_cfg, eval_cfg, index_cfg, passes: Passes) -> tuple[dict, dict]:
     """Embed and score data.val. -> (the evaluation's metrics, the index block of the report)."""
     from pipeline import evaluate
     from pipeline.data.ingest import expand_paths
     from pipeline.index.faiss_indexes import train_sample
     from pipeline.index.sharded import build_measured
 
-    paths = expand_paths(cfg.data.val, "data.val")
-    gallery = embed_gallery(fitted.encoder, paths, cfg.data.image_size, cfg.scaling.num_workers, counter,
-                            cfg.eval.in_driver_images)
-    spec = cfg.index.spec()
+    paths = expand_paths(data_cfg.val, "data.val")
+    gallery = embed_gallery(fitted.encoder, paths, data_cfg.image_size, passes)
+    spec = index_cfg.spec()
     queries = train_sample(gallery.text_emb.numpy(), 1000)  # held-out queries of the other modality
     index, index_meta = build_measured(gallery.image_emb.numpy(), queries, spec)
-    metrics = evaluate.evaluate_gallery(gallery, cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.examples, spec,
+    metrics = evaluate.evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples, spec,
                                         encode_text=fitted.encoder.encode_text, image_index=index)
     return metrics, index_meta
 
@@ -184,8 +193,9 @@ def summary_row(fitted: Fitted, metrics: dict) -> dict:
 
 def run_baseline(cfg, tokenizer: Tokenizer | None = None) -> dict:
     """`pipeline run` with cca.enabled: fit and score, no report of its own. -> {name: summary_row}"""
-    fitted = fit(cfg, tokenizer)
-    metrics, _ = score(cfg, fitted)
+    passes = Passes.of(cfg.scaling, cfg.eval)
+    fitted = fit(cfg.cca, cfg.data, cfg.model, passes, tokenizer)
+    metrics, _ = score(fitted, cfg.data, cfg.eval, cfg.index, passes)
     return {fitted.name: summary_row(fitted, metrics)}
 
 
@@ -195,13 +205,15 @@ def run(cfg, out: str | None = None) -> tuple[dict, str]:
 
     from pipeline import report
     from pipeline.config import to_dict
-    from pipeline.data.ingest import expand_paths, read_skips, skip_counter
+    from pipeline.data.ingest import expand_paths
+    from pipeline.data.skips import SkipLog
 
-    counter = skip_counter()
-    fitted = fit(cfg, counter=counter)
-    metrics, index_meta = score(cfg, fitted, counter)
+    skip_log = SkipLog.start()
+    passes = Passes.of(cfg.scaling, cfg.eval, skip_log)
+    fitted = fit(cfg.cca, cfg.data, cfg.model, passes)
+    metrics, index_meta = score(fitted, cfg.data, cfg.eval, cfg.index, passes)
     out = out or storage.join(cfg.run.run_dir(), "baselines", fitted.name)
-    by_split = read_skips(counter)
+    by_split = skip_log.read()
     skipped = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in by_split.items()}
     rep = report.publish(out, metrics, index_meta, fitted.description, to_dict(cfg), [], {"skipped": skipped},
                          expand_paths(cfg.data.val, "data.val"), cfg.eval.in_driver_images, subdir="report",

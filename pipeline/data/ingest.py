@@ -18,10 +18,8 @@ import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.data import transforms
-from pipeline.data.shards import (NOT_SAMPLES, check_parquet_schema, check_parquet_types,
-                                   first_readable_schema, is_download_metadata, make_source, parquet_schema,
-                                   shard_format)
-from pipeline.data.skips import count_skips  # noqa: F401 (ingest.count_skips: its name before)
+from pipeline.data.shards import (check_parquet_schema, check_parquet_types, first_readable_schema,
+                                   is_download_metadata, make_source, parquet_schema, shard_format)
 from pipeline.data.tokenizer import Tokenizer
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -202,52 +200,7 @@ def read_shards(paths: list[str], shuffle_seed: int | None = None, shuffle_block
 _read = read_shards  # its name before it was public
 
 
-def skip_counter():
-    """An actor tallying skipped samples by split and reason (as key sets: every epoch decodes the same
-    bad samples again, and a set counts each once) and usable/skipped counts per split and epoch, which
-    `data.max_skip_fraction` is checked against."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as NodeAffinity
-
-    @ray.remote(num_cpus=0)
-    class SkipCounter:
-        def __init__(self):
-            self.keys: dict[str, dict[str, set]] = {}
-            self.missing: dict[str, list[str]] = {}
-
-        def add(self, split: str, skips: dict) -> None:
-            for reason, keys in skips.items():
-                self.keys.setdefault(split, {}).setdefault(reason, set()).update(keys)
-
-        def add_missing_shards(self, split: str, paths: list[str]) -> None:
-            self.keys.setdefault(split, {}).setdefault("missing_shard", set()).update(paths)
-
-        def skipped_samples(self, split: str) -> int:
-            """Distinct skipped samples, not counting rows that are not samples (see shards.NOT_SAMPLES)."""
-            return sum(len(k) for r, k in self.keys.get(split, {}).items() if r not in NOT_SAMPLES)
-
-        def get(self) -> dict:
-            return {split: {reason: sorted(keys) for reason, keys in by.items()}
-                    for split, by in self.keys.items()}
-
-    # Pinned to the driver's node (whose loss ends the run anyway), so that losing a worker node never takes
-    # the counter with it; restarted in place if its process dies, starting its tally again.
-    here = ray.get_runtime_context().get_node_id()
-    return SkipCounter.options(max_restarts=-1, max_task_retries=-1,
-                               scheduling_strategy=NodeAffinity(here, soft=False)).remote()
-
-
-def read_skips(counter) -> dict:
-    """{split: {reason: sorted keys}} from the counter; empty if it was lost (the report then says none)."""
-    import ray
-
-    try:
-        return ray.get(counter.get.remote(), timeout=60)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return {}
-
-
-def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, counter=None):
+def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, skip_log=None):
     """-> Dataset of {'key', 'image': (3,S,S) uint8, 'tokens': (L,) int64}: augmented, one caption per
     image, file order and row windows reshuffled every epoch from `seed`."""
     size, augment, scale_min = data_cfg.image_size, data_cfg.augment, data_cfg.crop_scale_min
@@ -255,8 +208,8 @@ def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, c
 
     def prepare(batch):
         out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min, view)
-        if counter is not None and skips:
-            count_skips(counter, "train", skips)
+        if skip_log is not None and skips:
+            skip_log.record("train", skips)
         return out
 
     ds = read_shards(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block, fuse=True)
@@ -323,18 +276,18 @@ def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_
     return ds
 
 
-def eval_dataset(paths: list[str], image_size: int, counter=None, split: str = "val",
+def eval_dataset(paths: list[str], image_size: int, skip_log=None, split: str = "val",
                  view: tuple[str, str] = ("bilinear", "shortest")):
     """-> Dataset of {'key', 'image' (3,S,S) uint8, 'captions' JSON list}, unaugmented, in shard order.
     view: (interpolation, resize mode), `transforms.image_view` of the model's data config."""
 
     from pipeline.data.local_passes import prepare_eval
 
-    return read_shards(paths).map_batches(lambda batch: prepare_eval(batch, image_size, counter, split, view),
+    return read_shards(paths).map_batches(lambda batch: prepare_eval(batch, image_size, skip_log, split, view),
                                           batch_size=128, batch_format="numpy")
 
 
-def eval_shard_tasks(paths: list[str], image_size: int, counter=None, split: str = "val",
+def eval_shard_tasks(paths: list[str], image_size: int, skip_log=None, split: str = "val",
                      view: tuple[str, str] = ("bilinear", "shortest")) -> list:
     """One Ray task per shard preparing its evaluation rows as `eval_dataset` does, each -> an ObjectRef of
     {'key', 'image' (n,3,S,S) uint8, 'captions'}: for a validation set the workers keep in memory, read once
@@ -349,7 +302,7 @@ def eval_shard_tasks(paths: list[str], image_size: int, counter=None, split: str
 
     def prepare_shard(path: str) -> dict:
         storage.configure(**options)  # a task's process knows no S3 endpoint the driver was given
-        out = prepare_eval(shard_batch(path, names[path]), image_size, counter, split, view)
+        out = prepare_eval(shard_batch(path, names[path]), image_size, skip_log, split, view)
         return {k: out[k] for k in ("key", "image", "captions")}
 
     # "DEFAULT" keeps the tasks out of a Tune trial's placement group, whose one small bundle is the

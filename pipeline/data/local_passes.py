@@ -39,16 +39,14 @@ def shard_batches(paths: list[str]) -> Iterator[dict]:
         yield shard_batch(path, names[path])
 
 
-def prepare_eval(rows: dict, image_size: int, counter=None, split: str = "val",
+def prepare_eval(rows: dict, image_size: int, skip_log=None, split: str = "val",
                  view: tuple[str, str] = ("bilinear", "shortest")) -> dict:
-    """A batch of rows -> their evaluation rows (`transforms.prepare_eval_batch`), skips counted in `counter`
-    under `split`: the one preparation of `ingest.eval_dataset`, `ingest.eval_shard_tasks` and the passes
+    """A batch of rows -> their evaluation rows (`transforms.prepare_eval_batch`), skips recorded in
+    `skip_log` (a `skips.SkipLog`) under `split`: the one preparation of `ingest.eval_dataset`, `ingest.eval_shard_tasks` and the passes
     here."""
     out, skips = transforms.prepare_eval_batch(rows, image_size, view)
-    if counter is not None and skips:
-        from pipeline.data.skips import count_skips
-
-        count_skips(counter, split, skips)
+    if skip_log is not None and skips:
+        skip_log.record(split, skips)
     return out
 
 
@@ -59,11 +57,11 @@ def chunks(batch: dict, size: int) -> Iterator[dict]:
         yield {k: v[i:i + size] for k, v in batch.items()}
 
 
-def eval_batches(paths: list[str], image_size: int, counter=None, split: str = "val",
+def eval_batches(paths: list[str], image_size: int, skip_log=None, split: str = "val",
                  view: tuple[str, str] = ("bilinear", "shortest"), batch_size: int = 128) -> Iterator[dict]:
     """`ingest.eval_dataset`'s rows, in batches of at most `batch_size` (none crosses a shard)."""
     for rows in shard_batches(paths):
-        yield from chunks(prepare_eval(rows, image_size, counter, split, view), batch_size)
+        yield from chunks(prepare_eval(rows, image_size, skip_log, split, view), batch_size)
 
 
 def thumbnails(paths: list[str], keys: set[str], side: int) -> dict[str, str]:

@@ -62,12 +62,59 @@ class SkipTally:
         return out
 
 
-def count_skips(counter, split: str, skips: dict) -> None:
-    """Record a batch's skipped keys and wait for the counter to take them: a count read right after the
-    dataset finishes then includes every batch. A counter that cannot answer is no reason to fail the batch."""
-    import ray
+class SkipLog:
+    """Where a job's skipped samples are recorded, by split and reason: the one object handed to every pass that
+    decodes samples (it pickles into Ray tasks and actors), read once the passes are done.
 
-    try:
-        ray.get(counter.add.remote(split, skips), timeout=60)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        pass
+    Behind it is an actor on the driver's node (whose loss ends the job anyway), so that losing a worker node
+    never takes the log with it; it restarts in place if its process dies, starting its tally again. It keeps
+    key sets: an evaluation pass may decode the same bad sample twice, and a set counts it once. Bookkeeping
+    never fails a job: a log that cannot answer is skipped, and reads as empty."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    @classmethod
+    def start(cls) -> SkipLog:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as NodeAffinity
+
+        @ray.remote(num_cpus=0)
+        class SkipCounter:
+            def __init__(self):
+                self.keys: dict[str, dict[str, set]] = {}
+
+            def add(self, split: str, skips: dict) -> None:
+                for reason, keys in skips.items():
+                    self.keys.setdefault(split, {}).setdefault(reason, set()).update(keys)
+
+            def get(self) -> dict:
+                return {split: {reason: sorted(keys) for reason, keys in by.items()}
+                        for split, by in self.keys.items()}
+
+        here = ray.get_runtime_context().get_node_id()
+        return cls(SkipCounter.options(max_restarts=-1, max_task_retries=-1,
+                                       scheduling_strategy=NodeAffinity(here, soft=False)).remote())
+
+    def record(self, split: str, skips: dict[str, list[str]]) -> None:
+        """Record a batch's {reason: keys} and wait for the log to take them: a read right after the dataset
+        finishes then includes every batch."""
+        import ray
+
+        try:
+            ray.get(self.actor.add.remote(split, skips), timeout=60)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+
+    def record_missing_shards(self, split: str, paths: list[str]) -> None:
+        """Shards a brace pattern names that do not exist, counted as `missing_shard` (sent, not awaited)."""
+        self.actor.add.remote(split, {"missing_shard": list(paths)})
+
+    def read(self) -> dict[str, dict[str, list[str]]]:
+        """{split: {reason: sorted keys}}; empty if the log was lost (the report then says none)."""
+        import ray
+
+        try:
+            return ray.get(self.actor.get.remote(), timeout=60)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return {}

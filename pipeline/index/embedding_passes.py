@@ -81,7 +81,7 @@ class Embedded:
 
 
 def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int = 1,
-                     use_gpu: bool = False, batch_size: int = 256, counter=None, in_driver_images: int = 0
+                     use_gpu: bool = False, batch_size: int = 256, skip_log=None, in_driver_images: int = 0
                      ) -> Embedded:
     """Embed every image and every caption of the eval shards into `out` (local or s3://): in this process
     where the gallery has at most `in_driver_images` images and no GPU is asked for, else by Ray Data actor
@@ -95,9 +95,9 @@ def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: st
             storage.remove_tree(storage.join(out, name))
     view = image_view(read_config(checkpoint)["data"])  # resampled as the checkpoint's model expects
     if not use_gpu and fits_in_driver(paths, in_driver_images):
-        n_images, n_captions = embed_here(checkpoint, paths, image_size, out, batch_size, counter, view)
+        n_images, n_captions = embed_here(checkpoint, paths, image_size, out, batch_size, skip_log, view)
     else:
-        embed_with_actors(checkpoint, paths, image_size, out, num_actors, use_gpu, batch_size, counter, view)
+        embed_with_actors(checkpoint, paths, image_size, out, num_actors, use_gpu, batch_size, skip_log, view)
         n_images, n_captions = number_rows(storage.join(out, IMAGES)), number_rows(storage.join(out, CAPTIONS))
     if n_images == 0:
         raise ValueError(f"the gallery {paths[0]}{' ...' if len(paths) > 1 else ''} has no readable samples")
@@ -105,7 +105,7 @@ def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: st
 
 
 def embed_with_actors(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int,
-                      use_gpu: bool, batch_size: int, counter, view: tuple[str, str]) -> None:
+                      use_gpu: bool, batch_size: int, skip_log, view: tuple[str, str]) -> None:
     """The two Ray Data passes, each file of rows then numbered by `number_rows`."""
     from ray.data import ActorPoolStrategy
 
@@ -117,13 +117,13 @@ def embed_with_actors(checkpoint: str, paths: list[str], image_size: int, out: s
                   batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=num_actors),
                   num_gpus=1 if use_gpu else 0)
     fs, root = storage.arrow_filesystem(out)
-    images = eval_dataset(paths, image_size, counter, "gallery", view).map_batches(EmbedImages, **actors)
+    images = eval_dataset(paths, image_size, skip_log, "gallery", view).map_batches(EmbedImages, **actors)
     images.write_parquet(f"{root}/{IMAGES}", filesystem=fs)
     captions = read_shards(paths, with_images=False).map_batches(caption_rows, batch_format="numpy")
     captions.map_batches(EmbedCaptions, **actors).write_parquet(f"{root}/{CAPTIONS}", filesystem=fs)
 
 
-def embed_here(checkpoint: str, paths: list[str], image_size: int, out: str, batch_size: int, counter,
+def embed_here(checkpoint: str, paths: list[str], image_size: int, out: str, batch_size: int, skip_log,
                view: tuple[str, str]) -> tuple[int, int]:
     """Both passes in this process, shard by shard: the rows `eval_dataset` and the caption pass would give
     (same reader, same preparation, same skips counted), one numbered Parquet file per shard and pass.
@@ -139,7 +139,7 @@ def embed_here(checkpoint: str, paths: list[str], image_size: int, out: str, bat
     fs, root = storage.arrow_filesystem(out)
     counts = {IMAGES: 0, CAPTIONS: 0}
     for i, rows in enumerate(shard_batches(paths)):
-        prepared = prepare_eval(rows, image_size, counter, "gallery", view)
+        prepared = prepare_eval(rows, image_size, skip_log, "gallery", view)
         for name, fn, batch in ((IMAGES, images, prepared), (CAPTIONS, captions, caption_rows(rows))):
             parts = [fn(part) for part in chunks(batch, batch_size)]
             if not parts:

@@ -58,13 +58,13 @@ def _in_memory_rows(paths, image_size):
 
 
 def test_distributed_statistics_equal_in_memory(ray_cluster, smoke_data, tmp_path):
-    from pipeline.baselines.fitting import accumulate_stats, build_featurizer
+    from pipeline.baselines.fitting import Passes, accumulate_stats, build_featurizer
 
     cfg = _cfg(smoke_data, tmp_path, "--set", "cca.pixel_size=4")
     paths = sorted(glob.glob(str(smoke_data / "train" / "*.tar")))
     assert len(paths) >= 2
-    features = build_featurizer(cfg, train_paths=paths)
-    stats = accumulate_stats(paths, features, cfg.data.image_size, num_actors=2)
+    features = build_featurizer(cfg.cca, cfg.data, cfg.model, train_paths=paths)
+    stats = accumulate_stats(paths, features, cfg.data.image_size, Passes(num_actors=2))
     pixels, captions = _in_memory_rows(paths, cfg.data.image_size)
     ref = CCAStats.of(*features.pairs(pixels, captions))
     assert stats.n == ref.n == sum(len(c) for c in captions)
@@ -73,7 +73,7 @@ def test_distributed_statistics_equal_in_memory(ray_cluster, smoke_data, tmp_pat
 
     # Shards whose stats files count them as few enough are featurised in the driver: the same statistics.
     val = sorted(glob.glob(str(smoke_data / "val" / "*.tar")))
-    here = accumulate_stats(val, features, cfg.data.image_size, max_in_driver=10_000)
+    here = accumulate_stats(val, features, cfg.data.image_size, Passes(max_in_driver=10_000))
     ref = CCAStats.of(*features.pairs(*_in_memory_rows(val, cfg.data.image_size)))
     assert here.n == ref.n > 0
     for name in ("mean_x", "mean_y", "cxx", "cyy", "cxy"):

@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.data import ingest, transforms
 from pipeline.data.inspect import inspect_shards
+from pipeline.data.skips import SkipLog
 from tests import faults
 
 from .conftest import ROOT
@@ -59,16 +60,14 @@ def img2dataset_folders(tmp_path_factory):
     return {fmt: root / fmt for fmt in procs}, {f"{base}/{n}" for n in MISSING}
 
 
-def _counted(counter, split: str, want: dict, wait_s: float = 10.0) -> dict:
-    """The counter's keys for `split`, once they equal `want` or after `wait_s`: a map task's counter.add is
-    sent without waiting, and may reach the actor after the dataset's last block has reached the driver."""
+def _counted(skip_log, split: str, want: dict, wait_s: float = 10.0) -> dict:
+    """The log's keys for `split`, once they equal `want` or after `wait_s` (a guard: each map task waits for
+    the log to take its batch's keys, so they should be there when the dataset's last block is)."""
     import time
-
-    import ray
 
     deadline = time.monotonic() + wait_s
     while True:
-        got = ray.get(counter.get.remote()).get(split, {})
+        got = skip_log.read().get(split, {})
         if got == want or time.monotonic() > deadline:
             return got
         time.sleep(0.1)
@@ -103,12 +102,12 @@ def test_img2dataset_output_folder_reads_with_its_failed_downloads(ray_cluster, 
     for key, url in failed.items():  # each failure shown with its key, error and URL
         assert f"  not_downloaded:{key} (HTTP Error 404: File not found, {url})" in text, text
 
-    # What the run report's skip counts are made of: the same keys reach the skip counter.
-    counter = ingest.skip_counter()
-    rows = ingest.eval_dataset(shards.paths, 16, counter, split="gallery").take_all()
+    # What the run report's skip counts are made of: the same keys reach the skip log.
+    skip_log = SkipLog.start()
+    rows = ingest.eval_dataset(shards.paths, 16, skip_log, split="gallery").take_all()
     assert len(rows) == 4
     want = {"not_downloaded": sorted(failed)}
-    assert _counted(counter, "gallery", want) == want
+    assert _counted(skip_log, "gallery", want) == want
 
 
 def test_same_named_shards_in_two_folders_keep_their_own_keys(ray_cluster, tmp_path):
@@ -137,7 +136,7 @@ def test_unreadable_parquet_is_skipped_and_counted_wherever_it_comes(ray_cluster
     (tmp_path / "00002.parquet").write_bytes(b"PAR1 no footer")
     paths = ingest.expand_paths(str(tmp_path))
     ingest.check_shards(paths, "data.val")
-    counter = ingest.skip_counter()
-    assert len(ingest.eval_dataset(paths, 16, counter).take_all()) == 2
+    skip_log = SkipLog.start()
+    assert len(ingest.eval_dataset(paths, 16, skip_log).take_all()) == 2
     want = {"unreadable_shard": ["00000.parquet/", "00002.parquet/"]}
-    assert _counted(counter, "val", want) == want
+    assert _counted(skip_log, "val", want) == want
