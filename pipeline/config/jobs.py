@@ -41,6 +41,11 @@ class TrainJobConfig:
                                                        "data.tokenizer=pretrained")
         _check(tok == "word" or not m.text.embeddings.path, "model.text.embeddings.path gives vectors to words: it "
                                                            f"needs data.tokenizer=word, not {tok}")
+        _check(m.text.arch != "char_cnn_rnn" or tok == "char", "model.text.arch=char_cnn_rnn reads characters: set "
+                                                               f"data.tokenizer=char (not {tok})")
+        _check(tok != "char" or self.data.max_tokens >= 64,
+               f"data.tokenizer=char counts characters: data.max_tokens={self.data.max_tokens} would cut most "
+               "captions short; set 128 or more")
         if self.model.image.arch == "vit_b_16":
             size = self.data.image_size
             _check(size % 16 == 0, f"model.image.arch=vit_b_16 cuts images into 16x16 patches: data.image_size="

@@ -40,9 +40,11 @@ class WordEmbeddingsConfig:
 @dataclass(frozen=True)
 class TextTowerConfig:
     arch: str = _f("gru", "text tower: bow (mean of word vectors) | gru | lstm (bidirectional) | cnn (word "
-                          "windows, max-pooled) | transformer | hf:<local folder> (a Hugging Face encoder)")
-    word_dim: int = _f(128, "word embedding size")
-    hidden: int = _f(256, "gru/lstm: hidden size per direction; cnn: filters per width; transformer: model width")
+                          "windows, max-pooled) | transformer | char_cnn_rnn (characters: convolutions, then a "
+                          "GRU; data.tokenizer=char) | hf:<local folder> (a Hugging Face encoder)")
+    word_dim: int = _f(128, "word (char_cnn_rnn: character) embedding size")
+    hidden: int = _f(256, "gru/lstm: hidden size per direction; cnn: filters per width; transformer: model width; "
+                          "char_cnn_rnn: convolution channels and GRU size per direction")
     pooling: str | None = _f(None, "gru/lstm: mean | last; transformer, hf: mean | cls; empty: mean (hf: the "
                                    "folder's sentence-transformers pooling; cnn always max-pools, bow averages)")
     cnn_widths: list = _f([1, 2, 3], "cnn: filter widths in words, one bank of model.text.hidden filters each")

@@ -6,13 +6,13 @@ from __future__ import annotations
 IMAGE_ARCHS = ("small_cnn", "resnet18", "resnet50", "vit_b_16", "convnext_tiny")
 # Towers from other libraries are named by a prefix and the library's own name for the model.
 TIMM, HF, OPEN_CLIP = "timm:", "hf:", "open_clip:"
-TOKENIZERS = ("word", "bpe", "pretrained")
+TOKENIZERS = ("word", "char", "bpe", "pretrained")
 INTERPOLATIONS = ("auto", "bilinear", "bicubic")
 RESIZE_MODES = ("auto", "shortest", "squash")
 
 # text arch -> the poolings it takes, its default first
 TEXT_POOLINGS = {"bow": ("mean",), "gru": ("mean", "last"), "lstm": ("mean", "last"), "cnn": ("max",),
-                 "transformer": ("mean", "cls")}
+                 "transformer": ("mean", "cls"), "char_cnn_rnn": ("mean",)}
 TEXT_ARCHS = tuple(TEXT_POOLINGS)
 HF_POOLINGS = ("mean", "cls")
 
@@ -31,7 +31,7 @@ LOSS_PARAMS = {
     "infonce": ("temperature", "learn_temperature", "label_smoothing"),
     "siglip": ("temperature", "learn_temperature", "bias_init"),
     "vse": ("margin",), "vse++": ("margin",), "contrastive": ("margin",), "triplet": ("margin", "mining"),
-    "npair": (), "dcca": ("top_k", "r1", "r2"),
+    "npair": (), "lifted": ("margin",), "dcca": ("top_k", "r1", "r2"),
 }
 TRIPLET_MINING = ("hardest", "semi-hard", "all")
 
@@ -77,7 +77,7 @@ def check_loss_params(name: str, params: dict) -> None:
     if "label_smoothing" in params:
         check_label_smoothing(params["label_smoothing"])
     if "margin" in params:
-        check_margin(params["margin"], 2.0 if name == "contrastive" else 4.0)
+        check_margin(params["margin"], 2.0 if name in ("contrastive", "lifted") else 4.0)
     if "mining" in params:
         check_mining(params["mining"])
     if name == "dcca":

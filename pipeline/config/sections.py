@@ -36,7 +36,8 @@ class DataConfig:
     crop_scale_min: float = _f(0.8, "smallest crop area kept by the random resized crop, as a fraction")
     max_tokens: int = _f(32, "captions are cut or padded to this many tokens (a pretrained tokenizer: capped by "
                              "what its text tower takes)")
-    tokenizer: str = _f("word", "word (vocabulary of the training captions) | bpe (byte-level BPE trained on them, "
+    tokenizer: str = _f("word", "word (vocabulary of the training captions) | char (their characters; "
+                                "data.max_tokens then counts characters) | bpe (byte-level BPE trained on them, "
                                 "data.vocab_max_size merges) | pretrained (the text tower's own: hf: or open_clip:)")
     interpolation: str = _f("auto", "image resampling: auto (bicubic for timm:/open_clip: towers, their pretrained "
                                     "config's, else bilinear) | bilinear | bicubic")
@@ -132,14 +133,15 @@ def _source(raw, i: int) -> dict:
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = _f("infonce", "objective: infonce | siglip | vse | vse++ | contrastive | triplet | npair | dcca")
+    name: str = _f("infonce", "objective: infonce | siglip | vse | vse++ | contrastive | triplet | npair | lifted | "
+                                       "dcca")
     temperature: float | None = _f(None, "infonce/siglip: initial temperature tau, logit scale 1/tau "
                                          "(empty: 0.07 for infonce, 0.1 for siglip)")
     learn_temperature: bool | None = _f(None, "infonce/siglip: learn the logit scale (capped at 100 after each optimiser step); empty: true")
     label_smoothing: float | None = _f(None, "infonce: label smoothing of both cross-entropies; empty: 0")
     bias_init: float | None = _f(None, "siglip: initial logit bias; empty: -10")
-    margin: float | None = _f(None, "vse/vse++/triplet: hinge margin (empty: 0.2); contrastive: distance margin "
-                                    "(empty: 1.0)")
+    margin: float | None = _f(None, "vse/vse++/triplet: hinge margin (empty: 0.2); contrastive/lifted: distance "
+                                    "margin (empty: 1.0)")
     mining: str | None = _f(None, "triplet: negatives hardest | semi-hard | all; empty: semi-hard")
     top_k: int | None = _f(None, "dcca: canonical correlations summed; empty or 0: all")
     r1: float | None = _f(None, "dcca: ridge on the image covariance; empty: 1e-3")

@@ -197,7 +197,6 @@ def read_shards(paths: list[str], shuffle_seed: int | None = None, shuffle_block
     return ray.data.read_datasource(source, override_num_blocks=len(paths) if fuse else None)
 
 
-_read = read_shards  # its name before it was public
 
 
 def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, skip_log=None):

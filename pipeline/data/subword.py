@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.tokenizer import CharTokenizer, Tokenizer
 
 BPE_SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]  # [PAD] first so that padding is id 0
 CLEAN_MODES = (None, "whitespace", "lower", "canonicalize")
@@ -291,8 +291,8 @@ def open_clip_tokenizer(model_name: str, tokenizer_dir: str | Path | None = None
 
 def tokenizer_from_dict(d: dict):
     kind = d.get("kind", "word")  # checkpoints written before sub-words have no "kind": the word tokenizer
-    loaders = {"word": Tokenizer.from_dict, "bpe": BPETokenizer.from_dict, "hf": HFTokenizer.from_dict,
-               "open_clip": OpenCLIPTokenizer.from_dict}
+    loaders = {"word": Tokenizer.from_dict, "char": CharTokenizer.from_dict, "bpe": BPETokenizer.from_dict,
+               "hf": HFTokenizer.from_dict, "open_clip": OpenCLIPTokenizer.from_dict}
     if kind not in loaders:
         raise ValueError(f"tokenizer kind {kind!r}: expected one of {sorted(loaders)}")
     return loaders[kind](d)

@@ -1,6 +1,8 @@
-"""Word-level tokenizer built from the training captions; saved with every checkpoint.
+"""Word- and character-level tokenizers built from the training captions; saved with every checkpoint.
 
-Lower-cases, splits punctuation off words, maps rare words to [UNK], pads with [PAD] (id 0) to a fixed length.
+Words: lower-cases, splits punctuation off words, maps rare words to [UNK], pads with [PAD] (id 0) to a fixed
+length. Characters: the lower-cased caption with its whitespace collapsed, one id per character, so a misspelt or
+unseen word still reaches the text tower as the characters it shares with the word it should have been.
 """
 from __future__ import annotations
 
@@ -73,3 +75,32 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+class CharTokenizer(Tokenizer):
+    """Characters of the lower-cased caption, whitespace collapsed to one space; `max_tokens` counts characters.
+    The alphabet is every character of the training captions' words (in the order of their counts) plus the
+    space; a character never seen maps to [UNK]."""
+
+    kind = "char"
+
+    @classmethod
+    def from_counts(cls, counts: Counter, max_tokens: int, min_count: int = 1, max_size: int = 30000):
+        """`counts`: word -> count over the training captions (what the vocabulary scan gathers)."""
+        chars: Counter = Counter()
+        for word, n in counts.items():
+            for ch in word:
+                chars[ch] += n
+        chars[" "] += sum(counts.values())  # one space per word, about
+        alphabet = sorted((c for c, n in chars.items() if n >= min_count), key=lambda c: (-chars[c], c))
+        return cls([PAD, UNK] + alphabet[: max(0, max_size - 2)], max_tokens)
+
+    def encode(self, text: str) -> list[int]:
+        unk = self.index[UNK]
+        return [self.index.get(ch, unk) for ch in " ".join(text.lower().split())][: self.max_tokens]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.vocab[i] for i in ids if i != 0)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "vocab": self.vocab, "max_tokens": self.max_tokens}

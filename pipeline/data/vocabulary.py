@@ -1,17 +1,18 @@
 """Which tokenizer a training job uses (data.tokenizer), built on the driver before any training:
 
     word        the vocabulary of the training captions (`tokenizer.Tokenizer`)
+    char        the characters of the training captions (`tokenizer.CharTokenizer`; model.text.arch=char_cnn_rnn)
     bpe         a byte-level BPE trained on the training captions' words (`subword.BPETokenizer`)
     pretrained  the text tower's own: an hf: folder's tokenizer.json, or OpenCLIP's tokenizer for the model
 
-`word` and `bpe` come from the word counts of the caption pass; `pretrained` needs none of them (the pass still
+`word`, `char` and `bpe` come from the word counts of the caption pass; `pretrained` needs none of them (the pass still
 counts the samples, for steps per epoch and the skip fraction).
 """
 from __future__ import annotations
 
 from collections import Counter
 
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.tokenizer import CharTokenizer, Tokenizer
 
 # BPE is trained from word counts, not the captions themselves: merges depend only on how often each word
 # (and so each symbol pair) occurs. Counts are scaled down so that at most this many words are fed to the
@@ -58,8 +59,8 @@ def make_tokenizer(data_cfg, model_cfg, counts: Counter | None):
         from pipeline.data.subword import BPETokenizer
 
         return BPETokenizer.train(bpe_corpus(counts or Counter()), data_cfg.vocab_max_size, data_cfg.max_tokens)
-    return Tokenizer.from_counts(counts or Counter(), data_cfg.max_tokens, data_cfg.vocab_min_count,
-                                 data_cfg.vocab_max_size)
+    cls = CharTokenizer if data_cfg.tokenizer == "char" else Tokenizer
+    return cls.from_counts(counts or Counter(), data_cfg.max_tokens, data_cfg.vocab_min_count, data_cfg.vocab_max_size)
 
 
 def describe(tokenizer) -> str:
@@ -67,5 +68,7 @@ def describe(tokenizer) -> str:
     kind = getattr(tokenizer, "kind", "word")
     if kind == "word":
         return f"vocabulary {len(tokenizer)} words"
+    if kind == "char":
+        return f"alphabet {len(tokenizer)} characters, {tokenizer.max_tokens} per caption"
     return {"bpe": "BPE tokenizer", "hf": "Hugging Face tokenizer", "open_clip": "OpenCLIP tokenizer"}[kind] + \
         f", {len(tokenizer)} ids, {tokenizer.max_tokens} tokens"

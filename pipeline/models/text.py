@@ -1,6 +1,7 @@
 """Text towers over word ids (0 = padding, right-padded): mean bag-of-words (order-blind, the baseline),
-bidirectional GRU/LSTM, a CNN over word windows and a small transformer. None of them sees the padding: the
-same caption padded to any length gives the same output. Word embeddings start random or from a vector file.
+bidirectional GRU/LSTM, a CNN over word windows and a small transformer; and one over character ids, the
+char-CNN-RNN. None of them sees the padding: the same caption padded to any length gives the same output. Word
+embeddings start random or from a vector file.
 """
 from __future__ import annotations
 
@@ -113,6 +114,41 @@ class TextTransformer(nn.Module):
         return x[:, 0] if self.cls is not None else masked_mean(x, mask)
 
 
+class CharCNNRNN(nn.Module):
+    """Reed et al.'s char-CNN-RNN (fine-grained visual descriptions, their best text encoder): characters ->
+    temporal convolutions, each followed by max pooling (kernel 4, pool 3; after three, a step covers about 50
+    characters) -> a bidirectional GRU over the pooled steps -> mean over them. A misspelt word shares most of
+    its characters, and so most of its convolution responses, with the word it should have been.
+
+    The padding stays out: embeddings are zeroed past the caption and every layer's output is masked to the
+    caption's (pooled) length, so windows never depend on how far a caption was padded."""
+
+    KERNEL, POOL, LAYERS = 4, 3, 3
+
+    def __init__(self, embed: nn.Embedding, channels: int, hidden: int):
+        super().__init__()
+        self.embed = embed
+        dims = [embed.embedding_dim] + [channels] * self.LAYERS
+        self.convs = nn.ModuleList(nn.Conv1d(a, b, self.KERNEL) for a, b in zip(dims, dims[1:]))
+        self.rnn = nn.GRU(channels, hidden, batch_first=True, bidirectional=True)
+        self.out_dim = 2 * hidden
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B,L) character ids -> (B,2H)
+        mask = tokens != 0  # (B,L)
+        n = mask.sum(1).clamp(min=1)  # (B,) characters per caption
+        x = (self.embed(tokens) * mask.unsqueeze(-1)).transpose(1, 2)  # (B,c,L)
+        for conv in self.convs:
+            x = F.relu(conv(F.pad(x, (1, self.KERNEL - 2))))  # (B,C,L): step t sees characters t-1 .. t+2
+            x = x * (torch.arange(x.shape[-1], device=x.device) < n.unsqueeze(1)).unsqueeze(1)
+            x = F.max_pool1d(F.pad(x, (0, -x.shape[-1] % self.POOL)), self.POOL)  # (B,C,ceil(L/3))
+            n = (n + self.POOL - 1) // self.POOL
+        packed = nn.utils.rnn.pack_padded_sequence(x.transpose(1, 2), n.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[-1])
+        steps = torch.arange(x.shape[-1], device=x.device).unsqueeze(0) < n.unsqueeze(1)  # (B,T)
+        return masked_mean(out, steps)  # (B,T,2H) -> (B,2H)
+
+
 POOLINGS, TEXT_ARCHS = registry.TEXT_POOLINGS, registry.TEXT_ARCHS  # arch -> its poolings, default first
 
 
@@ -155,6 +191,8 @@ def build_text_tower(cfg, vocab_size: int, max_tokens: int = 32, vocab: list[str
         tower = BiRNN(embed, cfg.arch, cfg.hidden, pooling)
     elif cfg.arch == "cnn":
         tower = TextCNN(embed, cfg.hidden, tuple(cfg.cnn_widths))
+    elif cfg.arch == "char_cnn_rnn":
+        tower = CharCNNRNN(embed, cfg.hidden, cfg.hidden)
     else:
         tower = TextTransformer(embed, cfg.hidden, cfg.layers, cfg.heads, max_tokens, pooling)
     tower.coverage = coverage

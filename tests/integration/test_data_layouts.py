@@ -124,7 +124,7 @@ def test_same_named_shards_in_two_folders_keep_their_own_keys(ray_cluster, tmp_p
     keys = [r["key"] for r in images]
     assert sorted(keys) == sorted(f"{f}/00000.tar/{i:04d}" for f in colours for i in range(3))
     # Evaluation's join: captions come from a second, image-less pass and find their image by key.
-    captions = ingest._read(paths, with_images=False).map_batches(transforms.caption_rows).take_all()
+    captions = ingest.read_shards(paths, with_images=False).map_batches(transforms.caption_rows).take_all()
     owner = {r["key"]: "a" if r["image"][0].mean() > r["image"][2].mean() else "b" for r in images}
     assert len(captions) == 6 and all(c["caption"] == f"colour {owner[c['key']]}" for c in captions)
 

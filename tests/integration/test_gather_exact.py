@@ -20,7 +20,7 @@ B, D_IN, D = 12, 7, 5
 LOSSES = [("infonce", {"temperature": 0.1}), ("infonce", {"temperature": 0.2, "label_smoothing": 0.1}),
           ("siglip", {"bias_init": -2.0}), ("vse", {}), ("vse++", {}), ("contrastive", {}),
           ("triplet", {"mining": "hardest"}), ("triplet", {"mining": "semi-hard"}), ("triplet", {"mining": "all"}),
-          ("npair", {}), ("dcca", {"top_k": 3})]
+          ("npair", {}), ("lifted", {}), ("dcca", {"top_k": 3})]
 MICRO = 2
 
 

@@ -91,6 +91,18 @@ def naive_npair(x, y):
     return total / (2 * n)
 
 
+def naive_lifted(x, y, margin):
+    """Song et al.'s J for each positive pair (x_i, y_i): the log of the summed exp(m - d) over the negatives of
+    both members, plus the positive's distance; 1/2 [J]_+^2 averaged over the pairs."""
+    n, total = len(x), 0.0
+    for i in range(n):
+        negs = [math.exp(margin - float(torch.dist(x[i], y[k]))) for k in range(n) if k != i]
+        negs += [math.exp(margin - float(torch.dist(x[l], y[i]))) for l in range(n) if l != i]  # noqa: E741
+        j = math.log(sum(negs)) + float(torch.dist(x[i], y[i]))
+        total += 0.5 * max(0.0, j) ** 2
+    return total / n
+
+
 def naive_dcca(h1, h2, k, r1, r2):
     """Covariances by explicit sums over samples; correlations as square roots of the eigenvalues of
     S11^-1 S12 S22^-1 S21 (a different route than the loss's SVD of the whitened cross-covariance)."""
@@ -121,6 +133,8 @@ CASES = [
     ("triplet", {"margin": 0.4, "mining": "semi-hard"}, lambda x, y, l: naive_triplet(x, y, 0.4, "semi-hard")),
     ("triplet", {"margin": 0.4, "mining": "all"}, lambda x, y, l: naive_triplet(x, y, 0.4, "all")),
     ("npair", {}, lambda x, y, l: naive_npair(x, y)),
+    ("lifted", {"margin": 1.0}, lambda x, y, l: naive_lifted(x, y, 1.0)),
+    ("lifted", {"margin": 0.3}, lambda x, y, l: naive_lifted(x, y, 0.3)),
     ("dcca", {"top_k": 3, "r1": 1e-2, "r2": 1e-3}, lambda x, y, l: naive_dcca(x, y, 3, 1e-2, 1e-3)),
 ]
 
@@ -170,6 +184,7 @@ def test_logit_scale_clamped_and_fixed_when_not_learned():
     ("infonce", {"margin": 0.2}, "takes no parameter 'margin'"),
     ("vse", {"margin": 5.0}, r"margin=5.0 must lie in \[0, 4"),
     ("contrastive", {"margin": 3.0}, r"must lie in \[0, 2"),
+    ("lifted", {"margin": 2.5}, r"must lie in \[0, 2"),
     ("infonce", {"temperature": 0.0}, "temperature=0.0 must lie"),
     ("triplet", {"mining": "random"}, "choose one of"),
     ("dcca", {"r1": 0.0}, "r1, r2 > 0"),
