@@ -60,17 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tune", help="sweep tune.space with Ray Tune; prints the results table, the best config "
                        "and checkpoint")
     _config_args(p, required=True)
-    p = command("cca", help="fit a linear or kernel CCA baseline (cca.*) on data.train, score data.val; "
-                       "writes the same report as a trained run")
-    _config_args(p, required=True)
-    p.add_argument("--out", default=None, help="output folder (default <run dir>/baselines/<cca.kind>_cca)")
-    p = command("embeddings", help="word vectors from the training captions (co-occurrence, PPMI, SVD), "
-                       "written in GloVe text format for model.text.embeddings.path")
+    for name in ("baseline", "cca"):
+        p = command(name, help="fit a baseline on data.train, score data.val: linear or kernel CCA, or the bimodal "
+                               "autoencoder (cca.kind, or --kind; `cca` is the older name); writes the same "
+                               "report as a trained run")
+        _config_args(p, required=True)
+        p.add_argument("--kind", default=None, choices=["linear", "kernel", "autoencoder"], help="sets cca.kind")
+        p.add_argument("--out", default=None, help="output folder (default <run dir>/baselines/linear_cca, "
+                       "kernel_cca or autoencoder)")
+    p = command("embeddings", help="word vectors from the training captions' co-occurrences (PPMI + SVD, GloVe "
+                       "or skip-gram), written in GloVe text format for model.text.embeddings.path")
     _config_args(p, required=True)
     p.add_argument("--out", required=True, help="GloVe text file to write (local or s3://)")
     p.add_argument("--dim", type=int, default=None, help="vector size (embeddings.dim, default 128)")
     p.add_argument("--window", type=int, default=None, help="co-occurrence window in words (embeddings.window, "
                    "default 4)")
+    p.add_argument("--method", default=None, choices=["ppmi", "glove", "sgns"], help="embeddings.method "
+                   "(default ppmi)")
     for name, helptext in (("index", "embed a gallery and build a FAISS index"),
                            ("evaluate", "retrieval evaluation of a checkpoint; writes the report")):
         p = command(name, help=helptext)
@@ -208,24 +214,27 @@ def _check_cca_inputs(cfg) -> None:
 
 def cmd_cca(args) -> None:
     t0 = time.time()
-    cfg, _ = _start_job(args, check=_check_cca_inputs, writes=[(args.out, "--out")] if args.out else [])
+    kind = (f"cca.kind={args.kind}",) if args.kind else ()
+    cfg, _ = _start_job(args, extra=kind, check=_check_cca_inputs, writes=[(args.out, "--out")] if args.out else [])
     from pipeline.baselines import fitting as baselines
     from pipeline.report import recall_table
 
     rep, out = baselines.run(cfg, args.out)
+    maps = "autoencoder.npz" if cfg.cca.kind == "autoencoder" else "cca.npz"
     print(f"{rep['checkpoint']}\n\n{recall_table(rep)}\n\nreport: {storage.join(out, 'report', 'report.html')} "
-          f"(+ report.md, report.json); projections: {storage.join(out, 'cca.npz')}\n"
+          f"(+ report.md, report.json); fitted maps: {storage.join(out, maps)}\n"
           f"total time {time.time() - t0:.0f} s")
 
 
 def cmd_embeddings(args) -> None:
-    flags = tuple(f"embeddings.{k}={v}" for k, v in (("dim", args.dim), ("window", args.window)) if v is not None)
+    flags = tuple(f"embeddings.{k}={v}" for k, v in (("dim", args.dim), ("window", args.window),
+                                                       ("method", args.method)) if v is not None)
     out_dir = args.out.rsplit("/", 1)[0] if storage.is_remote(args.out) else str(Path(args.out).resolve().parent)
     cfg, _ = _start_job(args, extra=flags, splits=("train",), writes=[(out_dir, "--out")])
     from pipeline import word_embeddings
 
-    print(word_embeddings.format_summary(word_embeddings.run(cfg.embeddings, cfg.data, args.out,
-                                                                      cfg.train.seed)))
+    print(word_embeddings.format_summary(word_embeddings.run(cfg.embeddings, cfg.data, args.out, cfg.train.seed,
+                                                             cfg.scaling, cfg.run)))
 
 
 def cmd_index(args) -> None:
@@ -421,7 +430,8 @@ def cmd_import_model(args) -> None:
           f"fine-tune it with --set model.init_from={done.path})")
 
 
-COMMANDS = {"run": cmd_run, "import-model": cmd_import_model, "train": cmd_train, "tune": cmd_tune, "cca": cmd_cca, "embeddings": cmd_embeddings,
+COMMANDS = {"run": cmd_run, "import-model": cmd_import_model, "train": cmd_train, "tune": cmd_tune, "cca": cmd_cca,
+            "baseline": cmd_cca, "embeddings": cmd_embeddings,
             "index": cmd_index, "evaluate": cmd_evaluate,
             "search": cmd_search, "data": cmd_data, "keys": cmd_keys}
 

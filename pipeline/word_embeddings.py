@@ -2,15 +2,19 @@
 `model.text.embeddings.path`.
 
     pipeline embeddings --config configs/demo.yaml --out runs/words.txt [--dim 128] [--window 4]
+    pipeline embeddings --config configs/demo.yaml --out runs/glove.txt --method glove    # or sgns
 
 Two Ray Data passes over the captions, image bytes never read: the vocabulary (the same tokenizer a training
 run on the recipe builds, so the file's words are the model's), then co-occurrence counts per block in
-`map_batches`, sparse, merged on the driver. PPMI and the truncated SVD are `pipeline.ppmi`.
+`map_batches`, sparse, merged on the driver. PPMI and the truncated SVD are `pipeline.ppmi`; GloVe and skip-gram
+with negative sampling (`pipeline.word_objectives`) train on Ray Train workers, the counts shared through the
+object store and each worker taking a seeded share of the word pairs every epoch.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -31,8 +35,9 @@ class EmbeddingsSummary:
     captions: int
     tokens: int
     pairs: int  # distinct co-occurring word pairs
-    without_context: int  # words of the vocabulary that never co-occurred: zero vectors
+    without_context: int  # words of the vocabulary that never co-occurred: zero vectors (ppmi)
     seconds: float
+    method: str = "ppmi"
 
 
 def count_batch(batch: dict, tokenizer: Tokenizer, window: int, weighting: str) -> dict[str, np.ndarray]:
@@ -75,31 +80,90 @@ def count_dataset(paths: list[str], tokenizer: Tokenizer, window: int, weighting
     return merge_counts(parts, v), tokens, captions
 
 
-def run(e, data_cfg, out: str, seed: int = 0) -> EmbeddingsSummary:
-    """Vocabulary scan of data.train, counting pass, PPMI + SVD as the embeddings section `e` asks; writes `out`
-    (local or s3://)."""
+def train_vectors(counts: Counts, e, seed: int, scaling_cfg, run_cfg) -> np.ndarray:
+    """GloVe or SGNS (`e.method`) on scaling.num_workers Ray Train workers: every epoch each worker takes its
+    share of a seeded permutation of the co-occurring pairs, in the same number of steps as the others, and DDP
+    averages the gradients. -> (V, e.dim) vectors, from rank 0's checkpoint (under run.storage_path)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    shared = ray.put({"rows": counts.rows, "cols": counts.cols, "values": counts.values, "vocab": counts.vocab_size})
+
+    def loop(c: dict) -> None:
+        import torch
+
+        from pipeline import word_objectives
+        from pipeline.distributed import WorkerContext
+
+        ctx = WorkerContext.from_ray()
+        rank, world = ctx.rank, ctx.world_size
+        d = ray.get(c["counts"])
+        rows, cols = torch.from_numpy(d["rows"]).long(), torch.from_numpy(d["cols"]).long()
+        values = torch.from_numpy(d["values"]).float()
+        noise = torch.from_numpy(word_objectives.noise_distribution(d["rows"], d["values"], d["vocab"])).float()
+        model = word_objectives.build(c["method"], d["vocab"], c["e"].dim, c["e"], c["seed"])
+        ddp = ctx.prepare_model(model)  # DDP over the workers: gradients averaged
+        opt = torch.optim.Adagrad(model.parameters(), lr=c["e"].lr)
+        steps = max(1, -(-len(rows) // (world * c["e"].batch)))  # the same on every worker
+        g = torch.Generator().manual_seed(c["seed"] * 7919 + rank)
+        for epoch in range(c["e"].epochs):
+            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(c["seed"] * 1009 + epoch))
+            total = 0.0
+            for part in order[rank::world].tensor_split(steps):
+                loss = word_objectives.entry_loss(ddp, rows[part], cols[part], values[part], noise, g)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+        # One report, at the end: a report is a round trip to Ray Train's controller, seconds on a small machine
+        ctx.report({"epoch": c["e"].epochs, "loss": total / steps},
+                   lambda d: np.save(d / "vectors.npy", model.vectors()))
+
+    # Checkpoints where the recipe keeps its runs (local, or s3:// for workers on other nodes)
+    root = run_cfg.storage_path if storage.is_remote(run_cfg.storage_path) else str(Path(run_cfg.storage_path).resolve())
+    fs, path = storage.arrow_filesystem(storage.join(root, f"{run_cfg.name}-embeddings-{e.method}"))
+    result = TorchTrainer(
+        loop, train_loop_config={"counts": shared, "method": e.method, "e": e, "seed": seed},
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling_cfg.num_workers,
+                                               resources_per_worker={"CPU": scaling_cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(name="checkpoints", storage_path=path, storage_filesystem=fs)).fit()
+    print(f"[embeddings] {e.method}: loss {result.metrics['loss']:.4f} after {e.epochs} epochs on "
+          f"{scaling_cfg.num_workers} workers")
+    with result.checkpoint.as_directory() as d:
+        return np.load(f"{d}/vectors.npy")
+
+
+def run(e, data_cfg, out: str, seed: int = 0, scaling_cfg=None, run_cfg=None) -> EmbeddingsSummary:
+    """Vocabulary scan of data.train, counting pass, then PPMI + SVD or GloVe / SGNS training as the embeddings
+    section `e` asks (glove/sgns on scaling_cfg's workers, their checkpoint under run_cfg's storage path); writes
+    `out` (local or s3://)."""
     from pipeline.data.ingest import expand_paths, scan_training_data
 
     t0 = time.time()
     paths = expand_paths(data_cfg.train_spec, "data.train")
     tokenizer = scan_training_data(paths, data_cfg).tokenizer
     counts, tokens, captions = count_dataset(paths, tokenizer, e.window, e.weighting)
-    vectors = word_vectors(counts, e.dim, e.alpha, e.shift, e.power, seed=seed)  # (V, dim)
+    if e.method == "ppmi":
+        vectors = word_vectors(counts, e.dim, e.alpha, e.shift, e.power, seed=seed)  # (V, dim)
+    else:
+        vectors = train_vectors(counts, e, seed, scaling_cfg, run_cfg)  # (V, dim)
     words = tokenizer.vocab[FIRST_WORD:]
     storage.write_text(out, format_glove(words, vectors[FIRST_WORD:]))
     seen = np.zeros(len(tokenizer), dtype=bool)
     seen[counts.rows] = True
     return EmbeddingsSummary(out, len(words), e.dim, captions, tokens, counts.nnz,
-                             int((~seen[FIRST_WORD:]).sum()), time.time() - t0)
+                             int((~seen[FIRST_WORD:]).sum()), time.time() - t0, e.method)
 
 
 def format_summary(s: EmbeddingsSummary) -> str:
-    lines = [f"word vectors: {s.out}", f"  {s.vocab_size} words x {s.dim} dims (GloVe text format)",
+    lines = [f"word vectors: {s.out}", f"  {s.vocab_size} words x {s.dim} dims by {s.method} (GloVe text format)",
              f"  counted {s.tokens} tokens in {s.captions} captions: {s.pairs} co-occurring word pairs"]
-    if s.dim > s.vocab_size:
+    if s.method == "ppmi" and s.dim > s.vocab_size:
         lines.append(f"  only the first {s.vocab_size} of the {s.dim} dims can be non-zero: the SVD of a "
                      f"{s.vocab_size}-word matrix has no more; the rest are zero")
     if s.without_context:
-        lines.append(f"  {s.without_context} words never co-occurred with another: their vectors are zero")
+        lines.append(f"  {s.without_context} words never co-occurred with another: their vectors are "
+                     + ("zero" if s.method == "ppmi" else "their random start"))
     lines.append(f"  {s.seconds:.1f} s; load with --set model.text.embeddings.path={s.out}")
     return "\n".join(lines)

@@ -20,7 +20,8 @@ def describe(cca_cfg) -> str:
     c = cca_cfg
     img = f"pixels {c.pixel_size}x{c.pixel_size}" if c.image_features == "pixels" else "image tower"
     txt = {"bow": "bag of words", "word_vectors": "mean word vectors", "tower": "text tower"}[c.text_features]
-    kind = "linear CCA" if c.kind == "linear" else f"kernel CCA ({c.kernel_map}, {c.kernel_dim})"
+    kind = {"linear": "linear CCA", "kernel": f"kernel CCA ({c.kernel_map}, {c.kernel_dim})",
+            "autoencoder": f"bimodal autoencoder ({c.ae_hidden} hidden, code {c.k})"}[c.kind]
     return f"{kind}: {img} + {txt}"
 
 
@@ -140,3 +141,7 @@ class CCAEncoder:
         if len(texts) == 0:
             return torch.zeros(0, self.embed_dim)
         return self._unit(self.cca.transform_y(self.features.text(list(texts))))
+
+    def saved(self) -> tuple[str, dict]:
+        """The file the `cca` job writes beside its report, and its arrays."""
+        return "cca.npz", self.cca.to_arrays()

@@ -21,17 +21,19 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.baselines.cca import CCAStats, fit_linear_cca
+from pipeline.baselines.autoencoder import AutoencoderEncoder
 from pipeline.baselines.features import CCAEncoder, Featurizer, describe, load_towers
 from pipeline.data.tokenizer import Tokenizer
 
 STATS_BATCH = 1024  # images per statistics row: each row carries d x d matrices, so batches are large
+AE_CACHE_BYTES = 1 << 30  # the autoencoder keeps its featurised training pairs in memory up to this size
 
 
 @dataclass
 class Fitted:
     name: str  # linear_cca | kernel_cca: the report's key
     description: str
-    encoder: CCAEncoder
+    encoder: CCAEncoder | AutoencoderEncoder
     pairs: int  # training (image, caption) pairs the statistics cover
     fit_s: float  # statistics pass + closed-form fit, seconds
 
@@ -77,6 +79,17 @@ class PairStats:
     def __call__(self, batch: dict) -> dict:
         x, y = self.features.pairs(batch["image"], [json.loads(c) for c in batch["captions"]])
         return CCAStats.of(x, y).to_row()
+
+
+class PairFeatures:
+    """Ray Data actor: eval rows -> the features of every (image, caption) pair, float32."""
+
+    def __init__(self, features: Featurizer):
+        self.features = features
+
+    def __call__(self, batch: dict) -> dict:
+        x, y = self.features.pairs(batch["image"], [json.loads(c) for c in batch["captions"]])
+        return {"x": x.astype(np.float32), "y": y.astype(np.float32)}
 
 
 class EmbedCCA:
@@ -140,10 +153,12 @@ def fit_kernel_maps(paths: list[str], features: Featurizer, image_size: int, sam
 
 
 def fit(c, data_cfg, model_cfg, passes: Passes, tokenizer: Tokenizer | None = None) -> Fitted:
-    """Featurise data.train as the cca section `c` asks, accumulate, fit in closed form. `tokenizer`: a trained
-    run's (else scanned)."""
+    """Featurise data.train as the cca section `c` asks, accumulate, fit in closed form (or train the
+    autoencoder). `tokenizer`: a trained run's (else scanned)."""
     from pipeline.data.ingest import expand_paths
 
+    if c.kind == "autoencoder":
+        return fit_autoencoder(c, data_cfg, model_cfg, passes, tokenizer)
     t0 = time.time()
     paths = expand_paths(data_cfg.train_spec, "data.train")
     features = build_featurizer(c, data_cfg, model_cfg, tokenizer, paths)
@@ -155,7 +170,53 @@ def fit(c, data_cfg, model_cfg, passes: Passes, tokenizer: Tokenizer | None = No
     return Fitted(f"{c.kind}_cca", describe(c), encoder, stats.n, time.time() - t0)
 
 
-def embed_gallery(encoder: CCAEncoder, paths: list[str], image_size: int, passes: Passes = Passes()):
+def fit_autoencoder(c, data_cfg, model_cfg, passes: Passes, tokenizer: Tokenizer | None = None) -> Fitted:
+    """Ngiam et al.'s bimodal autoencoder on the features the cca section `c` asks for: standardised by the
+    statistics pass, then `c.ae_epochs` passes of Adam steps over the training pairs (kept in memory after the
+    first pass where they take at most AE_CACHE_BYTES, else featurised again each pass)."""
+    import torch
+
+    from pipeline.baselines.autoencoder import BimodalAutoencoder, Standardiser, reconstruction_loss
+    from pipeline.data.ingest import expand_paths
+
+    t0 = time.time()
+    paths = expand_paths(data_cfg.train_spec, "data.train")
+    features = build_featurizer(c, data_cfg, model_cfg, tokenizer, paths)
+    stats = accumulate_stats(paths, features, data_cfg.image_size, passes)
+    var = lambda cov: np.diag(cov) / (stats.n - 1)  # noqa: E731
+    std_x, std_y = Standardiser(stats.mean_x, var(stats.cxx)), Standardiser(stats.mean_y, var(stats.cyy))
+    torch.manual_seed(c.seed)
+    model = BimodalAutoencoder(len(stats.mean_x), len(stats.mean_y), c.ae_hidden, c.k)
+    opt = torch.optim.Adam(model.parameters(), lr=c.ae_lr)
+    g = torch.Generator().manual_seed(c.seed)
+    cache, cached_bytes, losses = [], 0, []
+    for epoch in range(c.ae_epochs):
+        if epoch > 0 and cache:
+            blocks = [cache[i] for i in torch.randperm(len(cache), generator=g)]
+        else:
+            blocks = mapped_batches(paths, data_cfg.image_size, PairFeatures, {"features": features}, STATS_BATCH,
+                                    passes, "train")
+        total, seen = 0.0, 0
+        for block in blocks:
+            if epoch == 0 and cached_bytes <= AE_CACHE_BYTES:
+                cache.append(block)
+                cached_bytes += block["x"].nbytes + block["y"].nbytes
+            x, y = std_x(block["x"]), std_y(block["y"])  # (m, dx), (m, dy)
+            for idx in torch.randperm(len(x), generator=g).split(c.ae_batch):
+                loss = reconstruction_loss(model, x[idx], y[idx], c.ae_noise, g)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
+        if cached_bytes > AE_CACHE_BYTES:
+            cache = []  # too large to keep: every pass featurises the shards again
+        losses.append(total / max(seen, 1))
+    print(f"[cca] autoencoder: reconstruction loss {losses[0]:.3f} -> {losses[-1]:.3f} over {c.ae_epochs} passes")
+    encoder = AutoencoderEncoder(features, model, std_x, std_y, data_cfg.image_size)
+    return Fitted("autoencoder", describe(c), encoder, stats.n, time.time() - t0)
+
+
+def embed_gallery(encoder: CCAEncoder | AutoencoderEncoder, paths: list[str], image_size: int, passes: Passes = Passes()):
     """data.val through the fitted baseline -> the evaluation's Gallery."""
     from pipeline.gallery import GalleryBuilder
 
@@ -200,8 +261,8 @@ def run_baseline(cfg, tokenizer: Tokenizer | None = None) -> dict:
 
 
 def run(cfg, out: str | None = None) -> tuple[dict, str]:
-    """`pipeline cca`: fit, score and write the report (and the projection, cca.npz) into `out`, by default
-    <run dir>/baselines/<kind>_cca. -> (report, out)"""
+    """`pipeline cca`: fit, score and write the report (and the fitted maps, cca.npz or autoencoder.npz) into
+    `out`, by default <run dir>/baselines/<linear_cca | kernel_cca | autoencoder>. -> (report, out)"""
 
     from pipeline import report
     from pipeline.config import to_dict
@@ -213,9 +274,10 @@ def run(cfg, out: str | None = None) -> tuple[dict, str]:
     fitted = fit(cfg.cca, cfg.data, cfg.model, passes)
     metrics, index_meta = score(fitted, cfg.data, cfg.eval, cfg.index, passes)
     out = out or storage.join(cfg.run.run_dir(), "baselines", fitted.name)
+    saved, arrays = fitted.encoder.saved()
     by_split = skip_log.read()
     skipped = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in by_split.items()}
     rep = report.publish(out, metrics, index_meta, fitted.description, to_dict(cfg), [], {"skipped": skipped},
                          expand_paths(cfg.data.val, "data.val"), cfg.eval.in_driver_images, subdir="report",
-                         extra=lambda local: np.savez(local / "cca.npz", **fitted.encoder.cca.to_arrays()))
+                         extra=lambda local: np.savez(local / saved, **arrays))
     return rep, out

@@ -342,6 +342,15 @@ class EmbeddingsConfig:
     alpha: float = _f(0.75, "`pipeline embeddings`: context-distribution smoothing of PPMI (Levy et al.); 1: none")
     shift: float = _f(1.0, "`pipeline embeddings`: PPMI keeps PMI - log(shift) > 0 (SGNS's k negatives); 1: no shift")
     power: float = _f(0.5, "`pipeline embeddings`: vectors are U_d S_d^power of the PPMI matrix's truncated SVD")
+    method: str = _f("ppmi", "`pipeline embeddings`: ppmi (PPMI + truncated SVD) | glove (weighted least squares on "
+                             "log counts; vectors w + w~) | sgns (skip-gram, negative sampling); glove and sgns "
+                             "train on scaling.num_workers Ray Train workers")
+    epochs: int = _f(300, "glove/sgns: passes over the co-occurring word pairs")
+    lr: float = _f(0.05, "glove/sgns: AdaGrad learning rate")
+    batch: int = _f(128, "glove/sgns: word pairs per step on each worker")
+    x_max: float = _f(100.0, "glove: counts at or above this get the full weight f = 1")
+    glove_power: float = _f(0.75, "glove: f(x) = (x / x_max)^glove_power below x_max")
+    negatives: int = _f(5, "sgns: negative contexts per word pair, from the unigram distribution^0.75")
 
     def __post_init__(self) -> None:
         _check(self.dim >= 1 and self.window >= 1, "embeddings.dim and embeddings.window must be at least 1")
@@ -349,14 +358,21 @@ class EmbeddingsConfig:
                f"embeddings.weighting={self.weighting!r}; use harmonic or uniform")
         _check(0 < self.alpha <= 1 and self.shift >= 1, "embeddings.alpha must lie in (0, 1], embeddings.shift >= 1")
         _check(0 <= self.power <= 1, "embeddings.power must lie in [0, 1]")
+        _check(self.method in ("ppmi", "glove", "sgns"), f"embeddings.method={self.method!r}; use ppmi, glove or sgns")
+        _check(min(self.epochs, self.batch, self.negatives) >= 1 and self.lr > 0 and self.x_max > 0,
+               "embeddings.epochs, embeddings.batch and embeddings.negatives must be >= 1, embeddings.lr and "
+               "embeddings.x_max > 0")
 
 
 @dataclass(frozen=True)
 class CCAConfig:
     enabled: bool = _f(False, "`pipeline run`: also fit this CCA baseline on data.train and report its rsum beside "
                               "the trained model's (report `baselines`)")
-    kind: str = _f("linear", "linear | kernel (linear CCA on cca.kernel_map features of each view)")
-    k: int = _f(64, "canonical directions kept for retrieval (at most the smaller feature dimension)")
+    kind: str = _f("linear", "linear | kernel (linear CCA on cca.kernel_map features of each view) | autoencoder "
+                             "(Ngiam et al.'s bimodal autoencoder on the same features, trained with modality "
+                             "dropout; retrieval compares image-only and caption-only codes)")
+    k: int = _f(64, "canonical directions kept for retrieval (at most the smaller feature dimension); autoencoder: "
+                    "the shared code's size")
     r1: float = _f(1e-3, "ridge on the image covariance, as a fraction of its mean variance")
     r2: float = _f(1e-3, "ridge on the text covariance, as a fraction of its mean variance")
     power: float = _f(4.0, "retrieval weights canonical direction i by correlation_i^power (0: unweighted)")
@@ -373,9 +389,17 @@ class CCAConfig:
     bandwidth: float = _f(0.0, "kernel: Gaussian kernel width; 0: each view's median pairwise distance on the sample")
     sample: int = _f(2000, "kernel: training images sampled to set the bandwidth and pick the landmarks")
     seed: int = _f(0, "seed of the kernel maps, the sample and random-init towers")
+    ae_hidden: int = _f(512, "autoencoder: hidden units of each view's layer, before and after the shared code")
+    ae_epochs: int = _f(20, "autoencoder: passes over the training pairs")
+    ae_lr: float = _f(1e-3, "autoencoder: Adam learning rate")
+    ae_noise: float = _f(0.2, "autoencoder: std of the Gaussian noise added to the standardised inputs (denoising)")
+    ae_batch: int = _f(256, "autoencoder: (image, caption) pairs per step")
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("linear", "kernel"), f"cca.kind={self.kind!r}; use linear or kernel")
+        _check(self.kind in ("linear", "kernel", "autoencoder"),
+               f"cca.kind={self.kind!r}; use linear, kernel or autoencoder")
+        _check(min(self.ae_hidden, self.ae_epochs, self.ae_batch) >= 1 and self.ae_lr > 0 and self.ae_noise >= 0,
+               "cca.ae_hidden, cca.ae_epochs and cca.ae_batch must be >= 1, cca.ae_lr > 0, cca.ae_noise >= 0")
         _check(self.image_features in ("pixels", "tower"), f"cca.image_features={self.image_features!r}; "
                                                             "use pixels or tower")
         _check(self.text_features in ("bow", "word_vectors", "tower"),

@@ -40,6 +40,15 @@ def test_cca_command_writes_the_run_report(ray_cluster, smoke_data, tmp_path, ca
     rep = json.loads((kernel / "report" / "report.json").read_text())
     assert rep["checkpoint"].startswith("kernel CCA (nystrom, 256)") and rep["rsum"] > 2 * CHANCE_RSUM
 
+    # `baseline` is the command's general name; the bimodal autoencoder writes the same report, and its weights
+    assert main(["baseline", *smoke_args(smoke_data, tmp_path, "cca", "--set", "cca.ae_epochs=80"),
+                 "--kind", "autoencoder"]) == 0
+    assert "reconstruction loss" in capsys.readouterr().out
+    ae = tmp_path / "cca" / "baselines" / "autoencoder"
+    rep = json.loads((ae / "report" / "report.json").read_text())
+    assert rep["checkpoint"].startswith("bimodal autoencoder (512 hidden, code 64)") and rep["rsum"] > 2 * CHANCE_RSUM
+    assert "to_code.weight" in np.load(ae / "autoencoder.npz").files
+
 
 def _in_memory_rows(paths, image_size):
     """The eval rows of every shard, read and prepared in this process, without Ray."""
@@ -105,6 +114,21 @@ def test_embeddings_command_writes_loadable_vectors(ray_cluster, smoke_data, tmp
     ids = [[tokenizer.index.get(w, 1) for w in split_words(c)] for c in caps]
     assert n_caps == len(caps) and tokens == sum(len(t) for t in ids)
     np.testing.assert_allclose(counts.dense(), count_cooccurrences(ids, len(tokenizer), 4).dense())
+
+    # GloVe trained on the 2 Ray Train workers from the same counts: the same file format, the same structure
+    # once the component every GloVe vector shares on so small a vocabulary (all log counts are positive) is
+    # taken out
+    glove = tmp_path / "glove.txt"
+    assert main(["embeddings", *smoke_args(smoke_data, tmp_path, "emb"), "--out", str(glove), "--dim", "16",
+                 "--method", "glove"]) == 0
+    out = capsys.readouterr().out
+    assert "by glove" in out and "[embeddings] glove: loss" in out, out
+    vectors, _, coverage = load_word_vectors(str(glove), tokenizer.vocab, dim=16)
+    vectors = vectors[2:] - vectors[2:].mean(0)
+    v = {w: vectors[i].numpy() for i, w in enumerate(tokenizer.vocab[2:])}
+    assert coverage["fraction"] == 1.0
+    assert cosine(v["red"], v["blue"]) > cosine(v["red"], v["circle"])
+    assert cosine(v["circle"], v["square"]) > cosine(v["circle"], v["blue"])
 
 
 def _in_memory_captions(paths):
