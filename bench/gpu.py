@@ -9,8 +9,8 @@ ingest rate. Run through bench/gpu.sh on a GPU machine; the CPU mode only checks
     cosine schedule, gradient clipping) against a plain PyTorch loop over the same architecture, same batch
     held on the device, same autocast / memory format / compile, same clipping: the ratio's target is >= 0.95.
     The plain loop is timed before and after the project's step and averaged, so neither gains from order.
-(2) samples/s that the Ray Data training pipeline (`ingest.train_dataset` over synthetic JPEG shards, decode +
-    crop + tokenise on this machine's CPUs) delivers onto the device through `train.iterate_epoch` (pinned
+(2) samples/s that the Ray Data training pipeline (what training feeds a worker, `epoch_data.worker_batches`,
+    over synthetic JPEG shards: decode + crop + tokenise on this machine's CPUs) delivers onto the device (pinned
     host memory, non-blocking copies): with (1), how many decode cores one GPU needs (docs/scaling.md).
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ from pipeline.losses import build_loss  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.models.text import TEXT_ARCHS  # noqa: E402
 from pipeline.objective import ContrastiveObjective  # noqa: E402
-from pipeline.train import iterate_epoch, make_optimizer, make_scheduler, speed_up, train_step  # noqa: E402
+from pipeline.epoch_data import worker_batches  # noqa: E402
+from pipeline.train import make_optimizer, make_scheduler, speed_up, train_step  # noqa: E402
 
 VOCAB = 10_000
 
@@ -139,13 +140,11 @@ def ingest_rate(cfg: TrainJobConfig, device: torch.device, n_images: int, epochs
                                          shard_size=256, side=max(320, cfg.data.image_size + 32))]
     cluster.connect()
     tok = ingest.scan_training_data(paths, cfg.data).tokenizer
-    ds = ingest.train_dataset(paths, tok, cfg.data, seed=0)
-    ds.context.enable_progress_bars = False
-    for _ in iterate_epoch(ds.limit(2 * cfg.train.batch_size).iterator(), cfg, device, 0, 0):
-        pass  # warm the decode workers up
+    for _ in zip(range(2), worker_batches(paths, cfg, tok, 0, 1, 0, device)):
+        pass  # the decode tasks started
     n, t0 = 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
-        for batch in iterate_epoch(ds.iterator(), cfg, device, epoch, 0):
+        for batch in worker_batches(paths, cfg, tok, 0, 1, epoch, device):
             n += batch["image"].shape[0]
     sync(device)
     rate = n / (time.perf_counter() - t0)

@@ -7,15 +7,18 @@ training fed from memory, all measured in one run on the same shards.
 (a)  a plain single-process loop: tarfile -> PIL open -> RGB -> resize to S x S, samples/s;
 (a2) the pipeline's own transform (`prepare_train_batch`: JPEG draft decode, random resized crop,
      brightness, tokenising) in a single-process loop;
-(b)  the Ray Data pipeline alone (`ingest.train_dataset`, one epoch iterated by the driver), samples/s
-     divided by the cores Ray Data has on this machine: per core, the target is >= 0.9 x (a);
-(c)  training steps/s with batches from the pipeline (through `train.iterate_epoch`) over training steps/s
+(b)  the Ray Data pipeline alone: what training feeds a worker (`epoch_data.worker_batches`: its share of the
+     shards, read and prepared by its own Ray Data pipeline, cut into batches by the batcher), here one worker
+     taking the whole epoch in the driver, samples/s divided by the machine's cores: per core, the target is
+     >= 0.9 x (a);
+(c)  training steps/s with batches from the pipeline (`epoch_data.worker_batches` on each worker) over steps/s
      on in-memory tensors of the same shape, same workers, same run, on the demo recipe and 8000 demo-sized
      (64 px) JPEGs: the target is >= 0.9.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import sys
@@ -68,15 +71,18 @@ def transform_loop(paths: list[str], size: int, tokenizer) -> float:
 
 
 def ray_data_pipeline(paths: list[str], cfg, tokenizer) -> float:
-    """(b): samples/s of one epoch of the Ray Data training pipeline, iterated by the driver."""
-    from pipeline.data import ingest
+    """(b): samples/s of one epoch of the training's Ray Data pipeline, one worker's share being all of it (the
+    data CPUs then go to that one pipeline), iterated by the driver."""
+    import torch
 
-    ds = ingest.train_dataset(paths, tokenizer, cfg.data, seed=0)
-    ds.context.enable_progress_bars = False
-    for _ in ds.limit(256).iter_batches(batch_size=128):  # warm the workers up
+    from pipeline.epoch_data import worker_batches
+
+    cfg = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, num_workers=1))
+    warm = worker_batches(paths, cfg, tokenizer, 0, 1, 1, torch.device("cpu"))
+    for _ in zip(range(2), warm):  # the decode tasks started; the timed epoch is the next one
         pass
     n, t0 = 0, time.perf_counter()
-    for b in ds.iter_batches(batch_size=128, batch_format="numpy", prefetch_batches=4):
+    for b in worker_batches(paths, cfg, tokenizer, 0, 1, 2, torch.device("cpu")):
         n += len(b["key"])
     return n / (time.perf_counter() - t0)
 
@@ -86,8 +92,6 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
     import ray.train
     import torch
     from ray.train.torch import TorchTrainer
-
-    from pipeline.data import ingest
 
     out = Path(tempfile.mkdtemp())
 
@@ -100,7 +104,8 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
         from pipeline.losses import build_loss
         from pipeline.models import build_model
         from pipeline.objective import ContrastiveObjective, backward_step
-        from pipeline.train import iterate_epoch, make_optimizer
+        from pipeline.epoch_data import worker_batches
+        from pipeline.train import make_optimizer
 
         cfg, ctx = build(TrainJobConfig, c["config"]), WorkerContext.from_ray()
         tok = Tokenizer.from_dict(c["tokenizer"])
@@ -114,7 +119,7 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
             backward_step(objective, batch["image"], batch["tokens"], ctx.rank, 0)
             opt.step()
 
-        it = iterate_epoch(ctx.dataset_shard("train"), cfg, ctx.device, 1, ctx.rank)
+        it = worker_batches(c["paths"], cfg, tok, ctx.rank, ctx.world_size, 1, ctx.device)
         # In-memory: one real batch held and reused, so captions have their real lengths (the GRU packs
         # sequences: random full-length tokens would make every in-memory step slower than a real one).
         first = next(it)
@@ -136,14 +141,11 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
         (Path(c["out"]) / f"rank{ctx.rank}.json").write_text(json.dumps([t_mem, t_fed]))
         ray.train.report({})
 
-    ds = ingest.train_dataset(paths, tokenizer, cfg.data, seed=0)
-    ds.context.enable_progress_bars = False
     TorchTrainer(loop, train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer.to_dict(),
-                                          "steps": steps, "out": str(out)},
+                                          "steps": steps, "out": str(out), "paths": paths},
                  scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers,
                                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-                 run_config=ray.train.RunConfig(storage_path=str(out / "ray")),
-                 datasets={"train": ds}, dataset_config=ray.train.DataConfig(datasets_to_split=["train"])).fit()
+                 run_config=ray.train.RunConfig(storage_path=str(out / "ray"))).fit()
     import json
 
     t_mem, t_fed = np.array([json.loads((out / f"rank{r}.json").read_text())

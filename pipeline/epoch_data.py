@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.data.batcher import EpochBatcher
-from pipeline.data.epoch_plan import Cursor, Resampling, worker_share
+from pipeline.data.epoch_plan import Cursor, Resampling, choose_layout, worker_share
 from pipeline.data.skips import SkipTally
 from pipeline.distributed import all_reduce_sum
 
@@ -35,15 +35,12 @@ def to_device(batches, device: torch.device, channels_last: bool = False):
                "tokens": to(np.ascontiguousarray(batch["tokens"]))}
 
 
-def iterate_epoch(shard, cfg, device, epoch: int, rank: int):
-    """Batches from a Ray Data iterator (a whole dataset or a streaming-split shard, as the benchmarks use):
-    equal-sized local batches, the last partial one dropped, prefetched while the previous step runs."""
-    buffer = cfg.data.shuffle_buffer
-    yield from to_device(shard.iter_batches(
-        batch_size=cfg.local_batch_size(), drop_last=True, batch_format="numpy", prefetch_batches=4,
-        local_shuffle_buffer_size=buffer or None,
-        local_shuffle_seed=(cfg.train.seed * 1_000_003 + epoch * 1_009 + rank) % 2**31 if buffer else None),
-        device, cfg.train.channels_last)
+def worker_batches(paths: list[str], cfg, tokenizer, rank: int, world: int, epoch: int, device) -> Iterator[dict]:
+    """What training feeds worker `rank` of `world` in `epoch`, on `device`: its share of `paths`, read and
+    prepared by its own Ray Data pipeline, cut into local batches (the benchmarks measure exactly this)."""
+    layout = choose_layout(paths, None, world, cfg.data.readers_per_worker, cfg.train.seed)
+    yield from to_device(epoch_batches({"train_paths": paths, "layout": layout}, cfg, rank, world, tokenizer, epoch),
+                         device, cfg.train.channels_last)
 
 
 def data_cpus(cfg) -> float | None:

@@ -26,7 +26,7 @@ from pipeline.data.epoch_plan import describe_mix, mix_metrics, mix_targets
 from pipeline.data.skips import SkipLog, SkipTally
 from pipeline.data.subword import tokenizer_from_dict
 from pipeline.distributed import WorkerContext, all_reduce_mean, all_reduce_min, gather_objects
-from pipeline.epoch_data import KeyRecord, epoch_batches, iterate_epoch, skip_check, to_device  # noqa: F401 (iterate_epoch: benches)
+from pipeline.epoch_data import KeyRecord, epoch_batches, skip_check, to_device
 from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics
 from pipeline.models import build_model

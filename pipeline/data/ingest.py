@@ -185,34 +185,13 @@ def check_shards(paths: list[str], key: str) -> None:
 # ------------------------------------------------------------------------------------------ Ray Data
 
 
-def read_shards(paths: list[str], shuffle_seed: int | None = None, shuffle_block: int = 0, with_images: bool = True,
-                fuse: bool = False):
-    """The shards' rows as a Ray Data dataset (`shards.make_source`), every row once, local or s3://."""
+def read_shards(paths: list[str], with_images: bool = True):
+    """The shards' rows as a Ray Data dataset (`shards.make_source`), every row once, local or s3://. Ray Data
+    picks the read tasks: an evaluation pass wants its few shards split for the embedding actor pool (training
+    reads through `epoch_source`, one task per shard)."""
     import ray.data
 
-    # fuse: one read task per shard. Ray Data splits the blocks of fewer, larger read tasks, and a split read
-    # cannot be fused with the decode that follows (every raw block takes a trip through the object store);
-    # training wants the fusion, while evaluation wants its few shards split for the embedding actor pool.
-    source = make_source(paths, shuffle_seed=shuffle_seed, shuffle_block=shuffle_block, with_images=with_images)
-    return ray.data.read_datasource(source, override_num_blocks=len(paths) if fuse else None)
-
-
-
-
-def train_dataset(paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, skip_log=None):
-    """-> Dataset of {'key', 'image': (3,S,S) uint8, 'tokens': (L,) int64}: augmented, one caption per
-    image, file order and row windows reshuffled every epoch from `seed`."""
-    size, augment, scale_min = data_cfg.image_size, data_cfg.augment, data_cfg.crop_scale_min
-    view = transforms.image_view(data_cfg)
-
-    def prepare(batch):
-        out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min, view)
-        if skip_log is not None and skips:
-            skip_log.record("train", skips)
-        return out
-
-    ds = read_shards(paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block, fuse=True)
-    return ds.map_batches(prepare, batch_size=128, batch_format="numpy")
+    return ray.data.read_datasource(make_source(paths, with_images=with_images))
 
 
 PREPARE_ROWS = 128  # rows a training read task decodes at once, each batch closed by its tally row

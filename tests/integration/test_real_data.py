@@ -1,5 +1,5 @@
 """Real-data paths on the shared local Ray: S3 through a moto server, the skip threshold, Karpathy
-conversion into a `pipeline run`, Parquet shards, and epoch semantics across two workers."""
+conversion into a `pipeline run`, Parquet shards."""
 import json
 import os
 
@@ -86,45 +86,3 @@ def test_karpathy_conversion_trains_and_evaluates(ray_cluster, tmp_path, capsys,
     assert main(["run", *args]) == 0
     rep = json.loads((tmp_path / "runs" / "k" / "report" / "report.json").read_text())
     assert rep["n_images"] == 32 and rep["n_captions"] == 64  # every caption of every test image
-
-
-def test_each_sample_once_per_epoch_across_two_workers(ray_cluster, smoke_data, tmp_path):
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from pipeline.config import RunJobConfig, TrainJobConfig, load_config, narrow, to_dict
-    from pipeline.data import ingest
-
-    cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "smoke.yaml",
-                             {"data.train": str(smoke_data / "train" / "00000.tar"), "train.batch_size": 20}),
-                 TrainJobConfig)
-    scan = ingest.scan_training_data([cfg.data.train], cfg.data)
-    ds = ingest.train_dataset([cfg.data.train], scan.tokenizer, cfg.data, seed=7)
-
-    def loop(c):
-        from pipeline.config import TrainJobConfig, build
-        from pipeline.distributed import WorkerContext
-        from pipeline.train import iterate_epoch
-
-        cfg, ctx = build(TrainJobConfig, c["config"]), WorkerContext.from_ray()
-        for epoch in (1, 2):
-            keys = [k for b in iterate_epoch(ctx.dataset_shard("train"), cfg, ctx.device, epoch, ctx.rank)
-                    for k in b["key"].tolist()]
-            with open(f"{c['out']}/rank{ctx.rank}_epoch{epoch}.json", "w") as f:
-                json.dump(keys, f)
-            ray.train.report({"epoch": epoch})
-
-    TorchTrainer(loop, train_loop_config={"config": to_dict(cfg), "out": str(tmp_path)},
-                 scaling_config=ray.train.ScalingConfig(num_workers=2),
-                 run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
-                 datasets={"train": ds}, dataset_config=ray.train.DataConfig(datasets_to_split=["train"])).fit()
-    orders = []
-    for epoch in (1, 2):
-        per_rank = [json.loads((tmp_path / f"rank{r}_epoch{epoch}.json").read_text()) for r in (0, 1)]
-        seen = per_rank[0] + per_rank[1]
-        assert len(per_rank[0]) == len(per_rank[1])  # equal steps on both workers
-        assert len(seen) == len(set(seen)), "a sample was seen twice in one epoch"
-        # Only the remainder of equal 20-sample global batches is left out.
-        assert scan.usable - len(seen) == scan.usable % 20 == 16
-        orders.append(seen)
-    assert orders[0] != orders[1]  # reshuffled between epochs
