@@ -78,18 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, choices=["ppmi", "glove", "sgns"], help="embeddings.method "
                    "(default ppmi)")
     for name, helptext in (("index", "embed a gallery and build a FAISS index"),
-                           ("evaluate", "retrieval evaluation of a checkpoint; writes the report")):
+                           ("evaluate", "retrieval evaluation of a checkpoint; writes the report"),
+                           ("rerank", "train the fusion re-ranker (rerank.*) on a trained checkpoint's embeddings of "
+                                      "--data, its towers frozen; `evaluate --rerank` uses it")):
         p = command(name, help=helptext)
         if name == "evaluate":
             p.add_argument("--checkpoint", required=True, action="append",
                            help="checkpoint dir, or a run dir (its newest checkpoint); repeat it to compare several "
                                 "checkpoints on the same gallery (the report gains a comparison table)")
+            p.add_argument("--rerank", default=None, help="a `pipeline rerank` output folder: the report adds R@K "
+                           "with each query's top rerank.k re-scored by it (one --checkpoint: the one it was "
+                           "trained on)")
         else:
             p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (its newest checkpoint)")
-        p.add_argument("--data", required=True, help="eval shards: path, folder, glob or brace list")
+        p.add_argument("--data", required=True, help="training shards of the re-ranker" if name == "rerank" else
+                       "eval shards: path, folder, glob or brace list")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override eval.* / index.* / scaling.* keys (`pipeline keys evaluate`)")
+                       help="override eval.* / index.* / scaling.* / rerank.* keys (`pipeline keys evaluate`)")
         p.add_argument("--address", default=None, help="Ray cluster address")
     p = command("import-model", help="write a checkpoint from pretrained weights (OpenCLIP, or a timm image and a "
                 "Hugging Face text tower) that evaluate, index, search and model.init_from accept")
@@ -118,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true", help="sharded index: hold each shard in its own Ray actor "
                    "(for galleries too large for this machine) instead of loading all shards here")
     p.add_argument("--address", default=None, help="Ray cluster address (with --distributed)")
+    p.add_argument("--rerank", default=None, help="a `pipeline rerank` output folder trained on the index's "
+                   "checkpoint: the top --rerank-k hits are re-ordered by it")
+    p.add_argument("--rerank-k", type=int, default=20, help="hits re-scored with --rerank (default 20)")
     data = command("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     data_command = lambda name, **kw: data.add_parser(name, parents=[common], **kw)  # noqa: E731
     p = data_command("synth", help="write the synthetic compositional-scenes dataset (WebDataset shards)")
@@ -158,13 +167,16 @@ def _start_job(args, config: str | None = None, extra: tuple = (), check=None, *
     return cfg, cluster.connect(args.address, args.command)
 
 
-def _start_eval(args, checkpoints: list[str]) -> tuple[EvalJobConfig, list[str], list[str]]:
-    """`index` and `evaluate`: --set overrides, the S3 paths and --out checked, each checkpoint verified and
-    the --data shards found before any Ray work, then the cluster. -> (config, checkpoints, shard paths)"""
+def _start_eval(args, checkpoints: list[str], check=None) -> tuple[EvalJobConfig, list[str], list[str]]:
+    """`index`, `evaluate` and `rerank`: --set overrides, the S3 paths and --out checked, each checkpoint verified,
+    the --data shards found and the command's own `check(config, checkpoints)` before any Ray work, then the
+    cluster. -> (config, checkpoints, shard paths)"""
     cfg = load_config(EvalJobConfig, None, args.overrides)
     _preflight_eval(cfg, args.data, args.out, checkpoints)
     ckpts = [_require_checkpoint(c) for c in checkpoints]
     paths = _check_paths(args.data, "--data")
+    if check is not None:
+        check(cfg, ckpts)
     from pipeline import cluster
 
     cluster.connect(args.address, args.command)
@@ -256,14 +268,41 @@ def cmd_index(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    cfg, ckpts, _ = _start_eval(args, args.checkpoint)
+    loaded = []
+
+    def load_reranker(cfg, ckpts) -> None:  # refused before any Ray work when it belongs to another model
+        if not args.rerank:
+            return
+        if len(ckpts) > 1:
+            raise ConfigError("--rerank goes with one --checkpoint: the one the re-ranker was trained on")
+        from pipeline.rerank.job import load
+
+        try:
+            loaded.append(load(args.rerank, ckpts[0]))
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"--rerank {args.rerank}: {e}") from None
+
+    cfg, ckpts, _ = _start_eval(args, args.checkpoint, load_reranker)
     from pipeline import evaluate
     from pipeline.report import comparison_table, recall_table
 
-    rep = evaluate.run(ckpts, args.data, args.out, cfg.eval, cfg.scaling, cfg.index)
+    reranker = loaded[0] if loaded else None
+    rep = evaluate.run(ckpts, args.data, args.out, cfg.eval, cfg.scaling, cfg.index, reranker=reranker,
+                       rerank_k=cfg.rerank.k)
     table = comparison_table(rep["comparison"]) if rep.get("comparison") else recall_table(rep)
     print(table + f"\n\nreport: {storage.join(args.out, 'report.html')} (+ report.md, report.json); "
                   f"embeddings and index: {storage.join(args.out, 'index')}")
+
+
+def cmd_rerank(args) -> None:
+    cfg, (ckpt,), paths = _start_eval(args, [args.checkpoint])
+    from pipeline.rerank.job import train
+
+    meta = train(ckpt, paths, args.out, cfg)
+    print(f"re-ranker: {args.out} ({meta['description']}, trained on {meta['trained_on']['captions']} captions and "
+          f"{meta['trained_on']['images']} images with {meta['trained_on']['negatives']} hard negatives each, "
+          f"loss {meta['loss']}, {meta['seconds']:.0f} s)\nuse it with `pipeline evaluate --checkpoint {ckpt} "
+          f"--rerank {args.out} ...`")
 
 
 def cmd_search(args) -> None:
@@ -273,20 +312,31 @@ def cmd_search(args) -> None:
         raise ConfigError(f"--k {args.k}: ask for at least 1 result")
     image = _query_image(args.image) if args.image else None
     storage.configure(args.endpoint_url)
+    reranker = None
+    if args.rerank:
+        from pipeline.rerank.job import load
+
+        try:
+            ckpt = json.loads(storage.read_text(storage.join(args.index, "meta.json")))["checkpoint"]
+            reranker = load(args.rerank, ckpt)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"--rerank {args.rerank}: {e}") from None
+    more = {"reranker": reranker, "rerank_k": args.rerank_k}
     if args.distributed:
         from pipeline import cluster
 
         cluster.connect(args.address, args.command)
-        hits = search(args.index, text=args.text, image=image, k=args.k, distributed=True)
+        hits = search(args.index, text=args.text, image=image, k=args.k, distributed=True, **more)
     else:
         with storage.local_copy(args.index) as index_dir:  # an s3:// index is fetched first
-            hits = search(index_dir, text=args.text, image=image, k=args.k)
+            hits = search(index_dir, text=args.text, image=image, k=args.k, **more)
     if args.json:
         print(json.dumps(hits, indent=2))
         return
     for h in hits:
         what = h.get("key") or f"{h['caption']}  [{h['image']}]"
-        print(f"{h['rank']:>3}  {h['score']:.3f}  {what}")
+        head = f"  (re-ranked {h['rerank_score']:.3f})" if "rerank_score" in h else ""
+        print(f"{h['rank']:>3}  {h['score']:.3f}{head}  {what}")
 
 
 def _query_image(path: str):
@@ -431,7 +481,7 @@ def cmd_import_model(args) -> None:
 
 
 COMMANDS = {"run": cmd_run, "import-model": cmd_import_model, "train": cmd_train, "tune": cmd_tune, "cca": cmd_cca,
-            "baseline": cmd_cca, "embeddings": cmd_embeddings,
+            "baseline": cmd_cca, "embeddings": cmd_embeddings, "rerank": cmd_rerank,
             "index": cmd_index, "evaluate": cmd_evaluate,
             "search": cmd_search, "data": cmd_data, "keys": cmd_keys}
 

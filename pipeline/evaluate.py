@@ -136,6 +136,24 @@ def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index
     return metrics, meta, orphans
 
 
+def rerank_block(reranker, index_dir: str, k: int, ks) -> dict:
+    """R@K both ways before and after the head re-scores each query's top `k` (clamped to the gallery, with a
+    note), and its cost per query."""
+    from pipeline.index.embedding_passes import read_gallery
+    from pipeline.rerank.fusion import rerank_recalls
+
+    scorer, meta = reranker
+    gallery, _ = read_gallery(index_dir)
+    n = min(len(gallery.keys), len(gallery.text_emb))
+    if k > n:
+        print(f"[evaluate] rerank.k={k} is larger than the gallery ({len(gallery.keys)} images, "
+              f"{len(gallery.text_emb)} captions): re-scoring the top {n}")
+    block = rerank_recalls(scorer, gallery.image_emb, gallery.text_emb, gallery.text_to_image, min(k, n), tuple(ks))
+    for d in ("i2t", "t2i"):
+        print(f"[evaluate] re-ranked {d} R@1 {block[d]['before']['R@1']:.1f} -> {block[d]['after']['R@1']:.1f}")
+    return {**block, "description": meta["description"], "reranker": meta["two_tower"]["checkpoint"]}
+
+
 def comparison_row(label: str, ckpt: str, metrics: dict, meta: dict) -> dict:
     return {"label": label, "checkpoint": str(ckpt), "i2t": metrics["i2t"], "t2i": metrics["t2i"],
             "rsum": metrics["rsum"], "index": {k: meta.get(k) for k in ("type", "recall@10_vs_exact", "qps")},
@@ -143,10 +161,11 @@ def comparison_row(label: str, ckpt: str, metrics: dict, meta: dict) -> dict:
 
 
 def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, index_cfg,
-        train_history: list | None = None) -> dict:
+        train_history: list | None = None, reranker=None, rerank_k: int = 20) -> dict:
     """Score one checkpoint, or several side by side: each gallery embedded and indexed under
     `out`/index[/<label>], the first checkpoint's full report in `out`, with a comparison table of all.
-    -> report dict"""
+    `reranker`: (fusion head, its meta) from `rerank.job.load`: the report adds R@K with each query's top
+    `rerank_k` re-scored by it. -> report dict"""
 
     from pipeline import report
     from pipeline.checkpoint import find_latest, read_config, read_state
@@ -165,6 +184,8 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
         skip_log = SkipLog.start()
         metrics, meta, orphans = index_and_score(ckpt, paths, index_dir, eval_cfg, index_cfg, scaling, skip_log)
         rows.append(comparison_row(label, ckpt, metrics, meta))
+        if i == 0 and reranker is not None:
+            metrics["rerank"] = rerank_block(reranker, index_dir, rerank_k, eval_cfg.ks)
         if i == 0:
             skipped = skip_log.read().get("gallery", {})
             first = (ckpt, metrics, meta, {r: len(k) for r, k in skipped.items()}, orphans)

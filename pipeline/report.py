@@ -97,6 +97,17 @@ def publish(out: str, metrics: dict, index_meta: dict, checkpoint: str, config: 
     return rep
 
 
+def rerank_lines(block: dict) -> list[str]:
+    from pipeline.report_html import rerank_rows
+
+    ks = list(block["t2i"]["before"])
+    head = "| direction | " + " | ".join(ks) + " |"
+    return ["## Re-ranked (fusion head over each query's top " + str(block["k"]) + ")", "",
+            f"{block.get('description', '')} — {block['ms_per_query']:.3f} ms per query to re-rank", "",
+            head, "|" + "---|" * (len(ks) + 1),
+            *("| " + " | ".join(row) + " |" for row in rerank_rows(block)), ""]
+
+
 def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, config: dict,
                  history: list | None = None, data: dict | None = None, thumbs: dict | None = None) -> dict:
     """report.json, report.md, report.html and plots/ in `out`; `thumbs` maps sample keys to thumbnail data
@@ -112,7 +123,7 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
         "checkpoint": checkpoint, "config": config,
         "history": history or [], "data": data or {}, "examples": examples,
         **{k: metrics[k] for k in ("protocols", "approximate", "zero_shot", "curves", "image_examples", "comparison",
-                                           "baselines") if k in metrics},
+                                           "baselines", "rerank") if k in metrics},
     }
     untrained = next((h for h in report["history"] if h.get("epoch") == 0 and "val/rsum" in h), None)
     if untrained:
@@ -131,6 +142,8 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
         lines += [f"Untrained model (same architecture, epoch 0): rsum = {untrained['val/rsum']:.1f}", ""]
     if report.get("baselines"):
         lines += ["## Baselines (same validation set)", "", comparison_table(baseline_rows(report), "model"), ""]
+    if report.get("rerank"):
+        lines += rerank_lines(report["rerank"])
     idx = report["index"]
     lines += ["## Index", "", f"{idx['type']} index, recall@10 vs exact {idx['recall@10_vs_exact']}, "
               f"built in {idx['build_s']:.3f} s, {idx['qps']:.0f} queries/s", ""]

@@ -182,6 +182,13 @@ def _example_parts(report: dict, thumbs: dict[str, str]) -> list[str]:
     return parts
 
 
+def rerank_rows(block: dict) -> list[list[str]]:
+    """Rows of the re-ranking table: each direction's R@K before -> after."""
+    ks = list(block["t2i"]["before"])
+    return [[name, *(f"{block[d]['before'][k]:.1f} → {block[d]['after'][k]:.1f}" for k in ks)]
+            for d, name in (("i2t", "image → text"), ("t2i", "text → image"))]
+
+
 def write_html(out: Path, report: dict, plots: list[Path], thumbs: dict[str, str],
                baselines: list[dict] | None = None) -> Path:
     """report.html in `out` from the report dict, the PNG plots and key -> thumbnail data URIs."""
@@ -210,6 +217,11 @@ def write_html(out: Path, report: dict, plots: list[Path], thumbs: dict[str, str
         parts += [f"<h2>Through the {html.escape(approx['type'])} index (text → image)</h2>",
                   _table(["search", *rk], [["exact", *(f"{report['t2i'][k]:.1f}" for k in rk)],
                                            [approx["type"], *(f"{approx[k]:.1f}" for k in rk)]])]
+    rr = report.get("rerank")
+    if rr:
+        parts += [f"<h2>Re-ranked (fusion head over each query's top {rr['k']})</h2><p>"
+                  f"{html.escape(rr.get('description', ''))} — {rr['ms_per_query']:.3f} ms per query</p>",
+                  _table(["direction", *rr["t2i"]["before"]], [[html.escape(c) for c in row] for row in rerank_rows(rr)])]
     zs = report.get("zero_shot")
     if zs:
         parts += [f"<h2>Zero-shot classification ({zs['classes']} classes, prompt “{html.escape(zs['prompt'])}”)"

@@ -148,6 +148,11 @@ def run(e, data_cfg, out: str, seed: int = 0, scaling_cfg=None, run_cfg=None) ->
         vectors = word_vectors(counts, e.dim, e.alpha, e.shift, e.power, seed=seed)  # (V, dim)
     else:
         vectors = train_vectors(counts, e, seed, scaling_cfg, run_cfg)  # (V, dim)
+    if e.method == "glove":
+        # GloVe's vectors share one large component (every log count is positive, and the dot products carry
+        # their common level): on a small vocabulary it dwarfs the rest, every cosine near 1. It is removed, the
+        # first step of Mu and Viswanath's "all-but-the-top"; differences between words, all GloVe learnt, stay.
+        vectors[FIRST_WORD:] -= vectors[FIRST_WORD:].mean(0)
     words = tokenizer.vocab[FIRST_WORD:]
     storage.write_text(out, format_glove(words, vectors[FIRST_WORD:]))
     seen = np.zeros(len(tokenizer), dtype=bool)

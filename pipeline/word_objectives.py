@@ -5,7 +5,7 @@ GloVe (Pennington et al.), over the non-zero counts X_ij:
 
     J = sum_ij f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2,   f(x) = min(1, (x / x_max)^a)
 
-and the vectors written are w + w~. Skip-gram with negative sampling (Mikolov et al.), on the same counts: every
+and the vectors written are w + w~ (less their mean over the vocabulary). Skip-gram with negative sampling (Mikolov et al.), on the same counts: every
 co-occurring pair (i, j) is a positive weighted by X_ij, each with k negatives n drawn from the unigram
 distribution to the 3/4 (words' co-occurrence mass):
 

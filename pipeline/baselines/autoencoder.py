@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data.transforms import resize_image
+from pipeline.baselines.features import BaselineEncoder
 
 
 class BimodalAutoencoder(nn.Module):
@@ -67,9 +67,8 @@ class Standardiser:
         return (torch.tensor(np.asarray(v), dtype=torch.float32) - self.mean) / self.std  # a copy: Ray's arrays are read-only
 
 
-class AutoencoderEncoder:
-    """A fitted autoencoder with the encoder interface (as `features.CCAEncoder`): PIL images / strings in,
-    L2-normalised (N, code) float32 out: the code of each view given alone."""
+class AutoencoderEncoder(BaselineEncoder):
+    """A fitted autoencoder as an encoder: each view's code given alone, L2-normalised."""
 
     def __init__(self, features, model: BimodalAutoencoder, std_x: Standardiser, std_y: Standardiser,
                  image_size: int):
@@ -87,21 +86,11 @@ class AutoencoderEncoder:
         y = y if y is not None else torch.zeros(n, self.model.enc_y.in_features)
         return F.normalize(self.model.encode(x, y), dim=1)
 
-    def encode_pixels(self, pixels: np.ndarray) -> torch.Tensor:
-        """(N, 3, S, S) uint8 -> (N, code)."""
-        if len(pixels) == 0:
-            return torch.zeros(0, self.embed_dim)
-        return self._code(self.std_x(self.features.image(pixels)), None)
+    def map_image(self, x: np.ndarray) -> torch.Tensor:
+        return self._code(self.std_x(x), None)
 
-    def encode_image(self, images: list) -> torch.Tensor:
-        if not images:
-            return torch.zeros(0, self.embed_dim)
-        return self.encode_pixels(np.stack([resize_image(im.convert("RGB"), self.image_size) for im in images]))
-
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        if len(texts) == 0:
-            return torch.zeros(0, self.embed_dim)
-        return self._code(None, self.std_y(self.features.text(list(texts))))
+    def map_text(self, y: np.ndarray) -> torch.Tensor:
+        return self._code(None, self.std_y(y))
 
     def saved(self) -> tuple[str, dict]:
         """The file the `cca` job writes beside its report: the weights and the standardisation, as arrays."""

@@ -109,9 +109,40 @@ class Featurizer:
                                          c.seed + 1)
 
 
-class CCAEncoder:
-    """A fitted baseline with the encoder interface: PIL images / strings in, L2-normalised (N, k) float32
-    out. Canonical direction i is weighted by correlation_i ** power before normalising."""
+class BaselineEncoder:
+    """A fitted baseline with the encoder interface: PIL images / strings in, L2-normalised (N, embed_dim)
+    float32 out. Subclasses map each view's features (`features.image`, `features.text`) into the shared space."""
+
+    features: Featurizer
+    image_size: int
+    embed_dim: int
+
+    def map_image(self, x: np.ndarray) -> torch.Tensor:  # (N, dx) features -> (N, embed_dim) unit vectors
+        raise NotImplementedError
+
+    def map_text(self, y: np.ndarray) -> torch.Tensor:  # (N, dy) features -> (N, embed_dim) unit vectors
+        raise NotImplementedError
+
+    def encode_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """(N, 3, S, S) uint8 -> (N, embed_dim)."""
+        if len(pixels) == 0:
+            return torch.zeros(0, self.embed_dim)
+        return self.map_image(self.features.image(pixels))
+
+    def encode_image(self, images: list) -> torch.Tensor:
+        if not images:
+            return torch.zeros(0, self.embed_dim)
+        return self.encode_pixels(np.stack([resize_image(im.convert("RGB"), self.image_size) for im in images]))
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        if len(texts) == 0:
+            return torch.zeros(0, self.embed_dim)
+        return self.map_text(self.features.text(list(texts)))
+
+
+class CCAEncoder(BaselineEncoder):
+    """Linear (or kernel) CCA as an encoder: canonical direction i weighted by correlation_i ** power before
+    normalising."""
 
     def __init__(self, features: Featurizer, cca: LinearCCA, power: float, image_size: int):
         self.features, self.cca, self.image_size = features, cca, image_size
@@ -126,21 +157,11 @@ class CCAEncoder:
         z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
         return torch.from_numpy(z.astype(np.float32))
 
-    def encode_pixels(self, pixels: np.ndarray) -> torch.Tensor:
-        """(N, 3, S, S) uint8 -> (N, k)."""
-        if len(pixels) == 0:
-            return torch.zeros(0, self.embed_dim)
-        return self._unit(self.cca.transform_x(self.features.image(pixels)))
+    def map_image(self, x: np.ndarray) -> torch.Tensor:
+        return self._unit(self.cca.transform_x(x))
 
-    def encode_image(self, images: list) -> torch.Tensor:
-        if not images:
-            return torch.zeros(0, self.embed_dim)
-        return self.encode_pixels(np.stack([resize_image(im.convert("RGB"), self.image_size) for im in images]))
-
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        if len(texts) == 0:
-            return torch.zeros(0, self.embed_dim)
-        return self._unit(self.cca.transform_y(self.features.text(list(texts))))
+    def map_text(self, y: np.ndarray) -> torch.Tensor:
+        return self._unit(self.cca.transform_y(y))
 
     def saved(self) -> tuple[str, dict]:
         """The file the `cca` job writes beside its report, and its arrays."""

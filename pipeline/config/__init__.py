@@ -4,12 +4,12 @@ from pipeline.config.jobs import EvalJobConfig, RunJobConfig, TrainJobConfig
 from pipeline.config.loading import (ConfigError, apply_overrides, build, describe_keys, flat_config, flatten,
                                      load_config, narrow, parse_override, to_dict, valid_keys)
 from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, ImageTowerConfig,
-                                      IndexConfig, LossConfig, ModelConfig, RunConfig, ScalingConfig, StorageConfig,
-                                      SweepConfig, SynthConfig, TextTowerConfig, TrainConfig)
+                                      IndexConfig, LossConfig, ModelConfig, RerankConfig, RunConfig, ScalingConfig,
+                                      StorageConfig, SweepConfig, SynthConfig, TextTowerConfig, TrainConfig)
 
 __all__ = [
     "CCAConfig", "ConfigError", "DataConfig", "EmbeddingsConfig", "EvalConfig", "EvalJobConfig", "ImageTowerConfig",
-    "IndexConfig", "LossConfig", "ModelConfig",
+    "IndexConfig", "LossConfig", "ModelConfig", "RerankConfig",
     "RunConfig", "RunJobConfig", "ScalingConfig", "StorageConfig", "SweepConfig", "SynthConfig",
     "TextTowerConfig", "TrainConfig", "TrainJobConfig", "apply_overrides", "build", "describe_keys",
     "flat_config", "flatten", "load_config", "narrow", "parse_override", "to_dict", "valid_keys",

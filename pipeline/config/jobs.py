@@ -6,7 +6,8 @@ from typing import ClassVar
 
 from pipeline.config.loading import _check, _f
 from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
-                                      ModelConfig, RunConfig, ScalingConfig, StorageConfig, SweepConfig, TrainConfig)
+                                      ModelConfig, RerankConfig, RunConfig, ScalingConfig, StorageConfig, SweepConfig,
+                                      TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -83,4 +84,5 @@ class EvalJobConfig:
     index: IndexConfig = _f(IndexConfig(), "FAISS index over the gallery")
     scaling: ScalingConfig = _f(ScalingConfig(), "embedding actors (num_workers) and GPU use")
     storage: StorageConfig = _f(StorageConfig(), "S3 endpoint for s3:// data and output directories")
+    rerank: RerankConfig = _f(RerankConfig(), "the fusion re-ranker (`pipeline rerank`, `--rerank`)")
 

@@ -25,6 +25,7 @@ def is_text_arch(arch: str) -> bool:
     return arch in TEXT_ARCHS or (arch.startswith(HF) and len(arch) > len(HF))
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq", "auto")
+RERANK_FUSIONS = ("concat", "sum", "product", "bilinear", "low_rank", "compact_bilinear")
 
 # loss name -> the keyword parameters its constructor takes
 LOSS_PARAMS = {

@@ -7,8 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from pipeline.config.loading import ConfigError, _check, _f
-from pipeline.config.registry import (INDEX_TYPES, INTERPOLATIONS, LOSS_PARAMS, RESIZE_MODES, TOKENIZERS,
-                                      check_loss_params)
+from pipeline.config.registry import (INDEX_TYPES, INTERPOLATIONS, LOSS_PARAMS, RERANK_FUSIONS, RESIZE_MODES,
+                                      TOKENIZERS, check_loss_params)
 # The towers' sections live in model_sections; they stay importable from here.
 from pipeline.config.model_sections import (ImageTowerConfig, ModelConfig, TextTowerConfig,  # noqa: F401
                                             WordEmbeddingsConfig)
@@ -343,7 +343,7 @@ class EmbeddingsConfig:
     shift: float = _f(1.0, "`pipeline embeddings`: PPMI keeps PMI - log(shift) > 0 (SGNS's k negatives); 1: no shift")
     power: float = _f(0.5, "`pipeline embeddings`: vectors are U_d S_d^power of the PPMI matrix's truncated SVD")
     method: str = _f("ppmi", "`pipeline embeddings`: ppmi (PPMI + truncated SVD) | glove (weighted least squares on "
-                             "log counts; vectors w + w~) | sgns (skip-gram, negative sampling); glove and sgns "
+                             "log counts; vectors w + w~, centred) | sgns (skip-gram, negative sampling); glove and sgns "
                              "train on scaling.num_workers Ray Train workers")
     epochs: int = _f(300, "glove/sgns: passes over the co-occurring word pairs")
     lr: float = _f(0.05, "glove/sgns: AdaGrad learning rate")
@@ -362,6 +362,31 @@ class EmbeddingsConfig:
         _check(min(self.epochs, self.batch, self.negatives) >= 1 and self.lr > 0 and self.x_max > 0,
                "embeddings.epochs, embeddings.batch and embeddings.negatives must be >= 1, embeddings.lr and "
                "embeddings.x_max > 0")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    fusion: str = _f("low_rank", "`pipeline rerank`: how the head fuses an (image, caption) pair's embeddings: concat | "
+                                 "sum | product | bilinear (full) | low_rank (Hadamard product of projections) | "
+                                 "compact_bilinear (count sketches, product in the Fourier domain)")
+    k: int = _f(20, "candidates from the index that the head re-scores per query (clamped to the gallery)")
+    negatives: int = _f(15, "`pipeline rerank`: hard negatives per training query, from the towers' own top-K")
+    dim: int = _f(256, "sum/product/bilinear/low_rank: width of the fused vector")
+    hidden: int = _f(256, "hidden units of the head's MLP after the fusion")
+    rank: int = _f(64, "low_rank: rank of the bilinear form")
+    sketch_dim: int = _f(2048, "compact_bilinear: count-sketch size")
+    epochs: int = _f(10, "`pipeline rerank`: passes over the training captions (with as many image queries)")
+    lr: float = _f(1e-3, "`pipeline rerank`: Adam learning rate")
+    batch: int = _f(256, "`pipeline rerank`: queries of each direction per step on each worker")
+    seed: int = _f(0, "seed of the head's init, the count sketches and the query order")
+
+    def __post_init__(self) -> None:
+        _check(self.fusion in RERANK_FUSIONS, f"rerank.fusion={self.fusion!r}; choose one of {list(RERANK_FUSIONS)}")
+        _check(isinstance(self.sketch_dim, int) and self.sketch_dim >= 1,
+               f"rerank.sketch_dim={self.sketch_dim!r} must be a positive integer (compact_bilinear's sketch size)")
+        _check(self.rank >= 1, f"rerank.rank={self.rank}: a low_rank fusion needs rank >= 1")
+        _check(min(self.k, self.negatives, self.dim, self.hidden, self.epochs, self.batch) >= 1 and self.lr > 0,
+               "rerank.k, negatives, dim, hidden, epochs and batch must be >= 1 and rerank.lr > 0")
 
 
 @dataclass(frozen=True)

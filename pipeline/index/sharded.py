@@ -204,9 +204,12 @@ class RayShardedIndex:
 
 
 def search(index_dir: str | Path, text: str | None = None, image=None, k: int = 10,
-           encoder: Encoder | None = None, distributed: bool = False) -> list[dict]:
+           encoder: Encoder | None = None, distributed: bool = False, reranker=None, rerank_k: int = 20
+           ) -> list[dict]:
     """Text query -> top-k images; image query (a PIL image) -> top-k captions. -> [{rank, score, ...}].
-    distributed: search a sharded index through one Ray actor per shard instead of in this process."""
+    distributed: search a sharded index through one Ray actor per shard instead of in this process.
+    reranker: (fusion head, meta) from `rerank.job.load`: the top max(k, rerank_k) are re-ordered by it, each hit
+    with its `rerank_score`."""
     index_dir = str(index_dir)
     if not storage.exists(storage.join(index_dir, "meta.json")):
         raise FileNotFoundError(f"{index_dir} holds no index (meta.json missing); build one with `pipeline index`")
@@ -219,11 +222,22 @@ def search(index_dir: str | Path, text: str | None = None, image=None, k: int = 
     index = RayShardedIndex(index_dir, name, meta) if distributed and sharded else \
         load_gallery_index(index_dir, name, meta)
     q = (encoder.encode_text([text]) if text is not None else encoder.encode_image([image])).numpy()  # (1, D)
-    scores, idx = index.search(q, min(k, index.ntotal))
+    scores, idx = index.search(q, min(max(k, rerank_k) if reranker is not None else k, index.ntotal))
     found = [(float(s), int(i)) for s, i in zip(scores[0], idx[0]) if i >= 0]
-    columns = ["key"] if text is not None else ["key", "caption"]
-    rows = read_columns(storage.join(index_dir, IMAGES if text is not None else CAPTIONS), columns)
-    rows = rows.take([i for _, i in found]).to_pylist()  # ids are positions: rows are in id order
-    return [{"rank": r + 1, "score": s, **({"key": row["key"]} if text is not None else
-                                           {"caption": row["caption"], "image": row["key"]})}
-            for r, ((s, _), row) in enumerate(zip(found, rows))]
+    names = ["key"] if text is not None else ["key", "caption"]
+    table = read_columns(storage.join(index_dir, IMAGES if text is not None else CAPTIONS),
+                         names + (["vector"] if reranker is not None else []))
+    table = table.take([i for _, i in found])  # ids are positions: rows are in id order
+    hits = [{"score": s, **({"key": row["key"]} if text is not None else
+                            {"caption": row["caption"], "image": row["key"]})}
+            for (s, _), row in zip(found, table.select(names).to_pylist())]
+    if reranker is not None and hits:
+        import torch
+
+        from pipeline.index.embedding_passes import vectors_of
+
+        cand, query = torch.from_numpy(vectors_of(table)), torch.from_numpy(q).expand(len(hits), -1)  # (n, D)
+        with torch.no_grad():
+            head = reranker[0](query, cand) if text is None else reranker[0](cand, query)  # (n,) image first
+        hits = [{**hits[i], "rerank_score": float(head[i])} for i in head.argsort(descending=True, stable=True)]
+    return [{"rank": r + 1, **h} for r, h in enumerate(hits[:k])]

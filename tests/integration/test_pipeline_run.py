@@ -148,3 +148,46 @@ def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):
     for needle in ("format: webdataset", "corrupt_image x2", "empty_caption x2", "undecodable_caption x1",
                    "truncated_shard x1", "words per caption"):
         assert needle in out, needle
+
+
+def test_rerank_trains_on_the_runs_embeddings_and_rescores_the_top_k(e2e_run, smoke_data, tmp_path, capsys):
+    """`pipeline rerank` on the run's newest checkpoint (Ray Train workers, hard negatives mined from its own
+    ranking), then `evaluate --rerank`: R@K before (the evaluation's own) and after, the cost, in every report
+    format; rerank.k clamped to the gallery; the re-ranker refused with another checkpoint, naming both."""
+    run_dir, _ = e2e_run
+    rr, val = tmp_path / "rr", str(smoke_data / "val")
+    assert main(["rerank", "--checkpoint", str(run_dir), "--data", str(smoke_data / "train"), "--out", str(rr),
+                 "--set", "rerank.epochs=2", "--set", "rerank.negatives=7", "--set", "rerank.fusion=compact_bilinear",
+                 "--set", "rerank.sketch_dim=512"]) == 0
+    assert "use it with `pipeline evaluate" in capsys.readouterr().out
+    meta = json.loads((rr / "rerank.json").read_text())
+    epochs = sorted(str(p) for p in (run_dir / "checkpoints").glob("epoch_*"))
+    assert meta["two_tower"]["checkpoint"] == epochs[-1] and meta["trained_on"]["negatives"] == 7
+    assert (rr / "rerank.pt").stat().st_size > 0
+
+    out_dir = tmp_path / "rep"
+    assert main(["evaluate", "--checkpoint", str(run_dir), "--data", val, "--out", str(out_dir), "--rerank", str(rr),
+                 "--set", "rerank.k=100"]) == 0
+    assert "rerank.k=100 is larger than the gallery (64 images, 320 captions): re-scoring the top 64" in \
+        capsys.readouterr().out
+    rep = json.loads((out_dir / "report.json").read_text())
+    block = rep["rerank"]
+    assert block["k"] == 64 and block["ms_per_query"] > 0 and block["description"].startswith("compact_bilinear")
+    for d in ("i2t", "t2i"):  # before = the evaluation's own recall; after: re-ordered within all 64
+        assert block[d]["before"] == {k: round(v, 2) for k, v in rep[d].items() if k.startswith("R@")}
+        assert all(0 <= v <= 100 for v in block[d]["after"].values())
+    assert "## Re-ranked" in (out_dir / "report.md").read_text() and "Re-ranked" in (out_dir / "report.html").read_text()
+
+    # search re-orders the index's top hits with the same head, each hit with its head score
+    assert main(["search", "--index", str(out_dir / "index"), "--text", "a red circle", "--k", "3", "--json",
+                 "--rerank", str(rr), "--rerank-k", "10"]) == 0
+    out = capsys.readouterr().out
+    hits = json.loads(out[out.index("[\n"):])
+    assert [h["rank"] for h in hits] == [1, 2, 3] and all("rerank_score" in h for h in hits)
+    assert hits[0]["rerank_score"] >= hits[1]["rerank_score"] >= hits[2]["rerank_score"]
+
+    # the run's first checkpoint has other weights: refused before any Ray work, both checkpoints named
+    assert main(["evaluate", "--checkpoint", epochs[0], "--data", val, "--out", str(tmp_path / "x"),
+                 "--rerank", str(rr)]) == 2
+    err = capsys.readouterr().err
+    assert f"was trained on the two-tower checkpoint {epochs[-1]}, not on {epochs[0]}" in err

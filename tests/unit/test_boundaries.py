@@ -12,11 +12,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metrics", "pipeline.checkpoint",
         "pipeline.tune.spaces", "pipeline.tune.results", "pipeline.storage", "pipeline.data.transforms",
         "pipeline.data.karpathy", "pipeline.baselines.cca", "pipeline.baselines.features", "pipeline.ppmi",
-        "pipeline.index.faiss_indexes", "pipeline.optimisation",
+        "pipeline.index.faiss_indexes", "pipeline.optimisation", "pipeline.rerank.fusion", "pipeline.rerank.mining",
+        "pipeline.word_objectives", "pipeline.baselines.autoencoder",
         "pipeline.data.epoch_plan", "pipeline.data.batcher", "pipeline.data.local_passes", "pipeline.gallery"]
 # Modules at Ray's edge that import it only inside the functions that drive Ray Data: importable without it.
 EDGE = ["pipeline.baselines.fitting", "pipeline.word_embeddings", "pipeline.index.embedding_passes",
-        "pipeline.index.sharded", "pipeline.tune.driver"]
+        "pipeline.index.sharded", "pipeline.tune.driver", "pipeline.rerank.job"]
 
 
 def test_pure_modules_do_not_import_ray():
@@ -56,6 +57,12 @@ assert faiss_indexes.measure(faiss_indexes.build_index(vecs, faiss_indexes.Index
 counts = ppmi.count_cooccurrences([[0, 1, 2], [2, 3, 1]], 4, window=2)
 ppmi.word_vectors(counts, 2)
 checkpoint.find_latest(out)
+from pipeline.rerank.fusion import FusionScorer, rerank
+from pipeline.rerank.mining import hardest_images
+from pipeline.word_objectives import GloVe
+cand = hardest_images(g.text_emb, g.image_emb, g.text_to_image, 3)
+rerank(FusionScorer("compact_bilinear", 8, 8, sketch_dim=16), g.text_emb, g.image_emb, cand, query_is_image=False)
+GloVe(5, 4)(torch.tensor([2, 3]), torch.tensor([3, 4]), torch.tensor([2.0, 5.0])).backward()
 print("ray" in sys.modules)
 """
 
@@ -66,7 +73,7 @@ def test_pure_modules_stay_off_ray_when_their_functions_run():
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
-@pytest.mark.parametrize("argv", [[], ["run"], ["train"], ["tune"], ["cca"], ["baseline"], ["embeddings"], ["index"], ["evaluate"], ["search"], ["data"],
+@pytest.mark.parametrize("argv", [[], ["run"], ["train"], ["tune"], ["cca"], ["baseline"], ["embeddings"], ["rerank"], ["index"], ["evaluate"], ["search"], ["data"],
                                   ["data", "synth"], ["data", "convert-karpathy"], ["data", "inspect"], ["keys"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
