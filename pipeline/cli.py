@@ -1,4 +1,5 @@
-"""`pipeline <command>`: argument parsing and dispatch only. Config and paths are checked before any Ray work.
+"""`pipeline <command>`: argument parsing and dispatch. Config and paths are checked before any Ray work
+(`pipeline.preflight`).
 
     pipeline run [--config FILE] [--set KEY=VALUE ...]
     pipeline train --config FILE [--set ...]
@@ -15,7 +16,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,145 +23,21 @@ import time
 from pathlib import Path
 
 from pipeline import storage
-from pipeline.config import (ConfigError, EvalJobConfig, RunJobConfig, TrainJobConfig, describe_keys,
-                             load_config, narrow)
-
-JOB_CONFIGS = {"run": RunJobConfig, "train": TrainJobConfig, "evaluate": EvalJobConfig}
-
-
-def default_config() -> Path:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (base / "configs" / "demo.yaml").is_file():
-            return base / "configs" / "demo.yaml"
-    raise ConfigError("configs/demo.yaml not found; pass --config FILE")
-
-
-def _config_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--config", required=required, help="YAML recipe (see configs/)" +
-                   ("" if required else "; default configs/demo.yaml"))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted config key, e.g. --set train.epochs=3 (repeatable); "
-                        "`pipeline keys` lists them")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pipeline", description="Two-tower image-text retrieval on Ray: "
-                                 "Ray Data ingest, Ray Train contrastive training, FAISS retrieval, reports.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--verbose", action="store_true", help="show Ray's and FAISS's own output on the console "
-                        "too (by default it goes to the log file the summary names)")
-    command = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
-    p = command("run", help="data -> train -> index -> evaluate -> report, end to end")
-    _config_args(p, required=False)
-    p = command("train", help="train a two-tower model; prints the run directory and checkpoint")
-    _config_args(p, required=True)
-    p = command("tune", help="sweep tune.space with Ray Tune; prints the results table, the best config "
-                       "and checkpoint")
-    _config_args(p, required=True)
-    for name in ("baseline", "cca"):
-        p = command(name, help="fit a baseline on data.train, score data.val: linear or kernel CCA, or the bimodal "
-                               "autoencoder (cca.kind, or --kind; `cca` is the older name); writes the same "
-                               "report as a trained run")
-        _config_args(p, required=True)
-        p.add_argument("--kind", default=None, choices=["linear", "kernel", "autoencoder"], help="sets cca.kind")
-        p.add_argument("--out", default=None, help="output folder (default <run dir>/baselines/linear_cca, "
-                       "kernel_cca or autoencoder)")
-    p = command("embeddings", help="word vectors from the training captions' co-occurrences (PPMI + SVD, GloVe "
-                       "or skip-gram), written in GloVe text format for model.text.embeddings.path")
-    _config_args(p, required=True)
-    p.add_argument("--out", required=True, help="GloVe text file to write (local or s3://)")
-    p.add_argument("--dim", type=int, default=None, help="vector size (embeddings.dim, default 128)")
-    p.add_argument("--window", type=int, default=None, help="co-occurrence window in words (embeddings.window, "
-                   "default 4)")
-    p.add_argument("--method", default=None, choices=["ppmi", "glove", "sgns"], help="embeddings.method "
-                   "(default ppmi)")
-    for name, helptext in (("index", "embed a gallery and build a FAISS index"),
-                           ("evaluate", "retrieval evaluation of a checkpoint; writes the report"),
-                           ("rerank", "train the fusion re-ranker (rerank.*) on a trained checkpoint's embeddings of "
-                                      "--data, its towers frozen; `evaluate --rerank` uses it")):
-        p = command(name, help=helptext)
-        if name == "evaluate":
-            p.add_argument("--checkpoint", required=True, action="append",
-                           help="checkpoint dir, or a run dir (its newest checkpoint); repeat it to compare several "
-                                "checkpoints on the same gallery (the report gains a comparison table)")
-            p.add_argument("--rerank", default=None, help="a `pipeline rerank` output folder: the report adds R@K "
-                           "with each query's top rerank.k re-scored by it (one --checkpoint: the one it was "
-                           "trained on)")
-        else:
-            p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (its newest checkpoint)")
-        p.add_argument("--data", required=True, help="training shards of the re-ranker" if name == "rerank" else
-                       "eval shards: path, folder, glob or brace list")
-        p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override eval.* / index.* / scaling.* / rerank.* keys (`pipeline keys evaluate`)")
-        p.add_argument("--address", default=None, help="Ray cluster address")
-    p = command("import-model", help="write a checkpoint from pretrained weights (OpenCLIP, or a timm image and a "
-                "Hugging Face text tower) that evaluate, index, search and model.init_from accept")
-    p.add_argument("--from", dest="source", default="", help="open_clip:<model name or model-config .json>")
-    p.add_argument("--weights", default="", help="with --from: the model's local weights file (.safetensors, "
-                   ".bin, .pth); empty: random init")
-    p.add_argument("--tag", default="", help="with --from: the pretrained tag the weights are (its preprocessing), "
-                   "e.g. webli for SigLIP")
-    p.add_argument("--tokenizer", default="", help="with --from: local folder of a hub tokenizer (SigLIP models)")
-    p.add_argument("--image", default="", help="image tower: timm:<name> or resnet18/resnet50/vit_b_16/convnext_tiny")
-    p.add_argument("--image-weights", default="", help="the image tower's local weights file")
-    p.add_argument("--text", default="", help="text tower: hf:<local Hugging Face folder>")
-    p.add_argument("--pooling", default=None, choices=["mean", "cls"], help="hf: pooling (default: the folder's "
-                   "sentence-transformers pooling, else mean)")
-    p.add_argument("--embed-dim", type=int, default=256, help="joint space of a timm/hf pair (default 256); its "
-                   "projections start random, so the pair scores near chance until trained")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p = command("search", help="query a built index with a caption or an image")
-    p.add_argument("--index", required=True, help="index folder written by `pipeline index` or `pipeline run`")
-    q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--text", help="caption query: returns the nearest images")
-    q.add_argument("--image", help="image file query: returns the nearest captions")
-    p.add_argument("--k", type=int, default=10, help="results to return (default 10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint when the index is on s3://")
-    p.add_argument("--distributed", action="store_true", help="sharded index: hold each shard in its own Ray actor "
-                   "(for galleries too large for this machine) instead of loading all shards here")
-    p.add_argument("--address", default=None, help="Ray cluster address (with --distributed)")
-    p.add_argument("--rerank", default=None, help="a `pipeline rerank` output folder trained on the index's "
-                   "checkpoint: the top --rerank-k hits are re-ordered by it")
-    p.add_argument("--rerank-k", type=int, default=20, help="hits re-scored with --rerank (default 20)")
-    data = command("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    data_command = lambda name, **kw: data.add_parser(name, parents=[common], **kw)  # noqa: E731
-    p = data_command("synth", help="write the synthetic compositional-scenes dataset (WebDataset shards)")
-    p.add_argument("--out", required=True, help="output folder; train/ and val/ are created in it")
-    p.add_argument("--train", type=int, default=8000, help="training images (default 8000)")
-    p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p = data_command("convert-karpathy", help="convert a Karpathy split (Flickr8k/30k, COCO) into shards, "
-                        "one sample per image with all its captions")
-    p.add_argument("--json", required=True, help="Karpathy split file, e.g. dataset_flickr30k.json")
-    p.add_argument("--images", required=True, help="image folder (COCO: the folder holding train2014/, val2014/)")
-    p.add_argument("--out", required=True, help="output folder for the shards")
-    p.add_argument("--split", default="test", help="split(s) to convert, comma-separated: train, restval, val, "
-                   "test (default test)")
-    p.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"], help="shard format")
-    p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
-    p = data_command("inspect", help="count samples, show the schema, caption lengths, unreadable samples")
-    p.add_argument("path", help="shards: path, folder, glob or brace list (.tar or .parquet, local or s3://)")
-    p.add_argument("--show", type=int, default=20, help="unreadable samples listed by key (default 20)")
-    p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint for s3:// paths")
-    p.add_argument("--address", default=None, help="Ray cluster address")
-    p = command("keys", help="list every config key with its default and meaning")
-    p.add_argument("job", nargs="?", default="run", choices=sorted(JOB_CONFIGS))
-    return ap
+from pipeline.arguments import JOB_CONFIGS, build_parser, default_config
+from pipeline.config import (ConfigError, EvalJobConfig, RunJobConfig, TrainJobConfig, describe_keys, load_config,
+                             narrow)
+from pipeline.preflight import check_eval_job, check_job, check_paths, query_image, require_checkpoint
 
 
 def _start_job(args, config: str | None = None, extra: tuple = (), check=None, **preflight
-               ) -> tuple[RunJobConfig, str]:
+                ) -> tuple[RunJobConfig, str]:
     """Every training-side command's start: the recipe (`config`, default --config) with --set and `extra`
-    overrides, the command's own `check`, the checks before any Ray work (`_preflight`, given `preflight`),
+    overrides, the command's own `check`, the checks before any Ray work (`check_job`, given `preflight`),
     then the cluster (or the embedded local Ray). -> (config, where: 'local' or the cluster's address)"""
     cfg = load_config(RunJobConfig, config or args.config, [*args.overrides, *extra])
     if check is not None:
         check(cfg)
-    _preflight(cfg, **preflight)
+    check_job(cfg, **preflight)
     from pipeline import cluster  # after the checks: they must answer before torch and Ray are loaded
 
     return cfg, cluster.connect(args.address, args.command)
@@ -172,9 +48,9 @@ def _start_eval(args, checkpoints: list[str], check=None) -> tuple[EvalJobConfig
     the --data shards found and the command's own `check(config, checkpoints)` before any Ray work, then the
     cluster. -> (config, checkpoints, shard paths)"""
     cfg = load_config(EvalJobConfig, None, args.overrides)
-    _preflight_eval(cfg, args.data, args.out, checkpoints)
-    ckpts = [_require_checkpoint(c) for c in checkpoints]
-    paths = _check_paths(args.data, "--data")
+    check_eval_job(cfg, args.data, args.out, checkpoints)
+    ckpts = [require_checkpoint(c) for c in checkpoints]
+    paths = check_paths(args.data, "--data")
     if check is not None:
         check(cfg, ckpts)
     from pipeline import cluster
@@ -310,7 +186,7 @@ def cmd_search(args) -> None:
 
     if args.k < 1:
         raise ConfigError(f"--k {args.k}: ask for at least 1 result")
-    image = _query_image(args.image) if args.image else None
+    image = query_image(args.image) if args.image else None
     storage.configure(args.endpoint_url)
     reranker = None
     if args.rerank:
@@ -337,29 +213,6 @@ def cmd_search(args) -> None:
         what = h.get("key") or f"{h['caption']}  [{h['image']}]"
         head = f"  (re-ranked {h['rerank_score']:.3f})" if "rerank_score" in h else ""
         print(f"{h['rank']:>3}  {h['score']:.3f}{head}  {what}")
-
-
-def _query_image(path: str):
-    """The --image query decoded here, so a corrupt, truncated or oversized file is one line, not PIL's
-    traceback from inside the search."""
-    import warnings
-
-    from PIL import Image
-
-    if not Path(path).is_file():
-        raise ConfigError(f"--image {path} does not exist")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns below 2x its limit
-            with Image.open(path) as img:
-                img.load()
-                return img.convert("RGB")
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise ConfigError(f"--image {path}: the image claims more than {Image.MAX_IMAGE_PIXELS} pixels; "
-                          "resize it before searching") from None
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
-        raise ConfigError(f"--image {path} cannot be read as an image ({e}); give a JPEG, PNG or WebP "
-                          "file") from None
 
 
 def cmd_data(args) -> None:
@@ -394,72 +247,6 @@ def cmd_keys(args) -> None:
     width = max(len(k) for k, _, _ in rows)
     for key, help_text, default in rows:
         print(f"{key:<{width}}  {json.dumps(default):<14}  {help_text}")
-
-
-def _preflight(cfg, splits=("train", "val"), writes=None) -> None:
-    """What a training job checks before any Ray work, each failure one line: S3 reachable with the AWS chain's
-    credentials for every s3:// path, the run directory (and `writes`) writable, synthetic data written only
-    where the config points at the synthetic default, the shards there and non-empty."""
-    from pipeline.data.synthetic import ensure_data
-
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    specs = {f"data.{s}": getattr(cfg.data, s) for s in splits if s != "train" or not isinstance(cfg.data.train, list)}
-    if "train" in splits and isinstance(cfg.data.train, list):  # each source checked under its own name
-        specs = {f"data.train[{i}] ({s['name']})": s["path"] for i, s in enumerate(cfg.data.train)} | specs
-    for key, spec in specs.items():
-        for part in _remote_parts(spec):
-            storage.check_access(part, key)
-    for uri, key in [(cfg.run.storage_path, "run.storage_path"), *(writes or [])]:
-        storage.check_access(uri, key, write=True)
-    ensure_data(cfg.data)
-    _check_paths(*[x for key, spec in specs.items() for x in (spec, key)])
-    if hasattr(cfg, "model"):
-        from pipeline.models.weights import WeightsError
-        from pipeline.warm_start import check_model
-
-        try:
-            check_model(cfg)  # weights that do not fit, an image size a ViT cannot take: here, not in a worker
-        except (WeightsError, ValueError) as e:
-            raise ConfigError(str(e)) from None
-
-
-def _preflight_eval(cfg, data: str, out: str, checkpoints: list[str]) -> None:
-    """index / evaluate: the S3 paths reachable, the output folder writable, before any Ray work."""
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    for part in _remote_parts(data):
-        storage.check_access(part, "--data")
-    for c in checkpoints:
-        if storage.is_remote(c):
-            storage.check_access(c, "--checkpoint")
-    storage.check_access(out, "--out", write=True)
-
-
-def _remote_parts(spec: str) -> list[str]:
-    from pipeline.data.ingest import split_specs
-
-    return [p for p in split_specs(spec) if storage.is_remote(p)]
-
-
-def _check_paths(*pairs: str) -> list[str]:
-    """Each (spec, key) pair must match non-empty shards. -> the paths of the last pair."""
-    from pipeline.data.ingest import check_shards, expand_paths
-
-    out: list[str] = []
-    for spec, key in zip(pairs[::2], pairs[1::2]):
-        out = expand_paths(spec, key)
-        check_shards(out, key)
-    return out
-
-
-def _require_checkpoint(path: str) -> str:
-    from pipeline.checkpoint import check_loadable, find_latest
-
-    ckpt = find_latest(path)
-    if ckpt is None:
-        raise ConfigError(f"--checkpoint {path}: no checkpoint there (expected model.pt, tokenizer.json, "
-                          "config.json, state.json, or a run dir with checkpoints/epoch_*)")
-    check_loadable(ckpt)  # every file's hash, and the weights fit: here, not inside an embedding actor
-    return ckpt
 
 
 def cmd_import_model(args) -> None:
