@@ -110,10 +110,12 @@ def checkpoint_label(ckpt: str, taken: set) -> str:
     return label
 
 
-def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index_cfg, scaling, skip_log=None):
+def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index_cfg, scaling, skip_log=None,
+                    reranker=None, rerank_k: int = 20):
     """Embed the gallery into `index_dir` (two passes to Parquet: Ray Data's, or the driver's where it is
-    small), build and save its indexes, read the gallery back and score it. -> (metrics, index meta, captions
-    dropped with their skipped images)"""
+    small), build and save its indexes, read the gallery back and score it (and, given a `reranker`, re-score
+    each query's top `rerank_k` with it: metrics['rerank']). -> (metrics, index meta, captions dropped with
+    their skipped images)"""
     from pipeline.checkpoint import read_config
     from pipeline.console import phase
     from pipeline.encoder import load
@@ -133,17 +135,17 @@ def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index
         image_index = built["images"][0] or load_gallery_index(index_dir, "images", meta)
         metrics = evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples, spec,
                                    encode_text=load(ckpt).encode_text, image_index=image_index)
+        if reranker is not None:
+            metrics["rerank"] = rerank_block(reranker, gallery, rerank_k, eval_cfg.ks)
     return metrics, meta, orphans
 
 
-def rerank_block(reranker, index_dir: str, k: int, ks) -> dict:
+def rerank_block(reranker, gallery: Gallery, k: int, ks) -> dict:
     """R@K both ways before and after the head re-scores each query's top `k` (clamped to the gallery, with a
     note), and its cost per query."""
-    from pipeline.index.embedding_passes import read_gallery
     from pipeline.rerank.fusion import rerank_recalls
 
     scorer, meta = reranker
-    gallery, _ = read_gallery(index_dir)
     n = min(len(gallery.keys), len(gallery.text_emb))
     if k > n:
         print(f"[evaluate] rerank.k={k} is larger than the gallery ({len(gallery.keys)} images, "
@@ -182,10 +184,9 @@ def run(checkpoints: str | list[str], data: str, out: str, eval_cfg, scaling, in
         label = checkpoint_label(ckpt, taken)
         index_dir = storage.join(out, "index", *([label.replace("/", "_")] if len(checkpoints) > 1 else []))
         skip_log = SkipLog.start()
-        metrics, meta, orphans = index_and_score(ckpt, paths, index_dir, eval_cfg, index_cfg, scaling, skip_log)
+        metrics, meta, orphans = index_and_score(ckpt, paths, index_dir, eval_cfg, index_cfg, scaling, skip_log,
+                                                 reranker if i == 0 else None, rerank_k)
         rows.append(comparison_row(label, ckpt, metrics, meta))
-        if i == 0 and reranker is not None:
-            metrics["rerank"] = rerank_block(reranker, index_dir, rerank_k, eval_cfg.ks)
         if i == 0:
             skipped = skip_log.read().get("gallery", {})
             first = (ckpt, metrics, meta, {r: len(k) for r, k in skipped.items()}, orphans)
