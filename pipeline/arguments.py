@@ -61,15 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("index", "embed a gallery and build a FAISS index"),
                            ("evaluate", "retrieval evaluation of a checkpoint; writes the report"),
                            ("rerank", "train the fusion re-ranker (rerank.*) on a trained checkpoint's embeddings of "
-                                      "--data, its towers frozen; `evaluate --rerank` uses it")):
+                                      "--data, its towers frozen (to train it with the towers: rerank.enabled in "
+                                      "`run`/`train`); `evaluate --rerank` uses it")):
         p = command(name, help=helptext)
         if name == "evaluate":
             p.add_argument("--checkpoint", required=True, action="append",
                            help="checkpoint dir, or a run dir (its newest checkpoint); repeat it to compare several "
                                 "checkpoints on the same gallery (the report gains a comparison table)")
-            p.add_argument("--rerank", default=None, help="a `pipeline rerank` output folder: the report adds R@K "
-                           "with each query's top rerank.k re-scored by it (one --checkpoint: the one it was "
-                           "trained on)")
+            p.add_argument("--rerank", default=None, help="a `pipeline rerank` output folder, or a checkpoint or "
+                           "run dir trained with rerank.enabled: the report adds R@K with each query's top rerank.k "
+                           "re-scored by it (one --checkpoint: the one it was trained on)")
         else:
             p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (its newest checkpoint)")
         p.add_argument("--data", required=True, help="training shards of the re-ranker" if name == "rerank" else
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(for galleries too large for this machine) instead of loading all shards here")
     p.add_argument("--address", default=None, help="Ray cluster address (with --distributed)")
     p.add_argument("--rerank", default=None, help="a `pipeline rerank` output folder trained on the index's "
-                   "checkpoint: the top --rerank-k hits are re-ordered by it")
+                   "checkpoint, or that checkpoint (or its run dir) when its run had rerank.enabled: the top "
+                   "--rerank-k hits are re-ordered by it")
     p.add_argument("--rerank-k", type=int, default=20, help="hits re-scored with --rerank (default 20)")
     data = command("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     data_command = lambda name, **kw: data.add_parser(name, parents=[common], **kw)  # noqa: E731

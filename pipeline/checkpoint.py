@@ -29,6 +29,7 @@ from pipeline import storage
 from pipeline.data.tokenizer import Tokenizer
 
 REQUIRED = ("model.pt", "tokenizer.json", "config.json", "state.json")
+HEAD = "rerank.pt"  # the fusion re-ranker's weights, in a checkpoint of a run with rerank.enabled
 
 
 class CheckpointError(RuntimeError):
@@ -64,7 +65,7 @@ def _sha256(data_or_path: bytes | Path) -> str:
 
 
 def write_checkpoint(path: Path, *, model, loss, optimizer, scheduler, tokenizer: Tokenizer, config: dict,
-                     state: dict) -> None:
+                     state: dict, head=None) -> None:
     """Write the checkpoint at `path` atomically: the files go into a hidden sibling folder (fsynced, the
     manifest state.json last), then one rename puts the folder in place. A crash leaves only the hidden
     folder, which no reader looks at. `path` may be an empty folder (replaced) or an older checkpoint."""
@@ -73,6 +74,8 @@ def write_checkpoint(path: Path, *, model, loss, optimizer, scheduler, tokenizer
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     blobs = {"model.pt": model.state_dict(), "loss.pt": loss.state_dict()}
+    if head is not None:  # rerank.enabled: the fusion head trained with the towers (rerank.job.load reads it)
+        blobs[HEAD] = head.state_dict()
     if optimizer is not None:  # an imported model has no optimiser state; it cannot be resumed, only started from
         blobs["optimizer.pt"] = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     for name, obj in blobs.items():
@@ -186,9 +189,12 @@ def _torch_load(path: str | Path, name: str):
     return torch.load(io.BytesIO(_read_verified(path, name)), map_location="cpu", weights_only=True)
 
 
-def load_weights(path: str | Path, model, loss=None, optimizer=None, scheduler=None) -> None:
-    """Weights (and optionally loss, optimizer and scheduler state) from a local or s3:// checkpoint."""
+def load_weights(path: str | Path, model, loss=None, optimizer=None, scheduler=None, head=None) -> None:
+    """Weights (and optionally loss, optimizer, scheduler and re-ranker head state) from a local or s3://
+    checkpoint."""
     model.load_state_dict(_torch_load(path, "model.pt"))
+    if head is not None:
+        head.load_state_dict(_torch_load(path, HEAD))
     if loss is not None and storage.exists(storage.join(str(path), "loss.pt")):
         loss.load_state_dict(_torch_load(path, "loss.pt"))
     if optimizer is not None:
@@ -198,10 +204,16 @@ def load_weights(path: str | Path, model, loss=None, optimizer=None, scheduler=N
             scheduler.load_state_dict(opt["scheduler"])
 
 
+def load_head(path: str | Path) -> dict:
+    """The re-ranker head's state dict from a checkpoint of a run with rerank.enabled."""
+    return _torch_load(path, HEAD)
+
+
 # Keys that shape the model or what it is fed: a resume whose config differs in one of them would train the
 # next epochs of a different model on top of the old one's weights (or fail deep inside load_state_dict).
 SHAPING = ("model.", "loss.", "data.image_size", "data.max_tokens", "data.vocab_min_count", "data.vocab_max_size",
-           "data.tokenizer", "train.batch_size")
+           "data.tokenizer", "train.batch_size", "rerank.enabled", "rerank.fusion", "rerank.dim", "rerank.hidden",
+           "rerank.rank", "rerank.sketch_dim")
 
 
 def config_changes(saved: dict, new: dict) -> list[str]:

@@ -40,8 +40,13 @@ def run(cfg: RunJobConfig) -> RunSummary:
     val_paths = expand_paths(cfg.data.val, "data.val")
     index_dir, report_dir = storage.join(result.run_dir, "index"), storage.join(result.run_dir, "report")
     skip_log = SkipLog.start()
+    reranker = None
+    if cfg.rerank.enabled:  # the head trained beside the towers re-scores each query's top rerank.k
+        from pipeline.rerank.job import load
+
+        reranker = load(result.checkpoint, result.checkpoint)
     metrics, meta, orphans = evaluate.index_and_score(result.checkpoint, val_paths, index_dir, cfg.eval, cfg.index,
-                                                      cfg.scaling, skip_log)
+                                                      cfg.scaling, skip_log, reranker, cfg.rerank.k)
     from pipeline import report
     from pipeline.config import to_dict
 
@@ -76,6 +81,11 @@ def format_summary(s: RunSummary) -> str:
         lines += [f"untrained model rsum: {s.report['untrained_rsum']:.1f}", ""]
     for b in (s.report.get("baselines") or {}).values():
         lines += [f"baseline rsum: {b['rsum']:.1f} ({b['description']})", ""]
+    rr = s.report.get("rerank")
+    if rr:  # rerank.enabled: what the head trained with the towers makes of each query's top rerank.k
+        moved = ", ".join(f"{name} R@1 {rr[d]['before']['R@1']:.1f} -> {rr[d]['after']['R@1']:.1f}"
+                          for d, name in (("i2t", "image → text"), ("t2i", "text → image")) if d in rr)
+        lines += [f"re-ranked top {rr['k']} ({rr['description']}): {moved}; {rr['ms_per_query']:.3f} ms per query", ""]
     lines += [f"run directory : {s.run_dir}", f"checkpoint    : {s.checkpoint}", f"index         : {s.index_dir}",
               f"report        : {storage.join(s.report_dir, 'report.html')}  (+ report.md, report.json, plots/)",
               "", *skip_table(skipped), "=" * 72]

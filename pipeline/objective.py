@@ -19,9 +19,13 @@ from pipeline.distributed import all_gather_with_grad, average_gradients
 class ContrastiveObjective(nn.Module):
     """Model + loss in one module, so DDP averages the loss's own parameters (logit scale, bias) too."""
 
-    def __init__(self, model: nn.Module, loss: nn.Module, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model: nn.Module, loss: nn.Module, autocast_dtype: torch.dtype | None = None,
+                 head: nn.Module | None = None, head_weight: float = 1.0, head_negatives: int = 15):
         super().__init__()
         self.model, self.loss = model, loss
+        # rerank.enabled: the fusion re-ranker (rerank.fusion.FusionScorer) learns beside the towers, its in-batch
+        # listwise loss added with `head_weight`; its gradients reach the towers too (they are not frozen).
+        self.head, self.head_weight, self.head_negatives = head, head_weight, head_negatives
         self.normalized = getattr(loss, "normalized_inputs", True)  # deep CCA wants raw projections
         self.autocast_dtype = autocast_dtype  # e.g. torch.bfloat16: the towers run in it, the rest in fp32
         self.nonfinite: torch.Tensor | None = None  # (2,) bool: image, text embeddings non-finite since last read
@@ -57,7 +61,13 @@ class ContrastiveObjective(nn.Module):
         else:
             with self.clock("all_gather", self.timed):
                 img_all, txt_all = all_gather_with_grad(img), all_gather_with_grad(txt)
-        return self.loss(img, txt, image_all=img_all, text_all=txt_all, offset=rank * img.shape[0])
+        loss = self.loss(img, txt, image_all=img_all, text_all=txt_all, offset=rank * img.shape[0])
+        if self.head is None:
+            return loss
+        from pipeline.rerank.fusion import in_batch_loss
+
+        return loss + self.head_weight * in_batch_loss(self.head, img, txt, img_all, txt_all, rank * img.shape[0],
+                                                       self.head_negatives)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, rank: int) -> torch.Tensor:
         return self.score(*self.embed(images, tokens), rank)

@@ -113,7 +113,9 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if coverage and ctx.is_main:
         say(f"[train] word vectors {coverage['path']}: {coverage['found']} of {coverage['vocab_words']} "
             f"vocabulary words found ({100 * coverage['fraction']:.1f}%)")
-    objective = speed_up(ContrastiveObjective(model, loss), cfg.train, ctx.device)
+    head = build_head(cfg.rerank, model.embed_dim) if cfg.rerank.enabled else None
+    objective = speed_up(ContrastiveObjective(model, loss, head=head, head_weight=cfg.rerank.weight,
+                                              head_negatives=cfg.rerank.negatives), cfg.train, ctx.device)
     steps_per_epoch = max(1, loop_cfg["n_train"] // cfg.train.batch_size)
     opt = make_optimizer(objective, cfg.train, cfg.model)
     sched = make_scheduler(opt, cfg.train.warmup_steps, steps_per_epoch * cfg.train.epochs)
@@ -121,11 +123,13 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
              "history": [], "steps": []}
     resume = resume_point(loop_cfg, ctx)
     if resume:
-        checkpoint.load_weights(resume, model, loss, opt, sched)
+        checkpoint.load_weights(resume, model, loss, opt, sched, head)
         state = {"steps": [], **checkpoint.read_state(resume)}
     in_epoch = state.pop("in_epoch", None)  # a mid-epoch checkpoint: where each worker stood in that epoch
     if in_epoch and loop_cfg.get("drop_cursors"):  # other shards now (data.allow_changed_data): a new order
         in_epoch["workers"] = [{"tally": w["tally"]} for w in in_epoch["workers"]]
+    if head is not None:
+        state["head_dim"] = model.embed_dim  # what rerank.job.load builds the head with
     state["data_shards"] = loop_cfg["shard_names"]  # what a mid-epoch resume checks the data against
     state["layout"], state["resampling"] = loop_cfg["layout"], loop_cfg.get("resampling")
     if in_epoch and len(in_epoch["workers"]) != ctx.world_size:
@@ -147,7 +151,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     def save(new_state: dict):
         return lambda path: checkpoint.write_checkpoint(
             path, model=model, loss=loss, optimizer=opt, scheduler=sched, tokenizer=tokenizer,
-            config=loop_cfg["config"], state=new_state)
+            config=loop_cfg["config"], state=new_state, head=head)
 
     import ray
 
@@ -243,6 +247,13 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         t0 = time.perf_counter()
         ctx.report(metrics, save(state), name=checkpoint.epoch_dir_name(epoch))
         last_checkpoint_s = time.perf_counter() - t0
+
+
+def build_head(r, dim: int):
+    """rerank.enabled: the fusion head that trains beside the towers (the rerank section `r`)."""
+    from pipeline.rerank.fusion import FusionScorer
+
+    return FusionScorer(r.fusion, dim, dim, r.dim, r.hidden, r.rank, r.sketch_dim, r.seed)
 
 
 # ------------------------------------------------------------------------------------------------ driver

@@ -20,6 +20,8 @@ class TrainJobConfig:
     run: RunConfig = _f(RunConfig(), "run directory")
     storage: StorageConfig = _f(StorageConfig(), "S3 endpoint for s3:// data and run directories")
     eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
+    rerank: RerankConfig = _f(RerankConfig(), "the fusion re-ranker: trained with the towers (rerank.enabled), or "
+                                              "on a checkpoint (`pipeline rerank`)")
 
     def __post_init__(self) -> None:
         _check(bool(self.data.train), "data.train is empty; set it to a shard path, glob or directory")

@@ -366,11 +366,17 @@ class EmbeddingsConfig:
 
 @dataclass(frozen=True)
 class RerankConfig:
-    fusion: str = _f("low_rank", "`pipeline rerank`: how the head fuses an (image, caption) pair's embeddings: concat | "
+    enabled: bool = _f(False, "`pipeline run`/`train`: train the head with the towers, which stay trainable: each "
+                              "step adds its listwise loss on the global batch's hardest negatives (mined from the "
+                              "towers' own ranking of that batch) to the contrastive loss; the checkpoints carry it "
+                              "and the run's report shows R@K before and after re-ranking")
+    weight: float = _f(1.0, "rerank.enabled: weight of the head's loss beside the contrastive loss")
+    fusion: str = _f("low_rank", "how the re-ranker head fuses an (image, caption) pair's embeddings: concat | "
                                  "sum | product | bilinear (full) | low_rank (Hadamard product of projections) | "
                                  "compact_bilinear (count sketches, product in the Fourier domain)")
     k: int = _f(20, "candidates from the index that the head re-scores per query (clamped to the gallery)")
-    negatives: int = _f(15, "`pipeline rerank`: hard negatives per training query, from the towers' own top-K")
+    negatives: int = _f(15, "hard negatives per training query, from the towers' own top-K (rerank.enabled: of the "
+                            "global batch, at most its size - 1)")
     dim: int = _f(256, "sum/product/bilinear/low_rank: width of the fused vector")
     hidden: int = _f(256, "hidden units of the head's MLP after the fusion")
     rank: int = _f(64, "low_rank: rank of the bilinear form")
@@ -387,6 +393,8 @@ class RerankConfig:
         _check(self.rank >= 1, f"rerank.rank={self.rank}: a low_rank fusion needs rank >= 1")
         _check(min(self.k, self.negatives, self.dim, self.hidden, self.epochs, self.batch) >= 1 and self.lr > 0,
                "rerank.k, negatives, dim, hidden, epochs and batch must be >= 1 and rerank.lr > 0")
+        _check(self.weight > 0, f"rerank.weight={self.weight}: the head's loss weight must be > 0 (turn the head "
+                                "off with rerank.enabled=false)")
 
 
 @dataclass(frozen=True)

@@ -131,15 +131,19 @@ def fit_on_workers(data: dict, r, scaling_cfg) -> tuple[dict, float]:
 
 def load(rerank_dir: str, ckpt: str):
     """The head in `rerank_dir` for the two-tower checkpoint `ckpt`, refused (ValueError naming both) when it
-    was trained on another. -> (FusionScorer in eval mode, meta)"""
+    was trained on another. `rerank_dir`: a `pipeline rerank` output, or a checkpoint (or run directory) of a run
+    with rerank.enabled, whose head was trained with its own towers. -> (FusionScorer in eval mode, meta)"""
     import torch
 
     from pipeline.config import RerankConfig, build
     from pipeline.rerank.fusion import FusionScorer
 
-    with storage.local_copy(rerank_dir) as local:
-        meta = json.loads((local / META).read_text())
-        state = torch.load(local / WEIGHTS, weights_only=True)
+    if storage.exists(storage.join(str(rerank_dir), META)):
+        with storage.local_copy(rerank_dir) as local:
+            meta = json.loads((local / META).read_text())
+            state = torch.load(local / WEIGHTS, weights_only=True)
+    else:
+        meta, state = _from_checkpoint(rerank_dir)
     trained_on = meta["two_tower"]
     if trained_on["model_sha256"] != fingerprint(ckpt):
         raise ValueError(f"the re-ranker {rerank_dir} was trained on the two-tower checkpoint "
@@ -149,3 +153,20 @@ def load(rerank_dir: str, ckpt: str):
     scorer = FusionScorer(r.fusion, meta["dim"], meta["dim"], r.dim, r.hidden, r.rank, r.sketch_dim, r.seed)
     scorer.load_state_dict(state)
     return scorer.eval(), meta
+
+
+def _from_checkpoint(path: str) -> tuple[dict, dict]:
+    """The head a run with rerank.enabled trained beside its towers, from its newest checkpoint under `path`
+    (or `path` itself). -> (meta as `train` writes it, state dict)"""
+    from pipeline import checkpoint
+    from pipeline.config import RerankConfig, build
+
+    ckpt = checkpoint.find_latest(path)
+    if ckpt is None or not storage.exists(storage.join(ckpt, checkpoint.HEAD)):
+        raise ValueError(f"{path} holds no re-ranker: give a `pipeline rerank` output (rerank.json, rerank.pt) or "
+                         "a checkpoint of a run trained with rerank.enabled=true")
+    r = build(RerankConfig, checkpoint.read_config(ckpt)["rerank"])
+    meta = {"fusion": asdict(r), "description": describe(r) + ", trained with the towers",
+            "dim": int(checkpoint.read_state(ckpt)["head_dim"]),
+            "two_tower": {"checkpoint": ckpt, "model_sha256": fingerprint(ckpt)}}
+    return meta, checkpoint.load_head(ckpt)

@@ -1,6 +1,6 @@
 """Every loss on N gloo processes equals single-process autograd on the concatenated global batch: the loss
 value, the gradients of every worker's inputs and, after DDP's averaging, every parameter gradient (the
-loss's own temperature and bias included). Gradient caching (micro-batches) gives the same parameter
+loss's own temperature and bias included, and the re-ranker head trained with the towers). Gradient caching (micro-batches) gives the same parameter
 gradients. Runs the real train-step module (`ContrastiveObjective`, `backward_step`)."""
 import os
 
@@ -15,12 +15,17 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.distributed import all_reduce_mean
 from pipeline.losses import build_loss
 from pipeline.objective import ContrastiveObjective, backward_step
+from pipeline.rerank.fusion import FusionScorer
 
 B, D_IN, D = 12, 7, 5
 LOSSES = [("infonce", {"temperature": 0.1}), ("infonce", {"temperature": 0.2, "label_smoothing": 0.1}),
           ("siglip", {"bias_init": -2.0}), ("vse", {}), ("vse++", {}), ("contrastive", {}),
           ("triplet", {"mining": "hardest"}), ("triplet", {"mining": "semi-hard"}), ("triplet", {"mining": "all"}),
-          ("npair", {}), ("lifted", {}), ("dcca", {"top_k": 3})]
+          ("npair", {}), ("lifted", {}), ("dcca", {"top_k": 3}),
+          # rerank.enabled: the fusion head's in-batch listwise loss on top, its gradients into the towers too.
+          # (Not compact_bilinear here: its signed square root turns the FFT's ~1e-17 round-off in empty buckets
+          # into ~1e-6, so micro-batches, whose embeddings differ in the last bits, agree to ~1e-8 only.)
+          ("infonce", {"temperature": 0.1, "head": "low_rank"}), ("vse++", {"head": "product"})]
 MICRO = 2
 
 
@@ -39,7 +44,10 @@ class TinyTowers(nn.Module):
 
 def _setup(name, params):
     torch.manual_seed(0)
-    objective = ContrastiveObjective(TinyTowers(), build_loss(name, **params)).double()
+    params = dict(params)
+    fusion = params.pop("head", None)
+    head = FusionScorer(fusion, D, D, dim=4, hidden=6, rank=3, sketch_dim=16) if fusion else None
+    objective = ContrastiveObjective(TinyTowers(), build_loss(name, **params), head=head, head_negatives=3).double()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, D_IN, generator=g, dtype=torch.float64)
     y = torch.randn(B, D_IN, generator=g, dtype=torch.float64)

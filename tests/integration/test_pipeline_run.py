@@ -20,11 +20,13 @@ from .conftest import smoke_args
 @pytest.fixture(scope="module")
 def e2e_run(ray_cluster, smoke_data, tmp_path_factory):
     """-> (run directory, what `pipeline run` printed): 3 epochs, with the linear CCA baseline fitted beside the
-    model (one run covers both; a second costs ~40 s)."""
+    model and the fusion re-ranker trained with the towers (one run covers all three; a second costs ~40 s)."""
     storage = tmp_path_factory.mktemp("e2e")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        rc = main(["run", *smoke_args(smoke_data, storage, "e2e", "--set", "cca.enabled=true")])
+        rc = main(["run", *smoke_args(smoke_data, storage, "e2e", "--set", "cca.enabled=true",
+                                      "--set", "rerank.enabled=true", "--set", "rerank.fusion=product",
+                                      "--set", "rerank.dim=32", "--set", "rerank.hidden=32", "--set", "rerank.k=10")])
     assert rc == 0, printed.getvalue()[-3000:]
     return storage / "e2e", printed.getvalue()
 
@@ -53,6 +55,15 @@ def test_run_end_to_end(e2e_run, capsys):
     assert "## Baselines" in (run_dir / "report" / "report.md").read_text()
     assert "Baselines" in (run_dir / "report" / "report.html").read_text()
     assert [h["epoch"] for h in rep["history"]] == [0, 1, 2]
+    # rerank.enabled: every checkpoint carries the head trained with the towers, and the report re-ranks with it.
+    block = rep["rerank"]
+    assert block["k"] == 10 and block["description"] == "product fusion, 32 hidden, trained with the towers"
+    assert block["reranker"] == rep["checkpoint"] and block["ms_per_query"] > 0
+    assert all((p / "rerank.pt").is_file() for p in (run_dir / "checkpoints").glob("epoch_*"))
+    assert "Re-ranked" in (run_dir / "report" / "report.html").read_text()
+    i2t = block["i2t"]
+    assert (f"re-ranked top 10 (product fusion, 32 hidden, trained with the towers): image → text R@1 "
+            f"{i2t['before']['R@1']:.1f} -> {i2t['after']['R@1']:.1f}, text → image R@1") in out
     # Every faulty sample was skipped and counted by reason, the truncated shard too; none was fatal.
     _, expected, _ = faults.fault_members()
     assert rep["data"]["skipped"]["train"] == {**expected, "truncated_shard": 1}
@@ -74,6 +85,12 @@ def test_run_end_to_end(e2e_run, capsys):
     assert main(["search", "--index", str(run_dir / "index"), "--text", "a red circle", "--k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[-1]["score"]
+    # and re-orders them with the head the run trained (the run directory stands for its newest checkpoint)
+    assert main(["search", "--index", str(run_dir / "index"), "--text", "a red circle", "--k", "3", "--json",
+                 "--rerank", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    hits = json.loads(out[out.index("[\n"):])
+    assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["rerank_score"] >= hits[-1]["rerank_score"]
 
 
 def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):
@@ -143,6 +160,9 @@ def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):
         assert len(single) == 5
         assert search(tmp_path / "sharded", *query) == single  # shard-parallel in threads, merged top-K
         assert search(tmp_path / "sharded", *query, distributed=True) == single  # one Ray actor per shard
+    # the head the run trained with its towers re-orders the hits the same way, whichever index found them
+    reranked = ("--text", "a red circle", "--rerank", str(e2e_run[0]), "--rerank-k", "8")
+    assert search(tmp_path / "sharded", *reranked, distributed=True) == search(idx, *reranked)
     assert main(["data", "inspect", str(smoke_data / "train")]) == 0
     out = capsys.readouterr().out
     for needle in ("format: webdataset", "corrupt_image x2", "empty_caption x2", "undecodable_caption x1",

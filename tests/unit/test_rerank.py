@@ -3,8 +3,8 @@ product (so its inner products estimate the outer products', better as the sketc
 fusion with a rank-1 weight is the low-rank form, and re-ranking permutes each query's candidates."""
 import torch
 
-from pipeline.rerank.fusion import (FUSIONS, CountSketch, FusionScorer, compact_bilinear, listwise_loss, rerank,
-                                    rerank_recalls)
+from pipeline.rerank.fusion import (FUSIONS, CountSketch, FusionScorer, compact_bilinear, in_batch_loss,
+                                    listwise_loss, rerank, rerank_recalls)
 
 
 def _unit(n, d, seed):
@@ -111,3 +111,68 @@ def test_rerank_config_mistakes_are_one_line_errors():
         with pytest.raises(ConfigError, match=match):
             load_config(EvalJobConfig, None, over)
     assert load_config(EvalJobConfig, None, ["rerank.fusion=compact_bilinear", "rerank.sketch_dim=512"])
+
+
+def test_in_batch_head_loss_equals_a_loop_over_each_querys_hardest_negatives():
+    """rerank.enabled's loss on one worker's rows of a global batch: for every local caption, its image against
+    the m images the towers rank highest for it (its own left out), and the reverse; checked against a loop that
+    scores each candidate list on its own. Gradients reach every embedding it scored, other workers' too."""
+    torch.manual_seed(0)
+    scorer = FusionScorer("low_rank", 6, 6, dim=5, hidden=7, rank=3).double()
+    img_all = _unit(10, 6, 4).requires_grad_(True)
+    txt_all = _unit(10, 6, 5).requires_grad_(True)
+    offset, b, m = 4, 3, 4  # this worker holds rows 4..6 of a batch of 10
+    img, txt = img_all[offset:offset + b], txt_all[offset:offset + b]
+    got = in_batch_loss(scorer, img, txt, img_all, txt_all, offset, m)
+    terms = []
+    for i in range(b):
+        own = offset + i
+        for q, pool, query_is_image in ((txt[i], img_all, False), (img[i], txt_all, True)):
+            sims = [(float(q @ pool[j]), j) for j in range(10) if j != own]
+            cands = [own] + [j for _, j in sorted(sims, reverse=True)[:m]]
+            qs = q.unsqueeze(0).expand(len(cands), -1)
+            scores = scorer(qs, pool[cands]) if query_is_image else scorer(pool[cands], qs)
+            terms.append(-torch.log_softmax(scores, 0)[0] / (2 * b))
+    want = torch.stack(terms).sum()
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    got.backward()
+    outside = [j for j in range(10) if not offset <= j < offset + b]
+    assert img_all.grad[outside].abs().sum() > 0 and txt_all.grad[outside].abs().sum() > 0
+    assert (txt_all.grad.abs().sum(1) > 0).sum() > b  # other rows were scored as hard negatives
+
+
+def test_a_checkpoint_trained_with_its_head_is_its_own_reranker(tmp_path):
+    """rerank.enabled: the checkpoint (or its run directory) stands for the re-ranker, with the head's weights as
+    trained; a checkpoint without a head, or another checkpoint's towers, is refused naming what to give."""
+    import pytest
+
+    from pipeline import checkpoint
+    from pipeline.config import TrainJobConfig, load_config, to_dict
+    from pipeline.data.tokenizer import Tokenizer
+    from pipeline.models import build_model
+    from pipeline.rerank.job import load
+    from pipeline.train import build_head
+
+    def write(path, seed, head):
+        cfg = load_config(TrainJobConfig, None, ["data.train=a", "data.val=b", "model.embed_dim=8",
+                                                 "model.image.width=4", "model.text.word_dim=8", "model.text.hidden=8",
+                                                 "rerank.enabled=true", "rerank.fusion=low_rank", "rerank.dim=6"])
+        tok = Tokenizer(["[PAD]", "[UNK]", "red", "square"], 8)
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, len(tok), image_size=32, max_tokens=8)
+        h = build_head(cfg.rerank, model.embed_dim) if head else None
+        checkpoint.write_checkpoint(path, model=model, loss=torch.nn.Linear(1, 1), optimizer=None, scheduler=None,
+                                    tokenizer=tok, config=to_dict(cfg), state={"epoch": 1, "head_dim": 8}, head=h)
+        return h
+
+    head = write(tmp_path / "run" / "checkpoints" / "epoch_0001", 0, True)
+    scorer, meta = load(str(tmp_path / "run"), str(tmp_path / "run" / "checkpoints" / "epoch_0001"))
+    a, b = _unit(4, 8, 0).float(), _unit(4, 8, 1).float()
+    torch.testing.assert_close(scorer(a, b), head.eval()(a, b))
+    assert meta["description"] == "low_rank fusion, rank 64, 256 hidden, trained with the towers"
+    write(tmp_path / "plain", 0, False)
+    with pytest.raises(ValueError, match="holds no re-ranker"):
+        load(str(tmp_path / "plain"), str(tmp_path / "plain"))
+    write(tmp_path / "other", 1, False)
+    with pytest.raises(ValueError, match=r"trained on the two-tower checkpoint .*epoch_0001, not on .*other"):
+        load(str(tmp_path / "run"), str(tmp_path / "other"))
