@@ -81,10 +81,37 @@ def ray_data_pipeline(paths: list[str], cfg, tokenizer) -> float:
     warm = worker_batches(paths, cfg, tokenizer, 0, 1, 1, torch.device("cpu"))
     for _ in zip(range(2), warm):  # the decode tasks started; the timed epoch is the next one
         pass
-    n, t0 = 0, time.perf_counter()
+    n, t0, busy0 = 0, time.perf_counter(), busy_core_seconds()
     for b in worker_batches(paths, cfg, tokenizer, 0, 1, 2, torch.device("cpu")):
         n += len(b["key"])
-    return n / (time.perf_counter() - t0)
+    wall, busy = time.perf_counter() - t0, busy_core_seconds() - busy0
+    PIPELINE_CPU[cfg.data.image_size] = (busy / n, busy / (wall * (os.cpu_count() or 1)))
+    return n / wall
+
+
+PIPELINE_CPU: dict[int, tuple[float, float]] = {}  # S -> (core-seconds per sample, share of the cores busy), (b)
+
+
+def busy_core_seconds() -> float:
+    """Core-seconds the whole machine has spent busy since boot (/proc/stat: user, nice, system, irq, softirq),
+    every process included: Ray Data's read tasks, Ray's own processes, the consumer."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def held_back(size: int, a2: float) -> str:
+    """Which side of (b) misses the target: the cores standing idle (too few reads in flight, or the consumer
+    waiting on them), or each sample costing more CPU in the pipeline than in the transform loop (a2)."""
+    per_sample, busy = PIPELINE_CPU[size]
+    loop = 1.0 / a2  # core-seconds per sample of the same transform in one process
+    return (f"S={size}: the pipeline spends {1000 * per_sample:.2f} core-ms a sample against {1000 * loop:.2f} in "
+            f"the transform loop ({per_sample / loop:.1f}x: reading, Arrow blocks, the object store, the batcher "
+            f"and Ray's own processes), with the cores {100 * busy:.0f}% busy; held back by "
+            + ("the CPU each sample costs beyond its transform" if busy >= 0.85 else
+               f"idle cores ({100 * (1 - busy):.0f}%: reads not in flight while the consumer waits)"
+               + (" and the CPU each sample costs beyond its transform" if per_sample / loop > 1.2 else "")))
 
 
 def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, float]:
@@ -198,6 +225,9 @@ def main() -> None:
     for size, a, a2, b, bc in rows:
         print(f"| {size} | {a:.0f} | {a2:.0f} | {b:.0f} | {bc:.0f} | {bc / a:.2f} | {bc / a2:.2f} |")
     print(f"\n(c) fed / in-memory steps per second: {fed:.2f} / {mem:.2f} = {fed / mem:.2f}")
+    for size, a, a2, b, bc in rows:
+        if bc / a < 0.9:  # the target: (b) per core >= 0.9 x (a)
+            print(held_back(size, a2))
 
 
 def demo_fed_vs_memory(data: Path, steps: int) -> tuple[float, float]:

@@ -128,7 +128,7 @@ def test_in_batch_head_loss_equals_a_loop_over_each_querys_hardest_negatives():
     for i in range(b):
         own = offset + i
         for q, pool, query_is_image in ((txt[i], img_all, False), (img[i], txt_all, True)):
-            sims = [(float(q @ pool[j]), j) for j in range(10) if j != own]
+            sims = [(float((q @ pool[j]).detach()), j) for j in range(10) if j != own]
             cands = [own] + [j for _, j in sorted(sims, reverse=True)[:m]]
             qs = q.unsqueeze(0).expand(len(cands), -1)
             scores = scorer(qs, pool[cands]) if query_is_image else scorer(pool[cands], qs)
