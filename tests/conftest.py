@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
 
@@ -10,3 +12,11 @@ os.environ["AWS_SECRET_ACCESS_KEY"] = "testing-secret-access-key-never-logged"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ.pop("AWS_SESSION_TOKEN", None)
 os.environ.pop("AWS_PROFILE", None)
+
+
+def pytest_itemcollected(item):
+    """Tests that use a Ray cluster (the session's shared one, or one of their own) are marked `ray`: `make test`
+    runs them in one process (one Ray at a time on the machine) and every other test in a second process beside
+    it, in the CPU time the Ray tests leave idle while Ray starts actors and passes reports."""
+    if "ray_cluster" in item.fixturenames or item.get_closest_marker("own_cluster"):
+        item.add_marker(pytest.mark.ray)

@@ -295,6 +295,8 @@ class SweepConfig:
                                        "leaving Ray Data CPUs")
     lr_scaling: str = _f("none", "a trial's train.lr for its batch B against the recipe's B0: none | linear "
                                  "(x B/B0) | sqrt (x sqrt(B/B0))")
+    resume_failed: bool = _f(False, "starting a sweep again runs its unfinished trials; true: its failed ones "
+                                    "too (from their last checkpoint), as after a crash that was not theirs")
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, "tune.num_samples must be at least 1")

@@ -119,8 +119,11 @@ def run(cfg: RunJobConfig) -> SweepResult:
     fs, path = storage.arrow_filesystem(sweep_dir)
     tune_root, tune_name = path.rsplit("/", 1)
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        print(f"[tune] resuming the sweep in {sweep_dir}")
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+        print(f"[tune] resuming the sweep in {sweep_dir}" + (" (failed trials too: tune.resume_failed)"
+                                                               if cfg.tune.resume_failed else ""))
+        # A failed trial keeps its error unless asked (Ray's default too): one that failed on its own config or
+        # data would only fail again.
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=cfg.tune.resume_failed, storage_filesystem=fs)
     else:
         scheduler = None
         if cfg.tune.scheduler == "asha":
@@ -139,13 +142,17 @@ def run(cfg: RunJobConfig) -> SweepResult:
     return collect(cfg, grid, studies, sweep_dir)
 
 
-def _row(cfg: RunJobConfig, result, trials_root: str, base_flat: dict) -> tuple[dict, list]:
+def _row(cfg: RunJobConfig, result, sweep_dir: str, base_flat: dict) -> tuple[dict, list]:
     """One results row and the trial's learning curve from Tune's result and the trial's run directory."""
-    point = result.config["point"]
-    sampled = {k.split("::", 1)[1]: v for k, v in result.config.items() if k.startswith(f"{point['study']}::")}
+    trials_root, tune_dir = storage.join(sweep_dir, "trials"), str(result.path).rstrip("/").rsplit("/", 1)[-1]
+    config = result.config
+    if config is None:  # a failed trial a resumed sweep left alone: Tune keeps its parameters beside it
+        config = json.loads(storage.read_text(storage.join(sweep_dir, tune_dir, "params.json")))
+    point = config["point"]
+    sampled = {k.split("::", 1)[1]: v for k, v in config.items() if k.startswith(f"{point['study']}::")}
     over, _ = spaces.resolve_trial(point["overrides"], sampled, base_flat, cfg.tune.lr_scaling)
     metrics = result.metrics or {}
-    trial_id = metrics.get("trial_id") or str(result.path).rstrip("/").rsplit("/", 1)[-1]  # dirs are trial ids
+    trial_id = metrics.get("trial_id") or tune_dir  # dirs are trial ids
     ckpt = checkpoint.find_latest(storage.join(trials_root, trial_id))
     history = checkpoint.read_state(ckpt).get("history", []) if ckpt else []
     row = {"trial": trial_id, "study": point["study"], **{k: v for k, v in over.items() if v is not None},
@@ -162,12 +169,11 @@ def _row(cfg: RunJobConfig, result, trials_root: str, base_flat: dict) -> tuple[
 
 def collect(cfg: RunJobConfig, grid, studies: list[spaces.Study], sweep_dir: str) -> SweepResult:
     """Rows, tables, CSV, plots and the best config/checkpoint of a finished sweep."""
-    trials_root = storage.join(sweep_dir, "trials")
     rows, curves = [], {}
     base_flat = flatten(to_dict(narrow(cfg, TrainJobConfig)))
     swept = {st.name: st.swept_keys() for st in studies}
     for result in grid:
-        row, curve = _row(cfg, result, trials_root, base_flat)
+        row, curve = _row(cfg, result, sweep_dir, base_flat)
         rows.append(row)
         label = ", ".join(f"{k.split('.')[-1]}={fmt(row.get(k))}" for k in swept.get(row["study"], []))
         curves[f"{row['study']}: {label or row['trial']}"] = curve

@@ -49,7 +49,9 @@ def test_sweep_results_best_trial_into_evaluation_and_resume(ray_cluster, smoke_
     assert "Sweep finished" in out
 
     # Restarting the same sweep with `pipeline tune` resumes it: finished trials are not run again.
-    mtimes = {r["trial"]: (tmp_path / "sw" / "trials" / r["trial"] / "config.json").stat().st_mtime for r in ok}
+    # The failed trial keeps its error too (tune.resume_failed is off): it would only fail again.
+    mtimes = {r["trial"]: (tmp_path / "sw" / "trials" / r["trial"] / "config.json").stat().st_mtime
+              for r in [*ok, by_study["failing"]]}
     assert main(["tune", *args]) == 0
     out = capsys.readouterr().out
     assert "resuming the sweep" in out and f"best checkpoint: {best['checkpoint']}" in out
