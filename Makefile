@@ -56,15 +56,15 @@ browser:
 # The three installs are independent: made side by side (-j3), they take about the time of the largest.
 # The tests that use Ray (marked `ray` by tests/conftest.py: the shared local Ray, or a cluster of their own) run
 # in one process, one Ray at a time; the others (unit tests, the gloo gather test, the browser test) run beside
-# them, in the CPU time the Ray tests leave idle while Ray starts actors and passes reports. Their output
-# follows the Ray tests'.
+# them at the lowest priority, in the CPU time the Ray tests leave idle while Ray starts actors and passes
+# reports. Their output follows the Ray tests'.
 test:
 	$(MAKE) --no-print-directory -j3 $(STAMP) $(I2D)/.installed browser
 	$(MAKE) --no-print-directory weights/.ready
 	@log=$$(mktemp); rc=0; urc=0; \
-	$(BIN)/python -m pytest tests -m "not ray" -q -p no:cacheprovider >$$log 2>&1 & rest=$$!; \
+	nice -n 19 $(BIN)/python -m pytest tests -m "not ray" -q -p no:cacheprovider >$$log 2>&1 & rest=$$!; \
 	trap 'kill $$rest 2>/dev/null || true; rm -f $$log' EXIT; \
-	$(BIN)/python -m pytest tests -m ray -q || rc=$$?; \
+	$(BIN)/python -m pytest tests/integration -m ray -q || rc=$$?; \
 	wait $$rest || urc=$$?; \
 	echo "--- the tests without Ray (run beside those above):"; cat $$log; \
 	test $$rc -eq 0 && test $$urc -eq 0
