@@ -70,9 +70,10 @@ def transform_loop(paths: list[str], size: int, tokenizer) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def ray_data_pipeline(paths: list[str], cfg, tokenizer) -> float:
+def ray_data_pipeline(paths: list[str], cfg, tokenizer) -> tuple[float, float, float]:
     """(b): samples/s of one epoch of the training's Ray Data pipeline, one worker's share being all of it (the
-    data CPUs then go to that one pipeline), iterated by the driver."""
+    data CPUs then go to that one pipeline), iterated by the driver. -> (samples/s, core-seconds a sample, share
+    of the machine's cores busy meanwhile)"""
     import torch
 
     from pipeline.epoch_data import worker_batches
@@ -85,11 +86,7 @@ def ray_data_pipeline(paths: list[str], cfg, tokenizer) -> float:
     for b in worker_batches(paths, cfg, tokenizer, 0, 1, 2, torch.device("cpu")):
         n += len(b["key"])
     wall, busy = time.perf_counter() - t0, busy_core_seconds() - busy0
-    PIPELINE_CPU[cfg.data.image_size] = (busy / n, busy / (wall * (os.cpu_count() or 1)))
-    return n / wall
-
-
-PIPELINE_CPU: dict[int, tuple[float, float]] = {}  # S -> (core-seconds per sample, share of the cores busy), (b)
+    return n / wall, busy / n, busy / (wall * (os.cpu_count() or 1))
 
 
 def busy_core_seconds() -> float:
@@ -101,10 +98,10 @@ def busy_core_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def held_back(size: int, a2: float) -> str:
+def held_back(size: int, a2: float, per_sample: float, busy: float) -> str:
     """Which side of (b) misses the target: the cores standing idle (too few reads in flight, or the consumer
-    waiting on them), or each sample costing more CPU in the pipeline than in the transform loop (a2)."""
-    per_sample, busy = PIPELINE_CPU[size]
+    waiting on them), or each sample costing more CPU in the pipeline (`per_sample` core-seconds, the cores
+    `busy` that share of the time) than in the transform loop (a2)."""
     loop = 1.0 / a2  # core-seconds per sample of the same transform in one process
     return (f"S={size}: the pipeline spends {1000 * per_sample:.2f} core-ms a sample against {1000 * loop:.2f} in "
             f"the transform loop ({per_sample / loop:.1f}x: reading, Arrow blocks, the object store, the batcher "
@@ -202,16 +199,17 @@ def main() -> None:
     physical = os.cpu_count() or 1
     print(f"{args.n} JPEGs of {args.side}x{args.side} in {len(paths)} shards; {physical} cores "
           f"({cores} logical CPUs given to Ray)")
-    rows = []
+    rows, cpu = [], {}
     for size in (args.sizes if "a" in args.parts or "b" in args.parts else []):
         cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "demo.yaml",
                                  {"data.image_size": size, "data.train": paths[0], "data.val": paths[0]}),
                      TrainJobConfig)
         tok = ingest.scan_training_data(paths, cfg.data).tokenizer
         a, a2 = plain_loop(paths, size), transform_loop(paths, size, tok)
-        b = ray_data_pipeline(paths, cfg, tok)
+        b, per_sample, busy = ray_data_pipeline(paths, cfg, tok)
         b_core = b / physical
         rows.append((size, a, a2, b, b_core))
+        cpu[size] = (per_sample, busy)
         print(f"S={size}: (a) plain loop {a:.0f}/s  (a2) pipeline transform loop {a2:.0f}/s  "
               f"(b) Ray Data {b:.0f}/s = {b_core:.0f}/s per core  ->  (b)/(a) per core {b_core / a:.2f}, "
               f"(b)/(a2) per core {b_core / a2:.2f}")
@@ -227,7 +225,7 @@ def main() -> None:
     print(f"\n(c) fed / in-memory steps per second: {fed:.2f} / {mem:.2f} = {fed / mem:.2f}")
     for size, a, a2, b, bc in rows:
         if bc / a < 0.9:  # the target: (b) per core >= 0.9 x (a)
-            print(held_back(size, a2))
+            print(held_back(size, a2, *cpu[size]))
 
 
 def demo_fed_vs_memory(data: Path, steps: int) -> tuple[float, float]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.distributed import all_gather_with_grad, average_gradients
+from pipeline.rerank.fusion import in_batch_loss
 
 
 class ContrastiveObjective(nn.Module):
@@ -64,8 +65,6 @@ class ContrastiveObjective(nn.Module):
         loss = self.loss(img, txt, image_all=img_all, text_all=txt_all, offset=rank * img.shape[0])
         if self.head is None:
             return loss
-        from pipeline.rerank.fusion import in_batch_loss
-
         return loss + self.head_weight * in_batch_loss(self.head, img, txt, img_all, txt_all, rank * img.shape[0],
                                                        self.head_negatives)
 

@@ -32,6 +32,7 @@ from pipeline.metrics import flat_metrics
 from pipeline.models import build_model
 from pipeline.objective import ContrastiveObjective, unwrap
 from pipeline.phases import PhaseClock, describe_phases, phase_metrics
+from pipeline.rerank.fusion import FusionScorer
 from pipeline.optimisation import (NONFINITE, check_finite, logit_scale_record, make_optimizer,  # noqa: F401
                                    make_scheduler, peak_memory_mb, speed_up, train_step)
 from pipeline import warm_start
@@ -113,7 +114,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if coverage and ctx.is_main:
         say(f"[train] word vectors {coverage['path']}: {coverage['found']} of {coverage['vocab_words']} "
             f"vocabulary words found ({100 * coverage['fraction']:.1f}%)")
-    head = build_head(cfg.rerank, model.embed_dim) if cfg.rerank.enabled else None
+    head = FusionScorer.from_config(cfg.rerank, model.embed_dim) if cfg.rerank.enabled else None
     objective = speed_up(ContrastiveObjective(model, loss, head=head, head_weight=cfg.rerank.weight,
                                               head_negatives=cfg.rerank.negatives), cfg.train, ctx.device)
     steps_per_epoch = max(1, loop_cfg["n_train"] // cfg.train.batch_size)
@@ -247,13 +248,6 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         t0 = time.perf_counter()
         ctx.report(metrics, save(state), name=checkpoint.epoch_dir_name(epoch))
         last_checkpoint_s = time.perf_counter() - t0
-
-
-def build_head(r, dim: int):
-    """rerank.enabled: the fusion head that trains beside the towers (the rerank section `r`)."""
-    from pipeline.rerank.fusion import FusionScorer
-
-    return FusionScorer(r.fusion, dim, dim, r.dim, r.hidden, r.rank, r.sketch_dim, r.seed)
 
 
 # ------------------------------------------------------------------------------------------------ driver

@@ -73,6 +73,11 @@ class FusionScorer(nn.Module):
             width = sketch_dim
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
+    @classmethod
+    def from_config(cls, r, dim: int) -> "FusionScorer":
+        """The head a rerank section `r` describes, over embeddings of width `dim` on both sides."""
+        return cls(r.fusion, dim, dim, r.dim, r.hidden, r.rank, r.sketch_dim, r.seed)
+
     def fuse(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (n, da), (n, db) -> (n, width)
         f = self.fusion
         if f == "concat":

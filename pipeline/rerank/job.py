@@ -90,7 +90,7 @@ def fit_on_workers(data: dict, r, scaling_cfg) -> tuple[dict, float]:
         ctx, r = WorkerContext.from_ray(), c["r"]
         d = {k: torch.from_numpy(v) for k, v in ray.get(c["data"]).items()}
         img, txt = d["img"], d["txt"]
-        scorer = FusionScorer(r.fusion, img.shape[1], txt.shape[1], r.dim, r.hidden, r.rank, r.sketch_dim, r.seed)
+        scorer = FusionScorer.from_config(r, img.shape[1])  # both towers embed to the same width
         ddp = ctx.prepare_model(scorer)
         opt = torch.optim.Adam(scorer.parameters(), lr=r.lr)
         steps = max(1, -(-len(txt) // (ctx.world_size * r.batch)))  # the same on every worker
@@ -150,7 +150,7 @@ def load(rerank_dir: str, ckpt: str):
                          f"{trained_on['checkpoint']}, not on {ckpt} (their weights differ): train one for it with "
                          f"`pipeline rerank --checkpoint {ckpt} ...`")
     r = build(RerankConfig, meta["fusion"])
-    scorer = FusionScorer(r.fusion, meta["dim"], meta["dim"], r.dim, r.hidden, r.rank, r.sketch_dim, r.seed)
+    scorer = FusionScorer.from_config(r, meta["dim"])
     scorer.load_state_dict(state)
     return scorer.eval(), meta
 

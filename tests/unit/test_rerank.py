@@ -151,7 +151,6 @@ def test_a_checkpoint_trained_with_its_head_is_its_own_reranker(tmp_path):
     from pipeline.data.tokenizer import Tokenizer
     from pipeline.models import build_model
     from pipeline.rerank.job import load
-    from pipeline.train import build_head
 
     def write(path, seed, head):
         cfg = load_config(TrainJobConfig, None, ["data.train=a", "data.val=b", "model.embed_dim=8",
@@ -160,7 +159,7 @@ def test_a_checkpoint_trained_with_its_head_is_its_own_reranker(tmp_path):
         tok = Tokenizer(["[PAD]", "[UNK]", "red", "square"], 8)
         torch.manual_seed(seed)
         model = build_model(cfg.model, len(tok), image_size=32, max_tokens=8)
-        h = build_head(cfg.rerank, model.embed_dim) if head else None
+        h = FusionScorer.from_config(cfg.rerank, model.embed_dim) if head else None
         checkpoint.write_checkpoint(path, model=model, loss=torch.nn.Linear(1, 1), optimizer=None, scheduler=None,
                                     tokenizer=tok, config=to_dict(cfg), state={"epoch": 1, "head_dim": 8}, head=h)
         return h
