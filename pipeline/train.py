@@ -66,7 +66,7 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
         clock.add("epoch_start" if n == n0 else "data_wait", time.perf_counter() - t0)
         if all_reduce_min(int(batch is not None), ctx.device) == 0:
             break
-        timed = every_step or (n + 1 - n0) % cfg.train.log_every == 0 or n == n0
+        timed = every_step or (n + 1) % cfg.train.log_every == 0 or n == n0
         loss = train_step(objective, opt, sched, batch, ctx.rank, cfg.train, clock, timed)
         clock.count_step(timed)
         step, n = step + 1, n + 1
@@ -77,7 +77,9 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
         loss_sum += loss  # no host sync and no collective on steps that are not logged
         flags = torch.cat([bare.take_nonfinite(ctx.device), ~torch.isfinite(loss)[None]])  # (3,)
         first_bad = torch.where((first_bad == 0) & flags, step, first_bad)
-        if (n - n0) % cfg.train.log_every == 0 or n - n0 == 1:  # the same steps on every rank: collectives
+        # Log steps count from the epoch's start, so a resumed epoch logs where an uninterrupted one does (and its
+        # own first step); the same steps on every rank: collectives.
+        if n % cfg.train.log_every == 0 or n - n0 == 1:
             check_finite(first_bad, epoch)
             global_loss = float(all_reduce_mean(loss).item())  # the loss on the whole global batch
             if skips is not None:

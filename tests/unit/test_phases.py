@@ -73,3 +73,22 @@ def test_a_slow_data_source_shows_as_data_wait():
     assert out["all_gather"] < 0.05  # one process: the gather returns its input
     assert clock.steps == clock.timed_steps == 6  # on CPU every step is timed
     assert sum(out.values()) == pytest.approx(clock.wall(), abs=1e-2)
+
+
+def test_a_resumed_epoch_logs_where_an_uninterrupted_one_does():
+    """Log steps count from the epoch's start: an epoch resumed after 5 of its steps logs its own first step,
+    then the steps an uninterrupted epoch logs (every train.log_every=2), so their metrics line up."""
+    cfg = load_config(TrainJobConfig, None, BASE)
+
+    def logged(done: int, batches: int) -> list[str]:
+        torch.manual_seed(0)
+        objective = ContrastiveObjective(build_model(cfg.model, 30), build_loss(cfg.loss))
+        opt = make_optimizer(objective, cfg.train)
+        ctx, out = FakeContext(batches), []
+        train_epoch(objective, opt, make_scheduler(opt, 0, 100), ctx, cfg, epoch=1, step=done, steps_per_epoch=10,
+                    log=lambda r, p: out.append(p), batches=iter(ctx.shard.batches), done=(done, 0.0))
+        return out
+
+    assert logged(0, 10) == ["1/10", "2/10", "4/10", "6/10", "8/10", "10/10"]
+    assert logged(5, 5) == ["6/10", "8/10", "10/10"]  # its first step is also a log step here
+    assert logged(4, 6) == ["5/10", "6/10", "8/10", "10/10"]
