@@ -324,20 +324,22 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     if why:
         print(f"[train] Ray's list of checkpoints in {run_dir}/checkpoints was damaged ({why}): set aside as "
               f"{checkpoint.RAY_SNAPSHOT}.damaged; resuming from {latest or 'the start'}")
-    skip_log = SkipLog.start()
     cache = start_cache(cfg.data, sum(data.shard_counts.values()) or data.samples or n_train)
+    val_skips = SkipTally()
     for split, shards in (("train", train_shards), ("val", val_shards)):
         if shards.missing:
             print(f"[data] {split}: {len(shards.missing)} shard(s) of the brace list are missing, skipped")
-            skip_log.record_missing_shards(split, shards.missing)
+    if val_shards.missing:
+        val_skips.add("missing_shard", val_shards.missing)
     # Training data is read by each worker itself (epoch_data). A validation set the workers keep in memory is
-    # prepared by tasks started now, beside the worker group's start; otherwise Ray Train hands rank 0 a
-    # dataset to stream.
-    datasets, val_blocks = {}, None
+    # prepared by tasks started now, beside the worker group's start, which hand back its skipped samples with
+    # it; otherwise Ray Train hands rank 0 a dataset to stream, whose tasks report skips to a skip log.
+    datasets, val_blocks, val_skip_refs, skip_log = {}, None, [], None
     if validation.in_memory(cfg.data.cache_decoded, count_or_read(val_shards.paths), cfg.data.image_size):
-        val_blocks = ingest.eval_shard_tasks(val_shards.paths, cfg.data.image_size, skip_log,
-                                             view=transforms.image_view(cfg.data))
+        val_blocks, val_skip_refs = ingest.eval_shard_tasks(val_shards.paths, cfg.data.image_size,
+                                                            view=transforms.image_view(cfg.data))
     else:
+        skip_log = SkipLog.start()
         datasets = {"val": ingest.eval_dataset(val_shards.paths, cfg.data.image_size, skip_log,
                                                view=transforms.image_view(cfg.data))}
         datasets["val"].context.enable_progress_bars = False  # bars drawn inside workers garble the progress lines
@@ -391,8 +393,14 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     train_skips = SkipTally.from_dict(state.get("skips"))
     if train_shards.missing:
         train_skips.add("missing_shard", train_shards.missing)
-    skips = {"train": train_skips} | {split: SkipTally.from_keys(by) for split, by in skip_log.read().items()
-                                      if split != "train"}
+    try:  # bookkeeping never fails a finished run: skips that cannot be read back are left out
+        for by_reason in ray.get(val_skip_refs, timeout=60):
+            val_skips.add_keys(by_reason)
+    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+        pass
+    if skip_log is not None:
+        val_skips.merge(SkipTally.from_keys(skip_log.read().get("val", {})))
+    skips = {"train": train_skips, "val": val_skips}
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
                        {split: t.counts for split, t in skips.items() if t.counts}, latest, attempts,
                        {split: t.examples for split, t in skips.items() if t.counts})

@@ -265,28 +265,32 @@ def eval_dataset(paths: list[str], image_size: int, skip_log=None, split: str = 
                                           batch_size=128, batch_format="numpy")
 
 
-def eval_shard_tasks(paths: list[str], image_size: int, skip_log=None, split: str = "val",
-                     view: tuple[str, str] = ("bilinear", "shortest")) -> list:
-    """One Ray task per shard preparing its evaluation rows as `eval_dataset` does, each -> an ObjectRef of
-    {'key', 'image' (n,3,S,S) uint8, 'captions'}: for a validation set the workers keep in memory, read once
-    while the worker group starts (a Ray Data pipeline per worker would start after it)."""
+def eval_shard_tasks(paths: list[str], image_size: int, view: tuple[str, str] = ("bilinear", "shortest")
+                     ) -> tuple[list, list]:
+    """One Ray task per shard preparing its evaluation rows as `eval_dataset` does: for a validation set the
+    workers keep in memory, read once while the worker group starts (a Ray Data pipeline per worker would start
+    after it). -> (ObjectRefs of each shard's {'key', 'image' (n,3,S,S) uint8, 'captions'}, ObjectRefs of its
+    skipped samples {reason: keys}). The skips come back beside the rows, so that no skip-log actor (a process
+    of its own) is needed; a shard is prepared once, so no key is counted twice."""
     import ray
 
     from pipeline import storage
-    from pipeline.data.local_passes import prepare_eval, shard_batch
+    from pipeline.data.local_passes import shard_batch
     from pipeline.data.shards import shard_names
+    from pipeline.data.transforms import prepare_eval_batch
 
     names, options = shard_names(paths), storage.options()
 
-    def prepare_shard(path: str) -> dict:
+    def prepare_shard(path: str) -> tuple[dict, dict]:
         storage.configure(**options)  # a task's process knows no S3 endpoint the driver was given
-        out = prepare_eval(shard_batch(path, names[path]), image_size, skip_log, split, view)
-        return {k: out[k] for k in ("key", "image", "captions")}
+        out, skips = prepare_eval_batch(shard_batch(path, names[path]), image_size, view)
+        return {k: out[k] for k in ("key", "image", "captions")}, skips
 
     # "DEFAULT" keeps the tasks out of a Tune trial's placement group, whose one small bundle is the
     # driver's; Ray Data's own tasks escape it the same way (its scheduling strategy is SPREAD).
-    task = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(prepare_shard)
-    return [task.remote(p) for p in paths]
+    task = ray.remote(num_cpus=1, num_returns=2, scheduling_strategy="DEFAULT")(prepare_shard)
+    refs = [task.remote(p) for p in paths]
+    return [rows for rows, _ in refs], [skips for _, skips in refs]
 
 
 IN_PROCESS_SHARDS = 8  # a caption pass over this many shards or fewer reads them in the driver's threads

@@ -1,7 +1,7 @@
 """A worker node lost mid-epoch on a multi-node cluster (several raylets on this machine): the workers restart
 from the last checkpoint on a node that joins afterwards, nothing the loop needs went down with the node (the
-skip counter lives on the driver's node and is restarted when its process dies), and the run finishes with
-every epoch recorded once.
+decoded-image cache lives on the driver's node, is restarted when its process dies, and a restarted one is an
+empty cache), and the run finishes with every epoch recorded once.
 
 Starts and stops its own cluster, so it runs before the session's shared one (`own_cluster`)."""
 import json
@@ -27,7 +27,7 @@ def test_a_lost_worker_node_is_replaced_and_the_run_finishes(smoke_data, tmp_pat
         pytest.fail("the shared Ray cluster is already up; this test must run before it (conftest ordering)")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # The head holds no CPU: training workers and data tasks must go to the worker nodes; the driver, Train's
-    # controller and the skip counter stay on the head.
+    # controller and the decoded-image cache stay on the head.
     # Ray's defaults take ~15 s to declare a silent node dead (5 missed health checks, 3 s apart); meanwhile the
     # restarted workers' object pulls try the dead node first and wait out a 10 s pull timeout. A faster check
     # gives the same recovery path in less time.
@@ -48,10 +48,11 @@ def test_a_lost_worker_node_is_replaced_and_the_run_finishes(smoke_data, tmp_pat
         while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert ckpt.exists(), log.read_text()[-3000:]
-        # The skip counter's process dies too (alone it used to end the run: a single copy Ray never restarted).
-        counters = subprocess.run(["pgrep", "-f", "ray::SkipCounter"], capture_output=True, text=True).stdout.split()
-        assert counters, "no skip counter process found"
-        for pid in counters:
+        # The cache's process dies too (the run's one actor of its own; a skip counter that Ray never restarted
+        # used to end runs so).
+        caches = subprocess.run(["pgrep", "-f", "ray::DecodedCache"], capture_output=True, text=True).stdout.split()
+        assert caches, "no decoded-image cache process found"
+        for pid in caches:
             os.kill(int(pid), signal.SIGKILL)
         # The node with the workers goes at once (epochs take about a second here: a later kill could land after
         # the last one); the replacement joins afterwards, while the restart waits for room.

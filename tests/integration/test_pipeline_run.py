@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -22,9 +23,15 @@ def e2e_run(ray_cluster, smoke_data, tmp_path_factory):
     """-> (run directory, what `pipeline run` printed): 3 epochs, with the linear CCA baseline fitted beside the
     model and the fusion re-ranker trained with the towers (one run covers all three; a second costs ~40 s)."""
     storage = tmp_path_factory.mktemp("e2e")
+    # The validation set gains a shard with one corrupt image: skipped and counted, both by the training's
+    # validation (the tasks that prepare it in memory) and by the evaluation's gallery pass.
+    val = storage / "val"
+    shutil.copytree(smoke_data / "val", val)
+    faults.write_tar(val / "bad.tar", [("vbad.jpg", b"not an image"), ("vbad.txt", b"a red circle")])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        rc = main(["run", *smoke_args(smoke_data, storage, "e2e", "--set", "cca.enabled=true",
+        rc = main(["run", *smoke_args(smoke_data, storage, "e2e", "--set", f"data.val={val}",
+                                      "--set", "cca.enabled=true",
                                       "--set", "rerank.enabled=true", "--set", "rerank.fusion=product",
                                       "--set", "rerank.dim=32", "--set", "rerank.hidden=32", "--set", "rerank.k=10")])
     assert rc == 0, printed.getvalue()[-3000:]
@@ -67,6 +74,7 @@ def test_run_end_to_end(e2e_run, capsys):
     # Every faulty sample was skipped and counted by reason, the truncated shard too; none was fatal.
     _, expected, _ = faults.fault_members()
     assert rep["data"]["skipped"]["train"] == {**expected, "truncated_shard": 1}
+    assert rep["data"]["skipped"]["val"] == rep["data"]["skipped"]["gallery"] == {"corrupt_image": 1}
     assert "truncated_shard" in out and "corrupt_image" in out  # and the summary says so, as a table
     table = out.split("skipped samples:")[1]
     assert "{" not in table and re.search(r"train\s+corrupt_image\s+2\n", table)
