@@ -11,11 +11,14 @@ Ids are dense (0..n-1, in file-name order) and are the FAISS ids of the indexes 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import storage
-from pipeline.gallery import Gallery
+
+if TYPE_CHECKING:
+    from pipeline.gallery import Gallery
 
 IMAGES, CAPTIONS = "images.parquet", "captions.parquet"
 
@@ -254,6 +257,8 @@ def read_gallery(out: str) -> tuple[Gallery, int]:
     """Both passes joined into the evaluation's Gallery (images in id order, so Gallery positions are FAISS
     ids) -> (gallery, captions dropped because the image pass skipped their image)."""
     import torch
+
+    from pipeline.gallery import Gallery
 
     images = read_columns(storage.join(out, IMAGES), ["key", "label", "vector"])
     captions = read_columns(storage.join(out, CAPTIONS), ["key", "caption", "vector"])

@@ -15,15 +15,18 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import storage
-from pipeline.encoder import Encoder, load
 from pipeline.index.embedding_passes import (CAPTIONS, IMAGES, parquet_files, read_columns, read_file, row_counts,
                                              sample_vectors)
 from pipeline.index.faiss_indexes import (IndexSpec, ShardedIndex, build_index, deserialize, fill_shard, measure,
                                           merge_top_k, recall_vs_exact, serialize, train_template)
+
+if TYPE_CHECKING:
+    from pipeline.encoder import Encoder
 
 N_QUERIES = 1000  # held-out queries of the other modality for recall and QPS
 
@@ -216,7 +219,10 @@ def search(index_dir: str | Path, text: str | None = None, image=None, k: int = 
     meta = json.loads(storage.read_text(storage.join(index_dir, "meta.json")))
     if (text is None) == (image is None):
         raise ValueError("give exactly one of text or image")
-    encoder = encoder or load(meta["checkpoint"])
+    if encoder is None:  # imported here: the shard tasks and shard actors of this module never load torch
+        from pipeline.encoder import load
+
+        encoder = load(meta["checkpoint"])
     name = "images" if text is not None else "captions"
     sharded = bool(meta.get("indexes", {}).get(name, {}).get("shards"))
     index = RayShardedIndex(index_dir, name, meta) if distributed and sharded else \

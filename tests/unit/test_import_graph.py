@@ -96,3 +96,12 @@ def test_loading_a_config_imports_neither_torch_nor_faiss_nor_ray():
             "print(sorted(m for m in ('torch', 'faiss', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_index_shard_tasks_and_actors_do_not_import_torch():
+    """Ray runs the index's shard builds and shard servers (`index.sharded`) in processes of their own, started
+    for them: importing torch there cost each one about 2 s of CPU and its memory, for nothing it uses."""
+    code = ("import sys; import pipeline.index.sharded, pipeline.index.embedding_passes; "
+            "print(sorted(m for m in ('torch', 'pipeline.encoder') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
