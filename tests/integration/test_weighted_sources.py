@@ -16,9 +16,9 @@ from pipeline.data.shards import shard_names
 from pipeline.data.training_set import resampling_plan, resolve_sources
 from tests import faults
 
+from . import drivers
 from .conftest import ROOT
 from .test_exact_resume import _effective, _wait_for_step_checkpoint
-from .test_worker_failure import _train
 
 SHARDS, ROWS, BATCH, PER_EPOCH, EPOCHS = 10, 12, 16, 960, 2  # 60 steps an epoch from 240 samples
 
@@ -69,7 +69,7 @@ def test_weighted_sources_mix_as_weighed_and_resume_mid_epoch_exactly(ray_cluste
     overrides = _overrides(data, tmp_path)
     args = ["--config", str(ROOT / "configs" / "smoke.yaml"), *[x for o in overrides for x in ("--set", o)]]
     log = tmp_path / "driver.log"
-    proc = _train(args, ray_cluster, log)
+    proc = drivers.train(args, ray_cluster, log)
     run_dir = tmp_path / "mix"
     _wait_for_step_checkpoint(run_dir, proc, log)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -77,7 +77,7 @@ def test_weighted_sources_mix_as_weighed_and_resume_mid_epoch_exactly(ray_cluste
     assert "resampled epochs of 960 samples, shards drawn with replacement from 20 (a weight 3, b weight 1)" in \
         log.read_text()
     resumed = tmp_path / "resumed.log"  # its own process: the workers' console lines land in its log
-    assert _train(args, ray_cluster, resumed).wait(timeout=400) == 0, resumed.read_text()[-3000:]
+    assert drivers.train(args, ray_cluster, resumed).wait(timeout=400) == 0, resumed.read_text()[-3000:]
     out = resumed.read_text()
     assert "resuming mix from" in out and "inside epoch 1" in out
 
