@@ -261,6 +261,7 @@ def eval_dataset(paths: list[str], image_size: int, skip_log=None, split: str = 
 
     from pipeline.data.local_passes import prepare_eval
 
+    skip_log = skip_log.shared() if skip_log is not None else None  # its copies go into Ray Data's tasks
     return read_shards(paths).map_batches(lambda batch: prepare_eval(batch, image_size, skip_log, split, view),
                                           batch_size=128, batch_format="numpy")
 

@@ -64,41 +64,41 @@ class SkipTally:
 
 class SkipLog:
     """Where a job's skipped samples are recorded, by split and reason: the one object handed to every pass that
-    decodes samples (it pickles into Ray tasks and actors), read once the passes are done.
+    decodes samples, read once the passes are done. It keeps key sets: an evaluation pass may decode the same bad
+    sample twice, and a set counts it once.
 
-    Behind it is an actor on the driver's node (whose loss ends the job anyway), so that losing a worker node
-    never takes the log with it; it restarts in place if its process dies, starting its tally again. It keeps
-    key sets: an evaluation pass may decode the same bad sample twice, and a set counts it once. Bookkeeping
-    never fails a job: a log that cannot answer is skipped, and reads as empty."""
+    Passes in the driver (a small gallery, `local_passes`) record into the log itself. A pass that Ray runs in
+    other processes (Ray Data's tasks) is handed `shared()`, which starts the log's actor on first use: on the
+    driver's node (whose loss ends the job anyway), so that losing a worker node never takes the log with it,
+    restarting in place if its process dies (its tally starts again). Most evaluations then start no actor, a
+    process of its own. Bookkeeping never fails a job: an actor that cannot answer is skipped, and reads as
+    empty."""
 
-    def __init__(self, actor):
+    def __init__(self, actor=None):
         self.actor = actor
+        self.local: dict[str, dict[str, set]] = {}
 
     @classmethod
     def start(cls) -> SkipLog:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as NodeAffinity
+        return cls()
 
-        @ray.remote(num_cpus=0)
-        class SkipCounter:
-            def __init__(self):
-                self.keys: dict[str, dict[str, set]] = {}
+    def shared(self) -> SkipLog:
+        """This log, with its actor started: what goes into Ray tasks (a copy without one would count alone)."""
+        if self.actor is None:
+            self.actor = _counter_actor()
+        return self
 
-            def add(self, split: str, skips: dict) -> None:
-                for reason, keys in skips.items():
-                    self.keys.setdefault(split, {}).setdefault(reason, set()).update(keys)
-
-            def get(self) -> dict:
-                return {split: {reason: sorted(keys) for reason, keys in by.items()}
-                        for split, by in self.keys.items()}
-
-        here = ray.get_runtime_context().get_node_id()
-        return cls(SkipCounter.options(max_restarts=-1, max_task_retries=-1,
-                                       scheduling_strategy=NodeAffinity(here, soft=False)).remote())
+    def __getstate__(self) -> dict:
+        if self.actor is None:
+            raise RuntimeError("a SkipLog goes to Ray tasks through shared(), or its copies' counts are lost")
+        return {"actor": self.actor, "local": {}}
 
     def record(self, split: str, skips: dict[str, list[str]]) -> None:
-        """Record a batch's {reason: keys} and wait for the log to take them: a read right after the dataset
-        finishes then includes every batch."""
+        """Record a batch's {reason: keys}; through the actor, wait for it to take them: a read right after the
+        dataset finishes then includes every batch."""
+        if self.actor is None:
+            _add(self.local, split, skips)
+            return
         import ray
 
         try:
@@ -106,15 +106,43 @@ class SkipLog:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             pass
 
-    def record_missing_shards(self, split: str, paths: list[str]) -> None:
-        """Shards a brace pattern names that do not exist, counted as `missing_shard` (sent, not awaited)."""
-        self.actor.add.remote(split, {"missing_shard": list(paths)})
-
     def read(self) -> dict[str, dict[str, list[str]]]:
-        """{split: {reason: sorted keys}}; empty if the log was lost (the report then says none)."""
-        import ray
+        """{split: {reason: sorted keys}}; the actor's part is empty if it was lost (the report then says none)."""
+        by: dict[str, dict[str, set]] = {}
+        for split, reasons in self.local.items():
+            _add(by, split, reasons)
+        if self.actor is not None:
+            import ray
 
-        try:
-            return ray.get(self.actor.get.remote(), timeout=60)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return {}
+            try:
+                for split, reasons in ray.get(self.actor.get.remote(), timeout=60).items():
+                    _add(by, split, reasons)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass
+        return {split: {reason: sorted(keys) for reason, keys in reasons.items()} for split, reasons in by.items()}
+
+
+def _add(by: dict[str, dict[str, set]], split: str, skips: dict) -> None:
+    for reason, keys in skips.items():
+        by.setdefault(split, {}).setdefault(reason, set()).update(keys)
+
+
+def _counter_actor():
+    """The skip log's actor, pinned to this (the driver's) node, restarted in place if its process dies."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as NodeAffinity
+
+    @ray.remote(num_cpus=0)
+    class SkipCounter:
+        def __init__(self):
+            self.keys: dict[str, dict[str, set]] = {}
+
+        def add(self, split: str, skips: dict) -> None:
+            _add(self.keys, split, skips)
+
+        def get(self) -> dict:
+            return {split: {reason: sorted(keys) for reason, keys in by.items()} for split, by in self.keys.items()}
+
+    here = ray.get_runtime_context().get_node_id()
+    return SkipCounter.options(max_restarts=-1, max_task_retries=-1,
+                               scheduling_strategy=NodeAffinity(here, soft=False)).remote()

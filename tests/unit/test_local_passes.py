@@ -49,3 +49,24 @@ def test_thumbnails_of_the_wanted_keys_only(tmp_path):
     first = next(iter(local_passes.shard_batches(val)))["key"][0]
     thumbs = local_passes.thumbnails(val, {first, "no/such-key"}, 32)
     assert list(thumbs) == [first] and thumbs[first].startswith("data:image/")
+
+
+def test_a_pass_in_the_driver_records_its_skips_without_an_actor(tmp_path):
+    """`SkipLog` in the driver: key sets by split and reason (a bad sample read twice counts once), no Ray;
+    a copy bound for Ray tasks must come through `shared()`, since an actor-less copy would count alone."""
+    import pickle
+
+    import pytest
+
+    from pipeline.data.skips import SkipLog
+    from tests import faults
+
+    tar = str(faults.write_tar(tmp_path / "00000.tar", [
+        ("a.jpg", b"not an image"), ("a.txt", b"a cat"), ("b.jpg", faults.encode(faults.good_image(1))),
+        ("b.txt", b"a dog"), ("c.jpg", b"nor this"), ("c.txt", b"a cow")]))
+    log = SkipLog.start()
+    for _ in range(2):
+        assert sum(len(b["key"]) for b in local_passes.eval_batches([tar], 16, log, "gallery")) == 1
+    assert log.read() == {"gallery": {"corrupt_image": ["00000.tar/a", "00000.tar/c"]}} and log.actor is None
+    with pytest.raises(RuntimeError, match="shared"):
+        pickle.dumps(log)
