@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import checkpoint
 from pipeline.cli import main
 from tests import faults
 
@@ -54,9 +55,11 @@ def _args(data: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
 
 
 def _wait_for_step_checkpoint(run_dir: Path, proc, log: Path, timeout: float = 240) -> None:
+    """Until a mid-epoch checkpoint of epoch 1 is complete (every file at its manifest size): a kill while the
+    first one is still being written leaves none to resume from, and the run rightly starts over."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if any((p / "state.json").exists() for p in (run_dir / "checkpoints").glob("epoch_0000_step_*")):
+        if any(checkpoint.is_checkpoint(p) for p in (run_dir / "checkpoints").glob("epoch_0000_step_*")):
             return
         time.sleep(0.05)
     raise AssertionError(f"no mid-epoch checkpoint (driver exit {proc.poll()}):\n{log.read_text()[-3000:]}")
@@ -70,13 +73,14 @@ def _effective(run_dir: Path) -> tuple[dict[int, Counter], list[str], int]:
     for f in sorted((run_dir / "keys").glob("rank*.jsonl")):
         lines = [json.loads(x) for x in f.read_text().splitlines()]
         attempts: list[list[dict]] = []
-        for r in lines:
-            if not attempts or attempts[-1][0]["start"] != r["start"]:
+        for r in lines:  # a new attempt: another resume point, or the steps start again (both from scratch)
+            if not attempts or attempts[-1][0]["start"] != r["start"] or r["step"] <= attempts[-1][-1]["step"]:
                 attempts.append([])
             attempts[-1].append(r)
         for i, att in enumerate(attempts):
-            until = (json.loads((Path(attempts[i + 1][0]["start"]) / "state.json").read_text())["step"]
-                     if i + 1 < len(attempts) else float("inf"))
+            nxt = attempts[i + 1][0]["start"] if i + 1 < len(attempts) else None
+            until = (json.loads((Path(nxt) / "state.json").read_text())["step"] if nxt else
+                     0 if i + 1 < len(attempts) else float("inf"))
             for r in att:
                 if r["step"] <= until:
                     per_epoch.setdefault(r["epoch"], Counter()).update(r["keys"])
