@@ -36,6 +36,8 @@ from pipeline.data import transforms  # noqa: E402
 from pipeline.data.shards import iter_tar_samples  # noqa: E402
 from pipeline.data.synthetic import write_split  # noqa: E402
 
+from bench.process_cpu import busy_core_seconds  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -87,15 +89,6 @@ def ray_data_pipeline(paths: list[str], cfg, tokenizer) -> tuple[float, float, f
         n += len(b["key"])
     wall, busy = time.perf_counter() - t0, busy_core_seconds() - busy0
     return n / wall, busy / n, busy / (wall * (os.cpu_count() or 1))
-
-
-def busy_core_seconds() -> float:
-    """Core-seconds the whole machine has spent busy since boot (/proc/stat: user, nice, system, irq, softirq),
-    every process included: Ray Data's read tasks, Ray's own processes, the consumer."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def held_back(size: int, a2: float, per_sample: float, busy: float) -> str:

@@ -31,9 +31,13 @@ def title(cmd: str) -> str:
     return next((p for p in PROGRAMS if p in cmd), cmd[:50] or "?")
 
 
-def machine_ticks() -> int:
-    v = list(map(int, open("/proc/stat").readline().split()[1:9]))
-    return sum(v) - v[3] - v[4]  # all but idle and iowait
+def busy_core_seconds() -> float:
+    """Core-seconds the whole machine has spent busy since boot (/proc/stat: user, nice, system, irq, softirq),
+    every process included."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 class Sampler:
@@ -70,14 +74,14 @@ def main() -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("give the command to run after --")
-    sampler, t0, m0 = Sampler(), time.time(), machine_ticks()
+    sampler, t0, m0 = Sampler(), time.time(), busy_core_seconds()
     sampler.sample()
     proc = subprocess.Popen(command)
     while proc.poll() is None:
         time.sleep(0.25)
         sampler.sample()
     sampler.sample()
-    wall, machine = time.time() - t0, (machine_ticks() - m0) / os.sysconf("SC_CLK_TCK")
+    wall, machine = time.time() - t0, busy_core_seconds() - m0
     total = sum(sampler.cpu.values())
     print(f"\n{wall:.0f} s wall; {machine:.0f} core-s on the machine ({100 * machine / wall / os.cpu_count():.0f}% of "
           f"{os.cpu_count()} cores), {total:.0f} core-s seen in processes; command exit {proc.returncode}")

@@ -141,7 +141,7 @@ def _counter_actor():
             _add(self.keys, split, skips)
 
         def get(self) -> dict:
-            return {split: {reason: sorted(keys) for reason, keys in by.items()} for split, by in self.keys.items()}
+            return self.keys
 
     here = ray.get_runtime_context().get_node_id()
     return SkipCounter.options(max_restarts=-1, max_task_retries=-1,
