@@ -1,7 +1,8 @@
 """A run stopped mid-epoch, by a killed driver or a killed worker, resumes from its last step checkpoint and
 trains every usable sample of each epoch exactly once (none lost, none twice), ending at the step count of an
 uninterrupted run. Every worker records the keys of each step it trained (run.record_keys). The killed driver's
-rerun is also a user's console (no Ray chatter), and then resumes past a deleted (damaged) newest checkpoint."""
+rerun is also a user's console (no Ray chatter), and resumes past a deleted (damaged) newest checkpoint that Ray
+Train's own list still names."""
 import json
 import os
 import shutil
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from pipeline import checkpoint
-from pipeline.cli import main
 from tests import faults
 
 from . import drivers
@@ -105,16 +105,40 @@ def _check_exactly_once(run_dir: Path, usable: set[str]) -> list[str]:
     return starts
 
 
-def test_a_killed_driver_resumes_mid_epoch_exactly(ray_cluster, even_data, tmp_path, capsys):
+def _ray_listed(run_dir: Path) -> list[str]:
+    """The complete mid-epoch checkpoints of epoch 1 that Ray Train's own checkpoint list names, oldest first."""
+    try:
+        snap = json.loads((run_dir / "checkpoints" / checkpoint.RAY_SNAPSHOT).read_text())
+        names = [r["checkpoint_dir_name"] for r in snap["checkpoint_results"]]
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or caught mid-write
+        return []
+    return sorted(n for n in names if n.startswith("epoch_0000_step_")
+                  and checkpoint.is_checkpoint(run_dir / "checkpoints" / n))
+
+
+def test_a_killed_driver_resumes_mid_epoch_exactly_past_a_deleted_checkpoint(ray_cluster, even_data, tmp_path):
     data, usable = even_data
     args = _args(data, tmp_path, "driver")
     log = tmp_path / "driver.log"
     proc = drivers.train(args, ray_cluster, log)
-    run_dir = tmp_path / "driver"
-    _wait_for_step_checkpoint(run_dir, proc, log)
+    run_dir, ckpts = tmp_path / "driver", tmp_path / "driver" / "checkpoints"
+    deadline = time.time() + 240
+    while len(_ray_listed(run_dir)) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the interruption: the driver dies mid-epoch
     proc.wait()
-    assert not (run_dir / "checkpoints" / "epoch_0001").exists(), "the kill came too late: epoch 1 was over"
+    listed = _ray_listed(run_dir)
+    assert len(listed) >= 2, f"Ray never listed two checkpoints (driver exit {proc.poll()}):\n{log.read_text()[-3000:]}"
+    assert not (ckpts / "epoch_0001").exists(), "the kill came too late: epoch 1 was over"
+
+    # The advice for a damaged checkpoint is to delete it: here the newest one Ray's own list names, with any
+    # newer one Ray had not listed yet. Ray's list still names it, which made every rerun fail inside Ray; the run
+    # must resume from the newest complete checkpoint instead, the one Ray listed before.
+    for p in ckpts.glob("epoch_0000_step_*"):
+        if p.name >= listed[-1]:
+            shutil.rmtree(p)
+    expected = checkpoint.find_latest(run_dir, verify=True)
+    assert expected and Path(expected).name == listed[-2]
 
     # Run again with the same name, as a user's own driver (no --verbose): it resumes, and its console shows the
     # project's lines only, none of Ray's chatter; the workers' output went to the kept log file.
@@ -123,26 +147,16 @@ def test_a_killed_driver_resumes_mid_epoch_exactly(ray_cluster, even_data, tmp_p
     assert again.wait(timeout=400) == 0, resumed.read_text()[-3000:]
     printed = resumed.read_text()
     noise = [line for line in printed.splitlines() if RAY_CHATTER.search(line)]
-    assert not noise and "resuming driver from" in printed and "[train] epoch 1:" in printed, \
-        noise[:10] or printed[-2000:]
+    assert not noise and f"resuming driver from {expected} (inside epoch 1" in printed \
+        and "[train] epoch 1:" in printed, noise[:10] or printed[-2000:]
+    assert f"was damaged (it names {listed[-1]}, which is not there)" in printed, printed[-2000:]
     assert "checkpoint" in printed and f"epoch_{EPOCHS:04d}" in printed
     kept = list((Path(tempfile.gettempdir()) / "pipeline-logs").glob(f"train-*-{again.pid}.log"))
     assert kept and "(RayTrainWorker)" in kept[0].read_text()
     starts = _check_exactly_once(run_dir, usable)
-    assert starts and all("_step_" in s for s in starts[:1]), starts  # it resumed inside epoch 1
-
-    # The advice for a damaged checkpoint is to delete it. Ray's own checkpoint list still names it, which
-    # made every rerun fail inside Ray; the run must resume from the newest complete checkpoint instead (an
-    # epoch's end: this also covers resuming at an epoch boundary), each epoch recorded once.
-    ckpts = run_dir / "checkpoints"
-    epoch1 = json.loads((ckpts / "epoch_0001" / "state.json").read_text())["metrics"]
-    shutil.rmtree(ckpts / f"epoch_{EPOCHS:04d}")
-    assert main(["train", *args]) == 0
-    out = capsys.readouterr().out
-    assert f"epoch_{EPOCHS - 1:04d}" in out and "was damaged" in out, out[-2000:]
+    assert starts and {Path(s).name for s in starts} == {Path(expected).name}, starts  # resumed inside epoch 1
     final = json.loads((ckpts / f"epoch_{EPOCHS:04d}" / "state.json").read_text())
-    assert [h["epoch"] for h in final["history"]] == list(range(EPOCHS + 1))
-    assert final["history"][1] == epoch1 and final["step"] == STEPS  # epoch 1 untouched, none retrained
+    assert [h["epoch"] for h in final["history"]] == list(range(EPOCHS + 1))  # every epoch once
 
 
 def _steps(run_dir: Path) -> list[tuple[int, int]]:
@@ -153,7 +167,7 @@ def test_a_killed_worker_resumes_mid_epoch_exactly_and_lands_on_an_uninterrupted
                                                                                      tmp_path):
     """A worker SIGKILLed inside epoch 1 with run.max_failures=1: Ray Train restarts the group from the last step
     checkpoint, every usable sample is trained once, and the run ends where an uninterrupted run with the same
-    seed, trained beside it, ends. (Resuming at an epoch's end is the driver test's last part.)"""
+    seed, trained beside it, ends. (A resume at an epoch's end: test_node_loss.py.)"""
     data, usable = even_data
     log, steady_log = tmp_path / "worker.log", tmp_path / "steady.log"
     proc = drivers.train(_args(data, tmp_path, "worker", "--set", "run.max_failures=1"), ray_cluster, log)
