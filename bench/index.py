@@ -3,12 +3,17 @@ computation, each measured in one run.
 
     .venv/bin/python bench/index.py                       # 10^5 and 10^6 vectors of dimension 256
     .venv/bin/python bench/index.py --sizes 100000 --hnsw-max 100000
+    .venv/bin/python bench/index.py --sizes 100000 --polysemous-ab 2   # ivfpq training, A/B (below)
 
 Per size: build time (training included), queries per second on 1,000 held-out queries (k = 10, all cores),
 recall@10 against exact search, and QPS as a multiple of exact search's. HNSW is built only up to --hnsw-max
 vectors (its build at 10^6 x 256 takes far longer than the others on 2 cores). Then the contract metrics
 (`metrics.retrieval_metrics`, chunked) for 5,000 images x 25,000 captions: time and peak memory, measured in a
 fresh process so its resident-set high-water mark is the computation's.
+
+--polysemous-ab R: the ivfpq build as the project makes it (A) against the same index with index_factory's
+polysemous training left on (B: FAISS's default for 8-bit codes), alternating A B for R rounds on the same
+vectors; prints each build's seconds, recall@10 and QPS, the medians, and B / A.
 """
 from __future__ import annotations
 
@@ -79,6 +84,29 @@ def bench_size(n: int, d: int, hnsw_max: int) -> list[dict]:
     return rows
 
 
+def bench_polysemous(n: int, d: int, rounds: int) -> None:
+    import faiss
+
+    x, q = clustered(n, d, seed=0), clustered(1000, d, seed=1)
+    spec = indexes.IndexSpec(type="ivfpq")
+    build: dict[str, list[float]] = {"A": [], "B": []}
+    for r in range(rounds):
+        for arm in "AB":
+            index = indexes.make_index(d, n, spec)
+            faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = arm == "B"
+            t0 = time.perf_counter()
+            index.train(indexes.train_sample(x, spec.train_sample))
+            index.add(x)
+            build[arm].append(time.perf_counter() - t0)
+            m = indexes.measure(index, x, q, k=10)
+            print(f"round {r + 1} {arm} ({'polysemous training' if arm == 'B' else 'as built'}): build "
+                  f"{build[arm][-1]:6.1f} s  recall@10 {m['recall@10_vs_exact']:.3f}  {m['qps']:6.0f} q/s", flush=True)
+            del index
+    med = {arm: float(np.median(v)) for arm, v in build.items()}
+    print(f"\nivfpq build, n={n:,} d={d}: median {med['A']:.1f} s as built, {med['B']:.1f} s with polysemous "
+          f"training (min {min(build['A']):.1f} / {min(build['B']):.1f}); B / A = {med['B'] / med['A']:.1f}x")
+
+
 def bench_metrics(chunk: int) -> tuple[float, float, float]:
     code = METRIC_CODE.format(root=str(Path(__file__).resolve().parents[1]), chunk=chunk)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -91,7 +119,13 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--hnsw-max", type=int, default=100_000, help="largest gallery HNSW is built for")
     ap.add_argument("--metrics-only", action="store_true", help="only the metric computation")
+    ap.add_argument("--polysemous-ab", type=int, default=0, metavar="R",
+                    help="only the ivfpq build against the same with polysemous training, R rounds A B")
     args = ap.parse_args()
+    if args.polysemous_ab:
+        for n in args.sizes:
+            bench_polysemous(n, args.dim, args.polysemous_ab)
+        return
     rows = []
     for n in ([] if args.metrics_only else args.sizes):
         t0 = time.perf_counter()

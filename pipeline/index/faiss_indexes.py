@@ -70,6 +70,10 @@ def make_index(d: int, n: int, spec: IndexSpec) -> faiss.Index:
         return index
     nlist, m = ivf_lists(n, spec), pq_subquantizers(d, spec)
     index = faiss.index_factory(d, f"IVF{nlist},PQ{m}x8,RFlat", faiss.METRIC_INNER_PRODUCT)
+    # The factory turns on polysemous training for 8-bit codes: it reorders each codebook so that a search may
+    # filter by the codes' Hamming distance (polysemous_ht), which this index never does. The ordering changes no
+    # distance, and it was nearly all of the training (d 256, 20,000 vectors: 53 core-s against 1.9).
+    faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
     configure_search(index, spec)
     return index
 

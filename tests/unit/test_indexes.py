@@ -42,6 +42,26 @@ def test_refine_is_what_keeps_pq_recall():
     assert refined > coarse + 0.1 and refined >= 0.95
 
 
+def test_ivfpq_searches_as_the_factory_default_without_its_polysemous_training():
+    """index_factory's 8-bit PQ trains its codebooks for polysemous search (a reordering for filtering by Hamming
+    distance, which this project never searches by, and nearly all of the training time). Without it: the same
+    codebook in another order, and the same PQ distances and neighbours as the factory's default index."""
+    x, q = clustered(2000, 8), clustered(100, 8, seed=1)
+    spec = indexes.IndexSpec(type="ivfpq", nlist=8, nprobe=8, refine_k_factor=1, pq_m=1)
+    ours = indexes.build_index(x, spec)[0]
+    ref = faiss.index_factory(8, "IVF8,PQ1x8,RFlat", faiss.METRIC_INNER_PRODUCT)  # the reference: as FAISS makes it
+    indexes.configure_search(ref, spec)
+    ref.train(x)
+    ref.add(x)
+    codebooks = [faiss.vector_to_array(faiss.downcast_index(faiss.extract_index_ivf(i)).pq.centroids).reshape(256, 8)
+                 for i in (ours, ref)]
+    assert not np.array_equal(*codebooks)  # the reordering happened in the reference only
+    assert np.array_equal(*(np.unique(c, axis=0) for c in codebooks))
+    pq_ours, pq_ref = (faiss.downcast_index(i.base_index).search(q, 10) for i in (ours, ref))
+    np.testing.assert_allclose(pq_ours[0], pq_ref[0], rtol=1e-5, atol=1e-6)
+    assert (pq_ours[1] == pq_ref[1]).mean() > 0.99  # ties between equal codes may order either way
+
+
 def test_auto_is_exact_below_the_threshold_and_approximate_above():
     spec = indexes.IndexSpec(type="auto", auto_threshold=1000)
     assert spec.resolve(999) == "flat" and spec.resolve(1000) == "ivfpq"
