@@ -399,7 +399,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
         pass
     if skip_log is not None:
-        val_skips.merge(SkipTally.from_keys(skip_log.read().get("val", {})))
+        val_skips.add_keys(skip_log.read().get("val", {}))
     skips = {"train": train_skips, "val": val_skips}
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
                        {split: t.counts for split, t in skips.items() if t.counts}, latest, attempts,

@@ -54,15 +54,20 @@ def _args(data: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
             "--set", "run.record_keys=true", "--set", "data.max_skip_fraction=0.1", *extra]
 
 
+def _wait_until(ready, proc, timeout: float = 240) -> bool:
+    """Poll `ready()` every 50 ms until it holds, the driver exits or `timeout` seconds pass. -> whether it holds."""
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    return ready()
+
+
 def _wait_for_step_checkpoint(run_dir: Path, proc, log: Path, timeout: float = 240) -> None:
     """Until a mid-epoch checkpoint of epoch 1 is complete (every file at its manifest size): a kill while the
     first one is still being written leaves none to resume from, and the run rightly starts over."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if any(checkpoint.is_checkpoint(p) for p in (run_dir / "checkpoints").glob("epoch_0000_step_*")):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no mid-epoch checkpoint (driver exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+    if not _wait_until(lambda: any(checkpoint.is_checkpoint(p)
+                                   for p in (run_dir / "checkpoints").glob("epoch_0000_step_*")), proc, timeout):
+        raise AssertionError(f"no mid-epoch checkpoint (driver exit {proc.poll()}):\n{log.read_text()[-3000:]}")
 
 
 def _effective(run_dir: Path) -> tuple[dict[int, Counter], list[str], int]:
@@ -122,9 +127,7 @@ def test_a_killed_driver_resumes_mid_epoch_exactly_past_a_deleted_checkpoint(ray
     log = tmp_path / "driver.log"
     proc = drivers.train(args, ray_cluster, log)
     run_dir, ckpts = tmp_path / "driver", tmp_path / "driver" / "checkpoints"
-    deadline = time.time() + 240
-    while len(_ray_listed(run_dir)) < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    _wait_until(lambda: len(_ray_listed(run_dir)) >= 2, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the interruption: the driver dies mid-epoch
     proc.wait()
     listed = _ray_listed(run_dir)
