@@ -1,5 +1,7 @@
-"""GPU efficiency on one GPU: this project's train step against a plain PyTorch loop, and the Ray Data -> GPU
-ingest rate. Run through bench/gpu.sh on a GPU machine; the CPU mode only checks that the script works:
+"""GPU check, stage 2, with Ray: the Ray Data -> GPU ingest rate, beside this project's train step against a plain
+PyTorch loop for one tower pair. Stage 1, which needs no Ray (train steps of two tower pairs, compile off and
+on, MFU, JPEG decode rates), is bench/gpu_noray.py. Run through bench/gpu.sh on a GPU machine; the CPU mode
+only checks that the script works:
 
     bench/gpu.sh                                                       # ResNet-50 + transformer, 224 px
     .venv/bin/python bench/gpu.py --device cpu --steps 2 --warmup 1 --image-size 32 --batch 4 --ingest-images 64
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -25,19 +26,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import TrainJobConfig, load_config  # noqa: E402
-from pipeline.losses import build_loss  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
+from bench import gpu_noray  # noqa: E402
+from bench.gpu_noray import in_memory_batch, plain_step, project_step, sync, timed  # noqa: E402
+from pipeline.config import TrainJobConfig  # noqa: E402
 from pipeline.models.text import TEXT_ARCHS  # noqa: E402
-from pipeline.objective import ContrastiveObjective  # noqa: E402
 from pipeline.epoch_data import worker_batches  # noqa: E402
-from pipeline.train import make_optimizer, make_scheduler, speed_up, train_step  # noqa: E402
-
-VOCAB = 10_000
 
 
 def make_config(args) -> TrainJobConfig:
@@ -45,86 +41,11 @@ def make_config(args) -> TrainJobConfig:
     if text not in TEXT_ARCHS:
         print(f"note: text tower {text!r} is not in this checkout (have {sorted(TEXT_ARCHS)}); using gru")
         text = "gru"
-    overrides = {
-        "data.train": "unused", "data.val": "unused", "data.image_size": args.image_size, "data.max_tokens": 32,
-        "model.image.arch": args.image_arch, "model.text.arch": text, "model.embed_dim": 512,
-        "model.text.word_dim": 512, "model.text.hidden": 512,
-        "train.batch_size": args.batch, "scaling.num_workers": 1, "train.warmup_steps": 10,
-        "train.precision": args.precision, "train.channels_last": not args.no_channels_last,
-        "train.compile": args.compile,
-    }
+    pair = {"data.image_size": args.image_size, "data.max_tokens": 32, "model.image.arch": args.image_arch,
+            "model.text.arch": text, "model.embed_dim": 512, "model.text.word_dim": 512, "model.text.hidden": 512}
     if text == "transformer":  # CLIP ViT-B's text encoder: width 512, 12 layers, 8 heads
-        overrides |= {"model.text.layers": 12, "model.text.heads": 8}
-    return load_config(TrainJobConfig, None, overrides)
-
-
-def in_memory_batch(cfg: TrainJobConfig, device: torch.device) -> dict:
-    """One batch held on the device: uint8 images, captions of 8-20 real tokens padded to max_tokens."""
-    g = torch.Generator().manual_seed(0)
-    n, size, length = cfg.train.batch_size, cfg.data.image_size, cfg.data.max_tokens
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-    tokens = torch.randint(2, VOCAB, (n, length), generator=g)
-    lengths = torch.randint(8, 21, (n, 1), generator=g)
-    tokens[torch.arange(length).unsqueeze(0) >= lengths] = 0
-    fmt = torch.channels_last if device.type == "cuda" and cfg.train.channels_last else torch.contiguous_format
-    return {"image": images.to(device).contiguous(memory_format=fmt), "tokens": tokens.to(device)}
-
-
-def fresh_model(cfg: TrainJobConfig):
-    torch.manual_seed(0)
-    return build_model(cfg.model, VOCAB, image_size=cfg.data.image_size, max_tokens=cfg.data.max_tokens)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(step, batch: dict, steps: int, warmup: int, device: torch.device) -> float:
-    """samples/s over `steps` steps after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step(batch)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step(batch)
-    sync(device)
-    return steps * batch["image"].shape[0] / (time.perf_counter() - t0)
-
-
-def project_step(cfg: TrainJobConfig, device: torch.device, total_steps: int):
-    objective = speed_up(ContrastiveObjective(fresh_model(cfg), build_loss(cfg.loss)), cfg.train, device).to(device)
-    opt = make_optimizer(objective, cfg.train)
-    sched = make_scheduler(opt, cfg.train.warmup_steps, total_steps)
-    return lambda batch: train_step(objective, opt, sched, batch, 0, cfg.train)
-
-
-def plain_step(cfg: TrainJobConfig, device: torch.device):
-    """What one writes by hand: the same model and speed settings, CLIP's loss inline, AdamW, clipping."""
-    model = fresh_model(cfg)
-    if device.type == "cuda" and cfg.train.channels_last:
-        model.image_tower.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        model.image_tower.compile()
-        model.text_tower.compile()
-    model.to(device)
-    log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
-    params = [*model.parameters(), log_scale]
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    dtype = cfg.train.autocast_dtype(device.type)
-
-    def step(batch):
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=getattr(torch, dtype or "float32"), enabled=dtype is not None):
-            img, txt = model(batch["image"], batch["tokens"])
-        logits = log_scale.exp().clamp(max=100) * img.float() @ txt.float().T  # (B, B)
-        labels = torch.arange(logits.shape[0], device=device)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-        opt.step()
-
-    return step
+        pair |= {"model.text.layers": 12, "model.text.heads": 8}
+    return gpu_noray.make_config(pair, args.batch, args.precision, not args.no_channels_last, args.compile)
 
 
 def ingest_rate(cfg: TrainJobConfig, device: torch.device, n_images: int, epochs: int) -> tuple[float, int]:

@@ -7,6 +7,7 @@ import logging
 import os
 
 from pipeline import console
+from pipeline.phases import mark_start
 
 
 def local_cpus() -> int:
@@ -56,6 +57,7 @@ def connect(address: str | None = None, command: str = "pipeline") -> str:
         where = "local"
     console.filter_worker_output()
     _quiet_data()
+    mark_start("ray")
     return where
 
 

@@ -31,7 +31,7 @@ from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics
 from pipeline.models import build_model
 from pipeline.objective import ContrastiveObjective, unwrap
-from pipeline.phases import PhaseClock, describe_phases, phase_metrics
+from pipeline.phases import PhaseClock, describe_phases, describe_start, mark_start, phase_metrics, start_marks
 from pipeline.rerank.fusion import FusionScorer
 from pipeline.optimisation import (NONFINITE, check_finite, logit_scale_record, make_optimizer,  # noqa: F401
                                    make_scheduler, peak_memory_mb, speed_up, train_step)
@@ -64,11 +64,13 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
         t0 = time.perf_counter()
         batch = next(it, None)
         clock.add("epoch_start" if n == n0 else "data_wait", time.perf_counter() - t0)
+        clock.milestone("batch")
         if all_reduce_min(int(batch is not None), ctx.device) == 0:
             break
         timed = every_step or (n + 1) % cfg.train.log_every == 0 or n == n0
         loss = train_step(objective, opt, sched, batch, ctx.rank, cfg.train, clock, timed)
         clock.count_step(timed)
+        clock.milestone("step")
         step, n = step + 1, n + 1
         if mark is not None:
             mark(batch["pos"])
@@ -103,6 +105,7 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
     cfg = build(TrainJobConfig, loop_cfg["config"])
+    started = mark_start("worker", dict(loop_cfg.get("start_marks") or {}))  # this launch's start, to the first step
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     tokenizer = tokenizer_from_dict(loop_cfg["tokenizer"])
     ctx = WorkerContext.from_ray()
@@ -142,10 +145,15 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if ctx.is_main:
         record_attempt(loop_cfg, state["epoch"], resume)
     objective = ctx.prepare_model(objective, cfg.scaling.ddp_bucket_cap_mb)
+    mark_start("model", started)
     steps_log: list[dict] = []  # per-step records travel in the checkpoint: rank 0 may be on any node
     record = KeyRecord(loop_cfg, ctx.rank, resume) if cfg.run.record_keys else None
+    said_start: list[bool] = []  # the start's line, printed once, with the first step's log line
 
     def log(record: dict, progress: str) -> None:
+        if "step" in started and not said_start:
+            said_start.append(True)
+            say(f"[train] {describe_start(started)}")
         say(f"[train] epoch {record['epoch']}/{cfg.train.epochs} step {progress} loss {record['train/loss']:.4f} "
             f"scale {record['train/logit_scale'] or 0:.1f} {record['train/samples_per_s']:.0f} samples/s "
             f"data-wait {100 * record['train/data_wait_share']:.0f}% peak-mem {record['train/peak_mem_mb']:.0f} MB")
@@ -177,15 +185,16 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     upcoming = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, first,
                              saved_first["workers"][ctx.rank] if saved_first else None, prime=True) \
         if first <= cfg.train.epochs else None
-    if state["epoch"] == 0 and validates() and not state["history"]:
+    if state["epoch"] == 0 and cfg.eval.untrained and validates() and not state["history"]:
         untrained = val_set.run(model, tokenizer, ctx.device)
         if untrained is not None:
             state["history"].append({"epoch": 0, **flat_metrics(untrained, "val")})
             say(f"[train] untrained model: val rsum {untrained['rsum']:.1f}")
+        mark_start("untrained", started)
     samples = state.get("samples", 0)
     source_names = [src["name"] for src in cfg.data.sources()]
     targets = mix_targets(cfg.data.sources(), cfg.data.sampling, loop_cfg.get("source_samples"))
-    clock, last_checkpoint_s = PhaseClock(), 0.0
+    clock, last_checkpoint_s = PhaseClock(marks=started), 0.0
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
         saved = in_epoch if in_epoch and in_epoch["epoch"] == epoch else None
         in_epoch = None
@@ -304,6 +313,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
                  if state.get("in_epoch") else f"epoch {state['epoch']} of {cfg.train.epochs}")
         print(f"[train] resuming {cfg.run.name} from {latest} ({where})")
     data = training_set.prepare(cfg, latest, init, shared_scan)
+    mark_start("data")
     tokenizer, n_train, train_shards, val_shards = data.tokenizer, data.n_train, data.train, data.val
     names = list(shard_names(train_shards.paths).values())
     drop_cursors = check_resume_data(cfg, latest, names)
@@ -345,6 +355,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
         datasets["val"].context.enable_progress_bars = False  # bars drawn inside workers garble the progress lines
     fs, storage_path = storage.arrow_filesystem(run_dir)
     launch = uuid.uuid4().hex  # tells this launch's worker-group restarts from an earlier launch's
+    mark_start("fit")  # from here Ray Train builds and starts the worker group
     trainer = TorchTrainer(
         train_loop_per_worker,
         # The driver picks the checkpoint to resume from (the newest complete one in storage) rather than
@@ -358,7 +369,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
                            "source_samples": data.source_samples,
                            "resampling": data.resampling.to_dict() if data.resampling else None,
                            "run_dir": run_dir, "launch": launch, "config_changes": changes, "init_from": init,
-                           "decoded_cache": cache, "val_blocks": val_blocks},
+                           "decoded_cache": cache, "val_blocks": val_blocks, "start_marks": start_marks()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import typing
 from dataclasses import field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -130,6 +129,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r} is not of the form key=value, e.g. --set train.epochs=3")
     key, value = text.split("=", 1)
+    import yaml  # here, not at import: the models and losses load where PyYAML is not installed
+
     try:
         parsed = yaml.safe_load(value) if value != "" else ""
     except yaml.YAMLError:
@@ -169,24 +170,32 @@ def apply_overrides(raw: dict, overrides: dict[str, Any], cls: type) -> dict:
     return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+@functools.cache
+def _unique_key_loader() -> type:
     """YAML's safe loader, but a key given twice in one mapping is an error: a plain load keeps the last one
-    silently, so a recipe with two `train:` sections would lose the first."""
+    silently, so a recipe with two `train:` sections would lose the first. Made on first use: PyYAML is
+    imported only where a recipe is read."""
+    import yaml
 
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: {key!r} is given twice in "
-                                  f"one section (first at line {seen[key] + 1}); keep one")
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: {key!r} is given twice "
+                                      f"in one section (first at line {seen[key] + 1}); keep one")
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def read_yaml(path: Path) -> Any:
     """A recipe file's data; a syntax error or a repeated key is one line with the file, line and column."""
-    loader = _UniqueKeyLoader(path.read_text())
+    import yaml
+
+    loader = _unique_key_loader()(path.read_text())
     loader.name = str(path)  # for the duplicate-key message
     try:
         return loader.get_single_data()

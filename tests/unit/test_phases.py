@@ -9,7 +9,7 @@ from pipeline.config import TrainJobConfig, load_config
 from pipeline.losses import build_loss
 from pipeline.models import build_model
 from pipeline.objective import ContrastiveObjective
-from pipeline.phases import PHASES, PhaseClock, describe_phases, phase_metrics
+from pipeline.phases import PHASES, PhaseClock, describe_phases, describe_start, mark_start, phase_metrics, process_start
 from pipeline.train import make_optimizer, make_scheduler, train_epoch
 
 from .test_divergence import BASE, FakeContext
@@ -63,10 +63,14 @@ def test_a_slow_data_source_shows_as_data_wait():
             time.sleep(0.1)
             yield b
 
-    clock = PhaseClock()
+    marks = mark_start("model", {})
+    clock = PhaseClock(marks=marks)
     train_epoch(objective, opt, make_scheduler(opt, 0, 100), ctx, cfg, epoch=1, step=0, steps_per_epoch=6,
                 log=lambda r, p: None, batches=slow(), clock=clock)
     out = clock.breakdown()
+    # The launch's start: the first batch came 0.4 s after the model was built, the first step after it.
+    assert marks["batch"] - marks["model"] == pytest.approx(0.4, abs=0.1)
+    assert 0 < marks["step"] - marks["batch"] < out["forward_backward"] + out["optimizer"] + 0.05
     assert out["epoch_start"] == pytest.approx(0.4, abs=0.1)  # the start and the first batch's own wait
     assert out["data_wait"] == pytest.approx(0.5, abs=0.1)  # the five batches after it
     assert out["forward_backward"] > 0 and out["optimizer"] > 0
@@ -92,3 +96,15 @@ def test_a_resumed_epoch_logs_where_an_uninterrupted_one_does():
     assert logged(0, 10) == ["1/10", "2/10", "4/10", "6/10", "8/10", "10/10"]
     assert logged(5, 5) == ["6/10", "8/10", "10/10"]  # its first step is also a log step here
     assert logged(4, 6) == ["5/10", "6/10", "8/10", "10/10"]
+
+
+def test_the_start_line_names_each_part_from_the_process_start():
+    now = time.time()
+    assert now - 3600 * 24 * 365 < process_start() <= now  # this process's start, read from /proc
+    marks = {"process": 100.0, "ray": 103.5, "data": 104.0, "fit": 104.25, "worker": 110.0, "model": 110.5,
+             "batch": 112.0, "step": 112.5}  # no untrained validation (a resumed run): that part is left out
+    line = describe_start(marks)
+    assert line == ("first step after 12.5 s: Ray start 3.5 s, data planning (counts, vocabulary) 0.5 s, driver "
+                    "setup 0.2 s, worker group 5.8 s, model 0.5 s, first block 1.5 s, step 0.5 s")
+    once = mark_start("ray", dict(marks))
+    assert once["ray"] == 103.5 and once["process"] == 100.0  # a milestone keeps its first time
