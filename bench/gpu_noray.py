@@ -46,8 +46,8 @@ VOCAB = 10_000
 # ViT-B/32's shapes. Set here, not read from the YAML: the GPU machine may have no PyYAML.
 PAIRS = {
     "demo": {"data.image_size": 64, "data.max_tokens": 24, "model.embed_dim": 128, "model.image.arch": "small_cnn",
-             "model.image.width": 32, "model.text.arch": "gru", "model.text.word_dim": 128,
-             "model.text.hidden": 256, "batch": 256},
+             "model.image.width": 16, "model.text.arch": "gru", "model.text.word_dim": 128,
+             "model.text.hidden": 128, "batch": 128},
     "vit_b32": {"data.image_size": 224, "data.max_tokens": 32, "model.embed_dim": 512,
                 "model.image.arch": "timm:vit_base_patch32_224", "model.text.arch": "transformer",
                 "model.text.word_dim": 512, "model.text.layers": 12, "model.text.heads": 8, "batch": 256},

@@ -1,12 +1,20 @@
 """Ingest throughput: the Ray Data pipeline against single-process loops, and training fed by it against
 training fed from memory, all measured in one run on the same shards.
 
-    .venv/bin/python bench/ingest.py                    # 6000 JPEGs of 320x320, sizes 64 and 224
-    .venv/bin/python bench/ingest.py --n 800 --sizes 64 --steps 20
+    .venv/bin/python bench/ingest.py                    # 6000 real-photo JPEGs of 256 px q95, sizes 64 and 224
+    .venv/bin/python bench/ingest.py --n 2000 --sizes 224 --parts ab
+    .venv/bin/python bench/ingest.py --dataset synthetic --side 320   # the synthetic scenes, as before
+
+The JPEGs are img2dataset-shaped: 256 px, quality 95, crops cut from the photographs scikit-image, scikit-learn
+and matplotlib ship (`bench/photo_crops.py`), with real photos' detail and file sizes (~20 KiB, where a
+synthetic scene of two shapes is a few KiB and decodes faster than any photo).
 
 (a)  a plain single-process loop: tarfile -> PIL open -> RGB -> resize to S x S, samples/s;
 (a2) the pipeline's own transform (`prepare_train_batch`: JPEG draft decode, random resized crop,
      brightness, tokenising) in a single-process loop;
+(a3) what a PyTorch user runs instead: a torch `DataLoader` with two worker processes over the same tar shards
+     (split between the workers), OpenCLIP's training transform (torchvision RandomResizedCrop(S, scale
+     (0.8, 1), bicubic), then uint8 CHW) and the same tokenizer, batch 128, samples/s on the same cores;
 (b)  the Ray Data pipeline alone: what training feeds a worker (`epoch_data.worker_batches`: its share of the
      shards, read and prepared by its own Ray Data pipeline, cut into batches by the batcher), here one worker
      taking the whole epoch in the driver, samples/s divided by the machine's cores: per core, the target is
@@ -28,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -69,6 +78,44 @@ def transform_loop(paths: list[str], size: int, tokenizer) -> float:
             batch["seed"] = np.arange(lo, lo + len(chunk))
             out, _ = transforms.prepare_train_batch(batch, tokenizer, size, True, 0.8)
             n += len(out["key"])
+    return n / (time.perf_counter() - t0)
+
+
+class TarSamples(torch.utils.data.IterableDataset):
+    """(a3)'s dataset: every tar sample, the shards dealt between the DataLoader's workers."""
+
+    def __init__(self, paths: list[str], size: int, tokenizer):
+        self.paths, self.size, self.tokenizer = paths, size, tokenizer
+
+    def __iter__(self):
+        import json
+
+        from PIL import Image
+        from torchvision import transforms as T
+
+        info = torch.utils.data.get_worker_info()
+        mine = self.paths[info.id::info.num_workers] if info else self.paths
+        crop = T.RandomResizedCrop(self.size, scale=(0.8, 1.0), interpolation=T.InterpolationMode.BICUBIC)
+        for p in mine:
+            with tarfile.open(p) as tar:
+                members = {m.name: m for m in tar}
+                for name in sorted(n for n in members if n.endswith(".jpg")):
+                    img = Image.open(io.BytesIO(tar.extractfile(members[name]).read())).convert("RGB")
+                    caption = json.loads(tar.extractfile(members[name[:-4] + ".json"]).read())["captions"][0]
+                    pixels = torch.from_numpy(np.asarray(crop(img)).copy()).permute(2, 0, 1)
+                    yield pixels, torch.from_numpy(self.tokenizer.encode_batch([caption])[0])
+
+
+def dataloader_loop(paths: list[str], size: int, tokenizer, workers: int = 2) -> float:
+    """(a3): samples/s of a torch DataLoader over the shards, timed from its first batch (the workers' start,
+    a second or so, is left out, as (b)'s warm-up leaves its tasks' start out)."""
+    loader = torch.utils.data.DataLoader(TarSamples(paths, size, tokenizer), batch_size=128, num_workers=workers)
+    n, t0 = 0, None
+    for images, _ in loader:
+        if t0 is None:
+            t0 = time.perf_counter()
+            continue
+        n += len(images)
     return n / (time.perf_counter() - t0)
 
 
@@ -174,7 +221,9 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=6000, help="JPEGs written for the benchmark (default 6000)")
-    ap.add_argument("--side", type=int, default=320, help="side of the stored JPEGs (default 320)")
+    ap.add_argument("--side", type=int, default=256, help="side of the stored JPEGs (default 256)")
+    ap.add_argument("--dataset", choices=("photos", "synthetic"), default="photos",
+                    help="crops of real photographs (default) or the synthetic scenes")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="decoded sizes S for (a), (a2), (b)")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per variant in (c)")
     ap.add_argument("--parts", default="abc", help="which measurements to run: any of a, b, c (default abc)")
@@ -184,7 +233,13 @@ def main() -> None:
     from pipeline.data import ingest
 
     data = Path(tempfile.mkdtemp()) / "bench"
-    paths = [str(p) for p in write_split(data, args.n, seed=0, split_id=0, shard_size=250, side=args.side)]
+    if args.dataset == "photos":
+        from bench.photo_crops import write_dataset as write_photos
+
+        write_photos(data, args.n, 0, size=args.side, quality=95, shard_size=250)
+        paths = sorted(str(p) for p in (data / "train").glob("*.tar"))
+    else:
+        paths = [str(p) for p in write_split(data, args.n, seed=0, split_id=0, shard_size=250, side=args.side)]
     cluster.connect()
     import ray
 
@@ -199,13 +254,15 @@ def main() -> None:
                      TrainJobConfig)
         tok = ingest.scan_training_data(paths, cfg.data).tokenizer
         a, a2 = plain_loop(paths, size), transform_loop(paths, size, tok)
+        a3 = dataloader_loop(paths, size, tok)
         b, per_sample, busy = ray_data_pipeline(paths, cfg, tok)
         b_core = b / physical
         rows.append((size, a, a2, b, b_core))
         cpu[size] = (per_sample, busy)
         print(f"S={size}: (a) plain loop {a:.0f}/s  (a2) pipeline transform loop {a2:.0f}/s  "
-              f"(b) Ray Data {b:.0f}/s = {b_core:.0f}/s per core  ->  (b)/(a) per core {b_core / a:.2f}, "
-              f"(b)/(a2) per core {b_core / a2:.2f}")
+              f"(a3) torch DataLoader, 2 workers {a3:.0f}/s  (b) Ray Data {b:.0f}/s = {b_core:.0f}/s per core  ->  "
+              f"(b)/(a) per core {b_core / a:.2f}, (b)/(a2) per core {b_core / a2:.2f}, (b)/(a3) {b / a3:.2f}; "
+              f"(b) spends {per_sample * a2:.2f}x the CPU a sample of (a2)")
     fed = mem = float("nan")
     if "c" in args.parts:
         fed, mem = demo_fed_vs_memory(data, args.steps)

@@ -20,9 +20,10 @@ C  small-loop: what a user would write instead (`bench/small_loop.py`): a smalle
    max-pool stages of 16-64 channels, a 128-unit BiGRU, symmetric InfoNCE with a learned temperature, AdamW at
    a constant rate), images decoded once, no augmentation, torch on two threads.
 Each validates on data.val after every epoch; "rsum at T s" is the last validation finished within T seconds of
-the run's start. Each run lasts the largest budget (A and B stop sooner where the recipe's train.epochs end:
-their rsum then stays the final one); the smaller budgets are read off the same run, so A's and B's LR schedule
-is the one --epochs sets, not one fitted to each budget. Runs alternate A B C A B C so the machine's noise shows.
+the run's start. With one --epochs value each run lasts the largest budget (A and B stop sooner where the
+recipe's train.epochs end: their rsum then stays the final one) and the smaller budgets are read off the same
+run, so A's and B's LR schedule is not fitted to them (still high at a short budget); with one value per budget
+A and B run once per budget with that many epochs. Runs alternate A B C A B C so the machine's noise shows.
 
 Reported per run: whole-run samples/s (samples trained within the budget / the budget, or the run's time
 where it finished sooner), samples/s between epoch starts (an epoch's samples / the time from its first step
@@ -233,7 +234,10 @@ def main() -> None:
                     help="which plain loop(s) run beside the pipeline (none: the pipeline alone, to try recipes)")
     ap.add_argument("--budgets", default="120,300,600",
                     help="wall-clock seconds at which rsum is read; each run lasts the largest")
-    ap.add_argument("--epochs", type=int, default=14, help="train.epochs of A and B (their LR schedule's length)")
+    ap.add_argument("--epochs", default="14",
+                    help="train.epochs of A and B (their LR schedule's length): one value, read at every budget "
+                         "off one run; or one per budget (e.g. 10,33,70): then A and B run once per budget, each "
+                         "with its own schedule, as a user fitting the recipe to the budget would")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--dataset", choices=("photos", "synthetic"), default="photos")
     ap.add_argument("--train", type=int, default=4000, help="training images, written once")
@@ -255,12 +259,15 @@ def main() -> None:
             write_dataset(data, args.train, 500, seed=11)
     from pipeline.config import RunJobConfig, load_config
 
-    batch = load_config(RunJobConfig, args.recipe, overrides(data, args.epochs, data)).train.batch_size
+    epochs = [int(e) for e in args.epochs.split(",")]
+    if len(epochs) not in (1, len(budgets)):
+        ap.error(f"--epochs: give one value or one per budget ({len(budgets)})")
+    batch = load_config(RunJobConfig, args.recipe, overrides(data, epochs[-1], data)).train.batch_size
     names = ["pipeline"] + {"both": ["same-recipe", "small-loop"], "none": []}.get(args.reference, [args.reference])
     results: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names:  # A B C A B C
-            s = summarise(RUNNERS[name](args.recipe, data, args.epochs, max(budgets)), batch, budgets)
+            s = measure(name, args.recipe, data, epochs, budgets, batch)
             results[name].append(s)
             at = ", ".join(f"{s[f'rsum@{t:g}']:.1f} at {t:g} s" for t in budgets)
             print(f"round {r + 1} {name:<11}: rsum {at}; {s['whole']:6.1f} samples/s whole run, "
@@ -270,6 +277,16 @@ def main() -> None:
     print(report(results, budgets))
     if "same-recipe" in results:
         print(held_back(results, max(budgets)))
+
+
+def measure(name: str, recipe: Path, data: Path, epochs: list[int], budgets: list[float], batch: int) -> dict:
+    """One runner's figures: one run at the largest budget, read at each; or, with an epoch count per budget
+    (A and B, whose schedule has a length), a run per budget, each read at its own, the rates from the last."""
+    if len(epochs) == 1 or name == "small-loop":
+        return summarise(RUNNERS[name](recipe, data, epochs[-1], max(budgets)), batch, budgets)
+    runs = [summarise(RUNNERS[name](recipe, data, e, b), batch, budgets) for e, b in zip(epochs, budgets)]
+    return {**runs[-1], **{f"rsum@{b:g}": r[f"rsum@{b:g}"] for r, b in zip(runs, budgets)},
+            "epochs": "/".join(str(r["epochs"]) for r in runs)}
 
 
 def report(results: dict, budgets: list[float]) -> str:
