@@ -19,6 +19,10 @@ synthetic scene of two shapes is a few KiB and decodes faster than any photo).
      shards, read and prepared by its own Ray Data pipeline, cut into batches by the batcher), here one worker
      taking the whole epoch in the driver, samples/s divided by the machine's cores: per core, the target is
      >= 0.9 x (a);
+(p)  (--parts p) what a read task spends its time on: one worker's read tasks run in this process under
+     cProfile, the functions' own time added up by stage (tar parsing, JPEG decode, crop/resize/brightness,
+     tokenising, numpy/Arrow conversion, shuffle and positions; the object-store put and the batcher are
+     outside the task);
 (c)  training steps/s with batches from the pipeline (`epoch_data.worker_batches` on each worker) over steps/s
      on in-memory tensors of the same shape, same workers, same run, on the demo recipe and 8000 demo-sized
      (64 px) JPEGs: the target is >= 0.9.
@@ -138,6 +142,51 @@ def ray_data_pipeline(paths: list[str], cfg, tokenizer) -> tuple[float, float, f
     return n / wall, busy / n, busy / (wall * (os.cpu_count() or 1))
 
 
+STAGES = (  # (stage, patterns in a profiled function's file or name), first match wins
+    ("tar parsing", ("tarfile.py", "shards.py")),
+    ("JPEG decode", ("ImagingDecoder", "JpegImagePlugin", "ImageFile.py", "method 'draft'", "convert")),
+    ("crop, resize, brightness", ("method 'resize'", "method 'point'", "crop_box", "augment_image", "Image.py")),
+    ("tokenising, captions", ("tokenizer.py", "subword.py", "vocabulary.py", "json", "parse_captions", "re.py",
+                              "method 'findall'", "method 'lower'", "method 'split'")),
+    ("numpy/Arrow conversion", ("numpy", "pyarrow", "ray/data", "rows_to_batch", "method 'stack'",
+                                "method 'concatenate'", "asarray", "built-in method numpy")),
+    ("shuffle, positions, filter", ("permute_windows", "epoch_plan.py", "epoch_source.py", "_random")),
+)
+
+
+def profile_read_tasks(paths: list[str], cfg, tokenizer) -> dict[str, float]:
+    """What a training read task spends its time on: every read task of one worker's epoch (the whole
+    share) run in this process under cProfile, the functions' own time added up by stage. The object-store put
+    and the batcher happen outside the task and are not in it. -> {stage: seconds}, with 'total'."""
+    import cProfile
+    import pstats
+
+    from pipeline.data import ingest
+    from pipeline.data.epoch_plan import choose_layout, worker_share
+
+    layout = choose_layout(paths, None, 1, cfg.data.readers_per_worker, cfg.train.seed)
+    share = worker_share(paths, None, 1, 0, layout, cfg.train.seed, 1, None)
+    source = ingest.train_epoch_source(share, paths, tokenizer, cfg.data, cfg.train.seed, 1)
+    tasks = source.get_read_tasks(1)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for task in tasks:
+        for _ in task():
+            pass
+    prof.disable()
+    total = time.perf_counter() - t0
+    out, others = dict.fromkeys([s for s, _ in STAGES] + ["other"], 0.0), []
+    for (file, _, name), (_, _, own, _, _) in pstats.Stats(prof).stats.items():
+        where = f"{file} {name}"
+        stage = next((s for s, pats in STAGES if any(p in where for p in pats)), "other")
+        out[stage] += own
+        if stage == "other":
+            others.append((own, f"{Path(file).name}:{name}"))
+    top = ", ".join(f"{where} {100 * own / total:.0f}%" for own, where in sorted(others, reverse=True)[:5])
+    return {**out, "total": total, "other_top": top}
+
+
 def held_back(size: int, a2: float, per_sample: float, busy: float) -> str:
     """Which side of (b) misses the target: the cores standing idle (too few reads in flight, or the consumer
     waiting on them), or each sample costing more CPU in the pipeline (`per_sample` core-seconds, the cores
@@ -226,7 +275,8 @@ def main() -> None:
                     help="crops of real photographs (default) or the synthetic scenes")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="decoded sizes S for (a), (a2), (b)")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per variant in (c)")
-    ap.add_argument("--parts", default="abc", help="which measurements to run: any of a, b, c (default abc)")
+    ap.add_argument("--parts", default="abc", help="which measurements to run: any of a, b, c, and p (the read "
+                    "tasks' time by stage, under cProfile) (default abc)")
     args = ap.parse_args()
 
     from pipeline import cluster
@@ -263,6 +313,18 @@ def main() -> None:
               f"(a3) torch DataLoader, 2 workers {a3:.0f}/s  (b) Ray Data {b:.0f}/s = {b_core:.0f}/s per core  ->  "
               f"(b)/(a) per core {b_core / a:.2f}, (b)/(a2) per core {b_core / a2:.2f}, (b)/(a3) {b / a3:.2f}; "
               f"(b) spends {per_sample * a2:.2f}x the CPU a sample of (a2)")
+    if "p" in args.parts:
+        for size in args.sizes:
+            cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "demo.yaml",
+                                     {"data.image_size": size, "data.train": paths[0], "data.val": paths[0]}),
+                         TrainJobConfig)
+            tok = ingest.scan_training_data(paths, cfg.data).tokenizer
+            stages = profile_read_tasks(paths, cfg, tok)
+            total, top = stages.pop("total"), stages.pop("other_top")
+            print(f"S={size}: read tasks in one process, {args.n / total:.0f} samples/s under cProfile "
+                  f"({1000 * total / args.n:.2f} ms a sample); own time by stage: "
+                  + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
+                  + f"; the most of 'other': {top}")
     fed = mem = float("nan")
     if "c" in args.parts:
         fed, mem = demo_fed_vs_memory(data, args.steps)

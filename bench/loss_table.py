@@ -20,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.losses import LOSSES  # noqa: E402
 
+# What a loss needs beyond the demo recipe: DCCA's covariances need a global batch above model.embed_dim (128).
+NEEDS = {"dcca": ["train.batch_size=256"]}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,7 +36,7 @@ def main() -> None:
         run = f"loss-{name}"
         cmd = [sys.executable, "-m", "pipeline", "run", "--config", args.config, "--set", f"loss.name={name}",
                "--set", f"run.name={run}", "--set", f"run.storage_path={args.storage}"]
-        for o in args.overrides:
+        for o in [*NEEDS.get(name, []), *args.overrides]:
             cmd += ["--set", o]
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -205,9 +205,27 @@ def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_
     `cpus`: the share of the cluster's CPUs this worker's reads and decodes may hold at once; `cache`: the
     run's decoded-image cache actor (data.cache_decoded, `decoded_cache`), or None. None when the cursor is
     past every shard of the share."""
-    import json
-
     import ray.data
+
+    source = train_epoch_source(share, all_paths, tokenizer, data_cfg, seed, epoch, cursor, cache)
+    if source is None:
+        return None
+    size = data_cfg.image_size
+    ds = ray.data.read_datasource(source, override_num_blocks=len(source.shards) - source.first)
+    ds.context.target_max_block_size = 2 * PREPARE_ROWS * (3 * size * size + 8 * tokenizer.max_tokens + 256)
+    options = ds.context.execution_options
+    options.preserve_order = True  # positions must arrive in order (see batcher)
+    if cpus:
+        options.resource_limits = options.resource_limits.copy(cpu=cpus)
+    ds.context.enable_progress_bars = False
+    return ds
+
+
+def train_epoch_source(share, all_paths: list[str], tokenizer: Tokenizer, data_cfg, seed: int, epoch: int,
+                       cursor=None, cache=None):
+    """The datasource behind `train_epoch_dataset` (its read tasks can also run in this process, as
+    bench/ingest.py profiles them), or None when the cursor is past every shard of the share."""
+    import json
 
     from pipeline.data.decoded_cache import CacheClient, base_side
     from pipeline.data.epoch_plan import RowFilter
@@ -240,18 +258,10 @@ def train_epoch_dataset(share, all_paths: list[str], tokenizer: Tokenizer, data_
     # fused with a read, and Ray Data holds a read's raw rows back until a 128 MiB block fills: with small
     # images a worker's first batch waited for its whole first shard). Blocks of about one prepared batch
     # then leave the task as they are made.
-    source = EpochSource(share.shards, first, all_paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block,
-                         epoch=epoch, row_filter=RowFilter.of(share, cursor), prepare=prepare,
-                         chunk_rows=PREPARE_ROWS,
-                         cache=(CacheClient(cache), base, view[0]) if cache is not None else None)
-    ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
-    ds.context.target_max_block_size = 2 * PREPARE_ROWS * (3 * size * size + 8 * tokenizer.max_tokens + 256)
-    options = ds.context.execution_options
-    options.preserve_order = True  # positions must arrive in order (see batcher)
-    if cpus:
-        options.resource_limits = options.resource_limits.copy(cpu=cpus)
-    ds.context.enable_progress_bars = False
-    return ds
+    return EpochSource(share.shards, first, all_paths, shuffle_seed=seed, shuffle_block=data_cfg.shuffle_block,
+                       epoch=epoch, row_filter=RowFilter.of(share, cursor), prepare=prepare,
+                       chunk_rows=PREPARE_ROWS,
+                       cache=(CacheClient(cache), base, view[0]) if cache is not None else None)
 
 
 def eval_dataset(paths: list[str], image_size: int, skip_log=None, split: str = "val",
