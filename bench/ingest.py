@@ -23,6 +23,8 @@ synthetic scene of two shapes is a few KiB and decodes faster than any photo).
      cProfile, the functions' own time added up by stage (tar parsing, JPEG decode, crop/resize/brightness,
      tokenising, numpy/Arrow conversion, shuffle and positions; the object-store put and the batcher are
      outside the task);
+(s)  (--parts s) outside the task: `ds.stats()` of one worker's epoch (per operator: the tasks' wall and CPU
+     time, bytes through the object store) and the batcher timed alone over the blocks already pulled;
 (c)  training steps/s with batches from the pipeline (`epoch_data.worker_batches` on each worker) over steps/s
      on in-memory tensors of the same shape, same workers, same run, on the demo recipe and 8000 demo-sized
      (64 px) JPEGs: the target is >= 0.9.
@@ -187,6 +189,28 @@ def profile_read_tasks(paths: list[str], cfg, tokenizer) -> dict[str, float]:
     return {**out, "total": total, "other_top": top}
 
 
+def outside_the_task(paths: list[str], cfg, tokenizer) -> tuple[str, float, float, float]:
+    """(s): one worker's epoch dataset iterated as training pulls it, then Ray Data's own account of it
+    (`ds.stats()`: per operator, the tasks' wall and CPU time, the object-store bytes), and the batcher timed
+    alone over the blocks already pulled. -> (the stats text, epoch seconds, pull seconds, batcher seconds)."""
+    from pipeline.data import ingest
+    from pipeline.data.batcher import EpochBatcher
+    from pipeline.data.epoch_plan import choose_layout, worker_share
+    from pipeline.epoch_data import data_cpus
+
+    cfg = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, num_workers=1))
+    layout = choose_layout(paths, None, 1, cfg.data.readers_per_worker, cfg.train.seed)
+    share = worker_share(paths, None, 1, 0, layout, cfg.train.seed, 1, None)
+    ds = ingest.train_epoch_dataset(share, paths, tokenizer, cfg.data, cfg.train.seed, 1, None, data_cpus(cfg))
+    t0 = time.perf_counter()
+    blocks = list(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=4))
+    pulled = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for _ in EpochBatcher(iter(blocks), cfg.local_batch_size(), cfg.data.shuffle_buffer, np.random.default_rng(0)):
+        pass
+    return ds.stats(), pulled, pulled, time.perf_counter() - t1
+
+
 def held_back(size: int, a2: float, per_sample: float, busy: float) -> str:
     """Which side of (b) misses the target: the cores standing idle (too few reads in flight, or the consumer
     waiting on them), or each sample costing more CPU in the pipeline (`per_sample` core-seconds, the cores
@@ -276,7 +300,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="decoded sizes S for (a), (a2), (b)")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per variant in (c)")
     ap.add_argument("--parts", default="abc", help="which measurements to run: any of a, b, c, and p (the read "
-                    "tasks' time by stage, under cProfile) (default abc)")
+                    "tasks' time by stage, under cProfile), s (Ray Data's per-operator stats and the batcher alone) "
+                    "(default abc)")
     args = ap.parse_args()
 
     from pipeline import cluster
@@ -325,6 +350,16 @@ def main() -> None:
                   f"({1000 * total / args.n:.2f} ms a sample); own time by stage: "
                   + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
                   + f"; the most of 'other': {top}")
+    if "s" in args.parts:
+        for size in args.sizes:
+            cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "demo.yaml",
+                                     {"data.image_size": size, "data.train": paths[0], "data.val": paths[0]}),
+                         TrainJobConfig)
+            tok = ingest.scan_training_data(paths, cfg.data).tokenizer
+            stats, _, pulled, batcher = outside_the_task(paths, cfg, tok)
+            print(f"S={size}: one worker's epoch pulled in {pulled:.1f} s ({args.n / pulled:.0f} samples/s); the "
+                  f"batcher alone over the pulled blocks {batcher:.2f} s ({1000 * batcher / args.n:.3f} ms a "
+                  f"sample). Ray Data's stats:\n{stats}")
     fed = mem = float("nan")
     if "c" in args.parts:
         fed, mem = demo_fed_vs_memory(data, args.steps)
