@@ -189,10 +189,10 @@ def profile_read_tasks(paths: list[str], cfg, tokenizer) -> dict[str, float]:
     return {**out, "total": total, "other_top": top}
 
 
-def outside_the_task(paths: list[str], cfg, tokenizer) -> tuple[str, float, float, float]:
+def outside_the_task(paths: list[str], cfg, tokenizer) -> tuple[str, float, float]:
     """(s): one worker's epoch dataset iterated as training pulls it, then Ray Data's own account of it
     (`ds.stats()`: per operator, the tasks' wall and CPU time, the object-store bytes), and the batcher timed
-    alone over the blocks already pulled. -> (the stats text, epoch seconds, pull seconds, batcher seconds)."""
+    alone over the blocks already pulled. -> (the stats text, seconds to pull the epoch, batcher seconds)."""
     from pipeline.data import ingest
     from pipeline.data.batcher import EpochBatcher
     from pipeline.data.epoch_plan import choose_layout, worker_share
@@ -208,7 +208,7 @@ def outside_the_task(paths: list[str], cfg, tokenizer) -> tuple[str, float, floa
     t1 = time.perf_counter()
     for _ in EpochBatcher(iter(blocks), cfg.local_batch_size(), cfg.data.shuffle_buffer, np.random.default_rng(0)):
         pass
-    return ds.stats(), pulled, pulled, time.perf_counter() - t1
+    return ds.stats(), pulled, time.perf_counter() - t1
 
 
 def held_back(size: int, a2: float, per_sample: float, busy: float) -> str:
@@ -305,7 +305,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from pipeline import cluster
-    from pipeline.data import ingest
 
     data = Path(tempfile.mkdtemp()) / "bench"
     if args.dataset == "photos":
@@ -324,10 +323,7 @@ def main() -> None:
           f"({cores} logical CPUs given to Ray)")
     rows, cpu = [], {}
     for size in (args.sizes if "a" in args.parts or "b" in args.parts else []):
-        cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "demo.yaml",
-                                 {"data.image_size": size, "data.train": paths[0], "data.val": paths[0]}),
-                     TrainJobConfig)
-        tok = ingest.scan_training_data(paths, cfg.data).tokenizer
+        cfg, tok = recipe_at(size, paths)
         a, a2 = plain_loop(paths, size), transform_loop(paths, size, tok)
         a3 = dataloader_loop(paths, size, tok)
         b, per_sample, busy = ray_data_pipeline(paths, cfg, tok)
@@ -340,10 +336,7 @@ def main() -> None:
               f"(b) spends {per_sample * a2:.2f}x the CPU a sample of (a2)")
     if "p" in args.parts:
         for size in args.sizes:
-            cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "demo.yaml",
-                                     {"data.image_size": size, "data.train": paths[0], "data.val": paths[0]}),
-                         TrainJobConfig)
-            tok = ingest.scan_training_data(paths, cfg.data).tokenizer
+            cfg, tok = recipe_at(size, paths)
             stages = profile_read_tasks(paths, cfg, tok)
             total, top = stages.pop("total"), stages.pop("other_top")
             print(f"S={size}: read tasks in one process, {args.n / total:.0f} samples/s under cProfile "
@@ -352,11 +345,8 @@ def main() -> None:
                   + f"; the most of 'other': {top}")
     if "s" in args.parts:
         for size in args.sizes:
-            cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "demo.yaml",
-                                     {"data.image_size": size, "data.train": paths[0], "data.val": paths[0]}),
-                         TrainJobConfig)
-            tok = ingest.scan_training_data(paths, cfg.data).tokenizer
-            stats, _, pulled, batcher = outside_the_task(paths, cfg, tok)
+            cfg, tok = recipe_at(size, paths)
+            stats, pulled, batcher = outside_the_task(paths, cfg, tok)
             print(f"S={size}: one worker's epoch pulled in {pulled:.1f} s ({args.n / pulled:.0f} samples/s); the "
                   f"batcher alone over the pulled blocks {batcher:.2f} s ({1000 * batcher / args.n:.3f} ms a "
                   f"sample). Ray Data's stats:\n{stats}")
@@ -373,6 +363,15 @@ def main() -> None:
     for size, a, a2, b, bc in rows:
         if bc / a < 0.9:  # the target: (b) per core >= 0.9 x (a)
             print(held_back(size, a2, *cpu[size]))
+
+
+def recipe_at(size: int, paths: list[str]):
+    """The demo recipe at S = `size` over `paths`, and the tokenizer its vocabulary pass learns from them."""
+    from pipeline.data import ingest
+
+    cfg = narrow(load_config(RunJobConfig, ROOT / "configs" / "demo.yaml",
+                             {"data.image_size": size, "data.train": paths[0], "data.val": paths[0]}), TrainJobConfig)
+    return cfg, ingest.scan_training_data(paths, cfg.data).tokenizer
 
 
 def demo_fed_vs_memory(data: Path, steps: int) -> tuple[float, float]:

@@ -262,9 +262,7 @@ class EvalConfig:
     chunk_size: int = _f(1024, "query rows scored at once; bounds evaluation memory")
     examples: int = _f(5, "example queries shown in the report")
     every_steps: int = _f(0, "training also validates every this many steps (rank 0); 0: at epoch ends only")
-    untrained: bool = _f(True, "training validates the untrained model before its first step (epoch 0 of the "
-                               "report's curve and its 'untrained model rsum'); false: the first step comes one "
-                               "validation sooner")
+    untrained: bool = _f(True, "validate the untrained model before the first step (the report's epoch 0)")
     in_driver_images: int = _f(4096, "evaluate/index: a gallery of at most this many images (as its stats files or "
                                      "Parquet footers count them) is embedded in the driver, not by a Ray Data actor "
                                      "pool, whose start costs seconds; 0: always the pool; never with scaling.use_gpu")
