@@ -106,6 +106,7 @@ START_PARTS = (("ray", "Ray start"), ("data", "data planning (counts, vocabulary
                ("worker", "worker group"), ("model", "model"), ("untrained", "untrained validation"),
                ("batch", "first block"), ("step", "step"))
 _MARKS: dict[str, float] = {}
+_IMPORTED = time.time()  # process_start's answer where /proc cannot say
 
 
 def process_start() -> float:
@@ -118,9 +119,6 @@ def process_start() -> float:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return _IMPORTED
-
-
-_IMPORTED = time.time()
 
 
 def mark_start(name: str, marks: dict[str, float] | None = None) -> dict[str, float]:
