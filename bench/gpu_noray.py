@@ -14,7 +14,9 @@ where $OUT is set) as it goes, so a call cut short still leaves what it measured
     plain loop's forward and backward) times steps/s over the GPU's dense bf16 peak; peak memory per loop.
 (2) JPEG decode, images/s on all cores: PIL and torchvision.io.decode_jpeg on the CPU (one process a core),
     and batched torchvision.io.decode_jpeg(device="cuda"), on 256 px q95 JPEGs cut from real photographs
-    (`bench/photo_crops.py`, where scikit-image is installed; otherwise smooth random textures, said so).
+    (`bench/photo_crops.py`, where scikit-image is installed; otherwise smooth random textures, said so); and
+    data.decode=gpu's worker side (`pipeline.data.device_decode`: batched decode, crops, brightness) at 64 and
+    224 px on the device.
 Stage 2, the Ray Data -> GPU path, is `bench/gpu.py` (it needs Ray); `bench/gpu.sh` runs both.
 """
 from __future__ import annotations
@@ -271,6 +273,29 @@ def cuda_decode_rate(blobs: list[bytes], device: torch.device, batch: int = 256,
     return rounds * len(data) / (time.perf_counter() - t0)
 
 
+def worker_view_rate(blobs: list[bytes], device: torch.device, size: int, batch: int = 128, rounds: int = 2) -> float:
+    """images/s of data.decode=gpu's worker side (`device_decode.device_views`: one batched decode per block of a
+    read task's 128 rows, each crop box resampled to size x size, brightness), on `device`, one process."""
+    from pipeline.data import device_decode as dd
+
+    rng, batch = np.random.default_rng(0), min(batch, len(blobs))
+    planned = [dd.plan_view(dd.jpeg_size(b), size, True, 0.8, "shortest", rng) for b in blobs]
+    blocks = []
+    for i in range(0, len(blobs) - batch + 1, batch):
+        part = range(i, i + batch)
+        blocks.append({"tally": np.array([""] * batch, dtype=object), "encoded": np.ones(batch, dtype=bool),
+                       "jpeg": np.array([blobs[j] for j in part], dtype=object),
+                       "box": np.array([planned[j][0] for j in part]), "gain": np.array([planned[j][1] for j in part])})
+    dd.device_views(blocks[0], device, size)  # CUDA context, nvjpeg handles
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for block in blocks:
+            dd.device_views(block, device, size)
+    sync(device)
+    return rounds * batch * len(blocks) / (time.perf_counter() - t0)
+
+
 def decode_rates(args, device: torch.device) -> dict:
     blobs, what = real_jpegs(args.decode_images)
     cores = os.cpu_count() or 1
@@ -281,6 +306,9 @@ def decode_rates(args, device: torch.device) -> dict:
     cuda = f", batched CUDA {out['cuda_per_s']:.0f}" if out["cuda_per_s"] else ", CUDA decode: no CUDA device"
     print(f"(2) decode of {len(blobs)} 256 px q95 JPEGs ({what}, {out['mean_kib']:.0f} KiB mean) on {cores} cores: "
           f"PIL {out['pil_per_s']:.0f}/s, torchvision CPU {out['torchvision_cpu_per_s']:.0f}/s{cuda}", flush=True)
+    for size in (64, 224):  # data.decode=gpu's worker: decode, crop and brightness on the device
+        out[f"worker_views_{size}_per_s"] = rate = worker_view_rate(blobs, device, size)
+        print(f"    data.decode=gpu worker views at {size} px on {device.type}, one process: {rate:.0f}/s", flush=True)
     return out
 
 

@@ -30,8 +30,9 @@ def to_device(batches, device: torch.device, channels_last: bool = False):
         to = torch.from_numpy
     fmt = torch.channels_last if device.type == "cuda" and channels_last else torch.contiguous_format
     for batch in batches:
-        yield {"key": batch["key"], "pos": batch.get("pos"),
-               "image": to(np.ascontiguousarray(batch["image"])).contiguous(memory_format=fmt),
+        image = batch["image"]  # data.decode=gpu: already decoded on the device
+        image = image.to(device) if isinstance(image, torch.Tensor) else to(np.ascontiguousarray(image))
+        yield {"key": batch["key"], "pos": batch.get("pos"), "image": image.contiguous(memory_format=fmt),
                "tokens": to(np.ascontiguousarray(batch["tokens"]))}
 
 
@@ -39,8 +40,8 @@ def worker_batches(paths: list[str], cfg, tokenizer, rank: int, world: int, epoc
     """What training feeds worker `rank` of `world` in `epoch`, on `device`: its share of `paths`, read and
     prepared by its own Ray Data pipeline, cut into local batches (the benchmarks measure exactly this)."""
     layout = choose_layout(paths, None, world, cfg.data.readers_per_worker, cfg.train.seed)
-    yield from to_device(epoch_batches({"train_paths": paths, "layout": layout}, cfg, rank, world, tokenizer, epoch),
-                         device, cfg.train.channels_last)
+    yield from to_device(epoch_batches({"train_paths": paths, "layout": layout}, cfg, rank, world, tokenizer, epoch,
+                                       device=device), device, cfg.train.channels_last)
 
 
 def data_cpus(cfg) -> float | None:
@@ -85,9 +86,9 @@ def primed(blocks: Iterable) -> Iterator:
 
 
 def epoch_batches(loop_cfg: dict, cfg, rank: int, world: int, tokenizer, epoch: int,
-                  saved: dict | None = None, prime: bool = False) -> EpochBatcher:
+                  saved: dict | None = None, prime: bool = False, device=None) -> EpochBatcher:
     """This worker's batches for `epoch`, from where `saved` (its part of a mid-epoch checkpoint) left off;
-    `prime`: start reading at once (`primed`)."""
+    `prime`: start reading at once (`primed`); `device`: where data.decode=gpu decodes (default the CPU)."""
     from pipeline.data import ingest
 
     paths = loop_cfg["train_paths"]
@@ -98,6 +99,12 @@ def epoch_batches(loop_cfg: dict, cfg, rank: int, world: int, tokenizer, epoch: 
     ds = ingest.train_epoch_dataset(share, paths, tokenizer, cfg.data, cfg.train.seed, epoch, cursor,
                                     data_cpus(cfg), loop_cfg.get("decoded_cache"))
     blocks = [] if ds is None else ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=4)
+    if cfg.data.decode == "gpu":
+        from pipeline.data.device_decode import device_blocks
+        from pipeline.data.transforms import image_view
+
+        blocks = device_blocks(blocks, device or torch.device("cpu"), cfg.data.image_size,
+                               image_view(cfg.data)[0])
     if prime:
         blocks = primed(blocks)
     rng = np.random.default_rng([cfg.train.seed, epoch, rank, cursor.next if cursor else 0])

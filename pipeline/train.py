@@ -183,7 +183,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     saved_first = in_epoch if in_epoch and in_epoch["epoch"] == first else None
     # The first epoch's reads start before the untrained model is validated, and run beside it.
     upcoming = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, first,
-                             saved_first["workers"][ctx.rank] if saved_first else None, prime=True) \
+                             saved_first["workers"][ctx.rank] if saved_first else None, prime=True,
+                             device=ctx.device) \
         if first <= cfg.train.epochs else None
     if state["epoch"] == 0 and cfg.eval.untrained and validates() and not state["history"]:
         untrained = val_set.run(model, tokenizer, ctx.device)
@@ -201,7 +202,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         clock.start()
         clock.add("checkpoint", last_checkpoint_s)  # the previous epoch's, written after its metrics were taken
         batches = upcoming if upcoming is not None else epoch_batches(
-            loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch, saved["workers"][ctx.rank] if saved else None)
+            loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch, saved["workers"][ctx.rank] if saved else None,
+            device=ctx.device)
 
         def on_step(step: int, n: int, loss_sum, epoch=epoch, batches=batches) -> None:
             nonlocal state, steps_log
@@ -234,7 +236,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         if check is not None:  # what the epoch's last steps read, checked too (collective, every rank raises)
             check()
         # The next epoch's reads start now, in the background, while this one validates and checkpoints.
-        upcoming = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch + 1, None, prime=True) \
+        upcoming = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch + 1, None, prime=True,
+                                 device=ctx.device) \
             if epoch < cfg.train.epochs else None
         tallies = gather_objects({"tally": batches.tally.to_dict(), "mix": batches.mix.tolist()})
         skips = SkipTally.merged([t["tally"] for t in tallies])
@@ -423,6 +426,9 @@ def start_cache(data_cfg, samples: int):
 
     from pipeline.data import decoded_cache
 
+    if data_cfg.decode == "gpu":
+        print("[data] training images travel as JPEG bytes and are decoded on each worker's device (data.decode=gpu)")
+        return None
     store = float(ray.cluster_resources().get("object_store_memory", 0))
     on, note = decoded_cache.decide(data_cfg.cache_decoded, samples, data_cfg.image_size, store)
     print(f"[data] {note}")

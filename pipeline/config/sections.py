@@ -64,6 +64,9 @@ class DataConfig:
     cache_decoded: str = _f("auto", "auto | true | false: training images decoded once (short side a little above "
                                     "data.image_size) and kept in Ray's object store, crops cut from there every "
                                     "epoch; auto: when the decoded set takes under a fifth of the object store")
+    decode: str = _f("cpu", "cpu (read tasks decode and crop the training images) | gpu (JPEG bytes travel to each "
+                            "training worker, which decodes them batched on its device, nvjpeg on CUDA, and crops "
+                            "there; other images are decoded in the read task)")
     allow_changed_data: bool = _f(False, "resume mid-epoch although data.train now matches other shards than the "
                                          "checkpoint's (the epoch's order is then a new one)")
     synth: SynthConfig = _f(SynthConfig(), "synthetic demo data")
@@ -86,6 +89,10 @@ class DataConfig:
         object.__setattr__(self, "cache_decoded", str(self.cache_decoded).lower())
         _check(self.cache_decoded in ("auto", "true", "false"),
                f"data.cache_decoded={self.cache_decoded!r}; choose auto, true or false")
+        _check(self.decode in ("cpu", "gpu"), f"data.decode={self.decode!r}; choose cpu or gpu")
+        _check(not (self.decode == "gpu" and self.cache_decoded == "true"),
+               "data.cache_decoded=true keeps decoded images in the object store, data.decode=gpu sends the JPEG bytes "
+               "to the workers to decode there; set one of them back (data.cache_decoded=auto or data.decode=cpu)")
         _check(self.sampling in SAMPLINGS, f"data.sampling={self.sampling!r}; choose one of {list(SAMPLINGS)}")
         if isinstance(self.train, list):
             object.__setattr__(self, "train", [_source(s, i) for i, s in enumerate(self.train)])

@@ -19,7 +19,24 @@ import numpy as np
 from pipeline.data.epoch_plan import ROW_BITS, Cursor
 from pipeline.data.skips import SkipTally
 
-SAMPLE_COLUMNS = ("key", "image", "tokens", "pos")
+SAMPLE_COLUMNS = ("key", "image", "tokens", "pos")  # data.decode=gpu: 'image' is a tensor on the device
+
+
+def _rows(column, mask: np.ndarray):
+    """The rows of a numpy array or a torch tensor (on any device) where `mask` is True."""
+    if isinstance(column, np.ndarray):
+        return column[mask]
+    import torch
+
+    return column[torch.from_numpy(mask).to(column.device)]
+
+
+def _cat(a, b):
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b])
+    import torch
+
+    return torch.cat([a, b])
 
 
 class EpochBatcher:
@@ -72,11 +89,11 @@ class EpochBatcher:
 
     def _take(self, block: dict) -> None:
         marks = np.asarray([bool(t) for t in block["tally"]], dtype=bool)
-        samples = {c: np.asarray(block[c])[~marks] for c in SAMPLE_COLUMNS}
+        samples = {c: _rows(block[c] if hasattr(block[c], "device") else np.asarray(block[c]), ~marks)
+                   for c in SAMPLE_COLUMNS}
         if len(samples["pos"]):
             self.cursor.pending.update(map(int, samples["pos"]))
-            self.pool = samples if self.pool is None else {
-                c: np.concatenate([self.pool[c], samples[c]]) for c in SAMPLE_COLUMNS}
+            self.pool = samples if self.pool is None else {c: _cat(self.pool[c], samples[c]) for c in SAMPLE_COLUMNS}
         for t in np.asarray(block["tally"])[marks]:  # after the block's samples: they come first in the stream
             self._close(json.loads(t))
 
@@ -95,6 +112,6 @@ class EpochBatcher:
             pick[self.rng.choice(n, self.batch_size, replace=False)] = True
         else:
             pick = np.arange(n) < self.batch_size
-        out = {c: self.pool[c][pick] for c in SAMPLE_COLUMNS}
-        self.pool = {c: self.pool[c][~pick] for c in SAMPLE_COLUMNS}
+        out = {c: _rows(self.pool[c], pick) for c in SAMPLE_COLUMNS}
+        self.pool = {c: _rows(self.pool[c], ~pick) for c in SAMPLE_COLUMNS}
         return out

@@ -227,6 +227,7 @@ def train_epoch_source(share, all_paths: list[str], tokenizer: Tokenizer, data_c
     bench/ingest.py profiles them), or None when the cursor is past every shard of the share."""
     import json
 
+    from pipeline.data import device_decode
     from pipeline.data.decoded_cache import CacheClient, base_side
     from pipeline.data.epoch_plan import RowFilter
     from pipeline.data.epoch_source import EpochSource
@@ -242,17 +243,17 @@ def train_epoch_source(share, all_paths: list[str], tokenizer: Tokenizer, data_c
     base = base_side(size) if cache is not None else 0
 
     def prepare(batch):
-        out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min, view, base)
+        if data_cfg.decode == "gpu":  # JPEG bytes and the views' boxes; the worker decodes (device_decode)
+            out, skips = device_decode.plan_train_batch(batch, tokenizer, size, augment, scale_min, view)
+        else:
+            out, skips = transforms.prepare_train_batch(batch, tokenizer, size, augment, scale_min, view, base)
         tally = SkipTally()
         tally.add_keys(skips)
         pos = np.asarray(batch["pos"], dtype=np.int64)
         mark = json.dumps({"first": int(pos.min()), "last": int(pos.max()), **tally.to_dict()})
         n = len(out["key"])
-        return {"key": np.append(out["key"], ""),
-                "image": np.concatenate([out["image"], np.zeros((1, 3, size, size), np.uint8)]),
-                "tokens": np.concatenate([out["tokens"], np.zeros((1, tokenizer.max_tokens), np.int64)]),
-                "pos": np.append(out["pos"], pos.max()),
-                "tally": np.array([""] * n + [mark], dtype=object)}
+        rows = {c: _with_blank_row(c, v) for c, v in out.items() if c != "pos"}
+        return {**rows, "pos": np.append(out["pos"], pos.max()), "tally": np.array([""] * n + [mark], dtype=object)}
 
     # Each read task decodes its rows itself, 128 at a time (a separate map_batches(batch_size=128) is not
     # fused with a read, and Ray Data holds a read's raw rows back until a 128 MiB block fills: with small
@@ -262,6 +263,14 @@ def train_epoch_source(share, all_paths: list[str], tokenizer: Tokenizer, data_c
                        epoch=epoch, row_filter=RowFilter.of(share, cursor), prepare=prepare,
                        chunk_rows=PREPARE_ROWS,
                        cache=(CacheClient(cache), base, view[0]) if cache is not None else None)
+
+
+def _with_blank_row(name: str, column: np.ndarray) -> np.ndarray:
+    """`column` and one blank row of its kind after it (where a prepared batch's tally row goes); the bytes
+    column stays bytes in an all-skipped batch too, so that every block has one schema."""
+    if column.dtype != object:
+        return np.concatenate([column, np.zeros((1, *column.shape[1:]), column.dtype)])
+    return np.append(column, np.array([b"" if name == "jpeg" else ""], dtype=object))
 
 
 def eval_dataset(paths: list[str], image_size: int, skip_log=None, split: str = "val",
