@@ -25,6 +25,10 @@ synthetic scene of two shapes is a few KiB and decodes faster than any photo).
      outside the task);
 (s)  (--parts s) outside the task: `ds.stats()` of one worker's epoch (per operator: the tasks' wall and CPU
      time, bytes through the object store) and the batcher timed alone over the blocks already pulled;
+(g)  (--parts g) data.decode=gpu: one worker's read tasks run in this process, core-ms a sample with
+     data.decode=cpu (decode, crop, brightness, tokenising) against data.decode=gpu (the JPEG header, the
+     views' boxes, tokenising), and what the worker's device then spends on the blocks (`device_blocks`; on a
+     CPU-only machine, the CPU standing in for the GPU);
 (c)  training steps/s with batches from the pipeline (`epoch_data.worker_batches` on each worker) over steps/s
      on in-memory tensors of the same shape, same workers, same run, on the demo recipe and 8000 demo-sized
      (64 px) JPEGs: the target is >= 0.9.
@@ -211,6 +215,44 @@ def outside_the_task(paths: list[str], cfg, tokenizer) -> tuple[str, float, floa
     return ds.stats(), pulled, time.perf_counter() - t1
 
 
+def read_tasks_in_process(paths: list[str], cfg, tokenizer) -> tuple[float, list[dict]]:
+    """One worker's read tasks of a whole epoch run here, one after another (no profiler) -> (seconds, their
+    blocks as numpy batches)."""
+    from ray.data.block import BlockAccessor
+
+    from pipeline.data import ingest
+    from pipeline.data.epoch_plan import choose_layout, worker_share
+
+    layout = choose_layout(paths, None, 1, cfg.data.readers_per_worker, cfg.train.seed)
+    share = worker_share(paths, None, 1, 0, layout, cfg.train.seed, 1, None)
+    tasks = ingest.train_epoch_source(share, paths, tokenizer, cfg.data, cfg.train.seed, 1).get_read_tasks(1)
+    t0, blocks = time.process_time(), []
+    for task in tasks:
+        blocks += list(task())
+    spent = time.process_time() - t0
+    return spent, [BlockAccessor.for_block(b).to_batch_format("numpy") for b in blocks]
+
+
+def gpu_decode_split(paths: list[str], size: int) -> tuple[float, float, float]:
+    """(g): -> (read-task core-ms a sample with data.decode=cpu, with data.decode=gpu, the worker device's ms a
+    sample for the gpu blocks); the two modes run A B A B, the second round reported (the first warms up)."""
+    from pipeline.data.device_decode import device_blocks
+
+    cfg, tok = recipe_at(size, paths)
+    gpu_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, decode="gpu", cache_decoded="false"))
+    for _ in range(2):
+        cpu_s, blocks = read_tasks_in_process(paths, cfg, tok)
+        gpu_s, gpu_blocks = read_tasks_in_process(paths, gpu_cfg, tok)
+    n = sum(int((np.asarray(b["tally"]) == "").sum()) for b in blocks)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    for _ in device_blocks(gpu_blocks, device, size, transforms.image_view(cfg.data)[0]):
+        pass
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 1000 * cpu_s / n, 1000 * gpu_s / n, 1000 * (time.perf_counter() - t0) / n
+
+
 def held_back(size: int, a2: float, per_sample: float, busy: float) -> str:
     """Which side of (b) misses the target: the cores standing idle (too few reads in flight, or the consumer
     waiting on them), or each sample costing more CPU in the pipeline (`per_sample` core-seconds, the cores
@@ -300,8 +342,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="decoded sizes S for (a), (a2), (b)")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per variant in (c)")
     ap.add_argument("--parts", default="abc", help="which measurements to run: any of a, b, c, and p (the read "
-                    "tasks' time by stage, under cProfile), s (Ray Data's per-operator stats and the batcher alone) "
-                    "(default abc)")
+                    "tasks' time by stage, under cProfile), s (Ray Data's per-operator stats and the batcher alone), g "
+                    "(data.decode=gpu's split of the work) (default abc)")
     args = ap.parse_args()
 
     from pipeline import cluster
@@ -350,6 +392,13 @@ def main() -> None:
             print(f"S={size}: one worker's epoch pulled in {pulled:.1f} s ({args.n / pulled:.0f} samples/s); the "
                   f"batcher alone over the pulled blocks {batcher:.2f} s ({1000 * batcher / args.n:.3f} ms a "
                   f"sample). Ray Data's stats:\n{stats}")
+    if "g" in args.parts:
+        for size in args.sizes:
+            cpu_ms, gpu_ms, dev_ms = gpu_decode_split(paths, size)
+            where = "GPU" if torch.cuda.is_available() else "CPU standing in for the GPU"
+            print(f"S={size}: (g) a read task spends {cpu_ms:.2f} core-ms a sample with data.decode=cpu, "
+                  f"{gpu_ms:.2f} with data.decode=gpu ({gpu_ms / cpu_ms:.2f}x); the worker's device ({where}) then "
+                  f"{dev_ms:.2f} ms a sample")
     fed = mem = float("nan")
     if "c" in args.parts:
         fed, mem = demo_fed_vs_memory(data, args.steps)
