@@ -11,9 +11,15 @@ only checks that the script works:
     cosine schedule, gradient clipping) against a plain PyTorch loop over the same architecture, same batch
     held on the device, same autocast / memory format / compile, same clipping: the ratio's target is >= 0.95.
     The plain loop is timed before and after the project's step and averaged, so neither gains from order.
-(2) samples/s that the Ray Data training pipeline (what training feeds a worker, `epoch_data.worker_batches`,
-    over synthetic JPEG shards: decode + crop + tokenise on this machine's CPUs) delivers onto the device (pinned
-    host memory, non-blocking copies): with (1), how many decode cores one GPU needs (docs/scaling.md).
+(2) samples/s that the Ray Data training pipeline (what training feeds a worker, `epoch_data.worker_batches`)
+    delivers onto the device, over 256 px q95 JPEGs cut from real photographs (`bench/photo_crops.py`; the
+    synthetic scenes where scikit-image is missing, and it says so), for each of `--decode`: `cpu` (decode, crop,
+    tokenise in read tasks on this machine's CPUs; pinned host memory, non-blocking copies) and `gpu`
+    (data.decode=gpu: JPEG bytes to the worker, decoded and cropped on the device), run A B A B; with (1), how
+    many decode cores one GPU needs (docs/scaling.md), and the cores each mode kept busy.
+
+Where `import ray` fails (the GPU machine has no Ray), `bench/gpu_bundle.py` builds the wheels to carry and
+`bench/gpu.sh` installs them from `.whl/`.
 """
 from __future__ import annotations
 
@@ -48,30 +54,53 @@ def make_config(args) -> TrainJobConfig:
     return gpu_noray.make_config(pair, args.batch, args.precision, not args.no_channels_last, args.compile)
 
 
-def ingest_rate(cfg: TrainJobConfig, device: torch.device, n_images: int, epochs: int) -> tuple[float, int]:
-    """(samples/s delivered onto `device` by `epochs` epochs of the Ray Data pipeline, each decoding every
-    image again as training does, logical CPUs Ray had)."""
+def ingest_paths(n_images: int, size: int) -> tuple[list[str], str]:
+    """Shards of n JPEGs for (2): 256 px q95 real-photo crops where scikit-image is there, else the scenes."""
+    out = Path(tempfile.mkdtemp()) / "gpu_ingest"
+    try:
+        from bench.photo_crops import write_dataset
+
+        write_dataset(out, n_images, 0, size=256, quality=95, shard_size=256)
+        return sorted(str(p) for p in (out / "train").glob("*.tar")), "256 px q95 crops of real photographs"
+    except (ImportError, RuntimeError):
+        from pipeline.data.synthetic import write_split
+
+        side = max(320, size + 32)
+        return ([str(p) for p in write_split(out, n_images, seed=0, split_id=0, shard_size=256, side=side)],
+                f"synthetic {side} px scenes (no scikit-image here)")
+
+
+def ingest_rates(cfg: TrainJobConfig, device: torch.device, n_images: int, epochs: int, modes: list[str]
+                 ) -> tuple[dict, int, str]:
+    """({mode: (samples/s delivered onto `device` by `epochs` epochs of the Ray Data pipeline, each decoding
+    every image again as training does, busy cores meanwhile)}, logical CPUs Ray had, what the images are);
+    the data.decode modes run A B A B."""
+    import dataclasses
+
     import ray
 
+    from bench.process_cpu import busy_core_seconds
     from pipeline import cluster
     from pipeline.data import ingest
-    from pipeline.data.synthetic import write_split
 
-    paths = [str(p) for p in write_split(Path(tempfile.mkdtemp()) / "gpu_ingest", n_images, seed=0, split_id=0,
-                                         shard_size=256, side=max(320, cfg.data.image_size + 32))]
+    paths, what = ingest_paths(n_images, cfg.data.image_size)
     cluster.connect()
     tok = ingest.scan_training_data(paths, cfg.data).tokenizer
-    for _ in zip(range(2), worker_batches(paths, cfg, tok, 0, 1, 0, device)):
-        pass  # the decode tasks started
-    n, t0 = 0, time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        for batch in worker_batches(paths, cfg, tok, 0, 1, epoch, device):
-            n += batch["image"].shape[0]
-    sync(device)
-    rate = n / (time.perf_counter() - t0)
+    runs: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    for mode in modes * 2:
+        c = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, decode=mode, cache_decoded="false"))
+        for _ in zip(range(2), worker_batches(paths, c, tok, 0, 1, 0, device)):
+            pass  # the decode tasks started
+        n, t0, busy0 = 0, time.perf_counter(), busy_core_seconds()
+        for epoch in range(1, epochs + 1):
+            for batch in worker_batches(paths, c, tok, 0, 1, epoch, device):
+                n += batch["image"].shape[0]
+        sync(device)
+        wall = time.perf_counter() - t0
+        runs[mode].append((n / wall, (busy_core_seconds() - busy0) / wall))
     cpus = int(ray.cluster_resources().get("CPU", 0))
     ray.shutdown()
-    return rate, cpus
+    return {m: tuple(sum(x) / len(x) for x in zip(*r)) for m, r in runs.items()}, cpus, what
 
 
 def main() -> None:
@@ -88,6 +117,7 @@ def main() -> None:
     ap.add_argument("--no-channels-last", action="store_true", help="train.channels_last=false")
     ap.add_argument("--ingest-images", type=int, default=2048, help="JPEGs for the ingest measurement; 0 skips it")
     ap.add_argument("--ingest-epochs", type=int, default=5, help="timed passes over them (each decodes again)")
+    ap.add_argument("--decode", default="cpu,gpu", help="data.decode modes for (2), run A B A B (default cpu,gpu)")
     ap.add_argument("--json", default="", help="also write the figures to this file")
     args = ap.parse_args()
 
@@ -116,12 +146,15 @@ def main() -> None:
               "plain_after": plain_b, "project_samples_per_s": ours, "ratio": ours / base, "peak_gib": peak}
     del plain, project, batch
     if args.ingest_images:
-        rate, cpus = ingest_rate(cfg, device, args.ingest_images, args.ingest_epochs)
+        rates, cpus, what = ingest_rates(cfg, device, args.ingest_images, args.ingest_epochs, args.decode.split(","))
         cores = os.cpu_count() or 1
-        print(f"(2) Ray Data -> {device.type} ingest: {rate:.0f} samples/s of {cfg.data.image_size} px "
-              f"({rate / cores:.0f}/s per core; {cores} cores, {cpus} logical CPUs given to Ray); one GPU at "
-              f"(1)'s rate needs {ours / max(rate, 1e-9):.2f}x this machine's decode")
-        result |= {"ingest_samples_per_s": rate, "ingest_cpus": cpus, "cores": cores}
+        for mode, (rate, busy) in rates.items():
+            print(f"(2) Ray Data -> {device.type} ingest, data.decode={mode}: {rate:.0f} samples/s of "
+                  f"{cfg.data.image_size} px from {what} ({rate / cores:.0f}/s per core, {busy:.1f} of {cores} cores "
+                  f"busy; {cpus} logical CPUs given to Ray); one GPU at (1)'s rate needs "
+                  f"{ours / max(rate, 1e-9):.2f}x this")
+        result |= {"ingest": {m: {"samples_per_s": r, "busy_cores": b} for m, (r, b) in rates.items()},
+                   "ingest_images": what, "ingest_cpus": cpus, "cores": cores}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -3,7 +3,8 @@
 #   1. bench/gpu_noray.py: needs only torch (with CUDA), torchvision and timm: train steps of the demo towers and
 #      of a ViT-B/32-sized pair against a plain PyTorch loop (bf16, channels_last, compile off and on, MFU) and
 #      JPEG decode rates (PIL, torchvision CPU, batched CUDA). Runs on a GPU machine that has no Ray.
-#   2. bench/gpu.py: the Ray Data -> GPU ingest rate; only where `import ray` works (skipped, and said, where not).
+#   2. bench/gpu.py: the Ray Data -> GPU ingest rate, data.decode=cpu and gpu; where `import ray` works, or with
+#      the wheels in .whl/ (`.venv/bin/python bench/gpu_bundle.py` here; carry .whl), else skipped, and said.
 # Each stage is sized to fit one call of at most 8 minutes and writes its figures as it goes.
 #
 #   bench/gpu.sh                      # both stages, defaults
@@ -21,6 +22,13 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_USAGE_STATS_ENABLED=0 PYTH
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'" \
   || { echo "bench/gpu.sh: needs torch with CUDA importable by $PY" >&2; exit 2; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+# No Ray on the machine: the wheels bench/gpu_bundle.py built, carried in .whl/ (Ray without its Java jar, and
+# jsonschema's family), installed beside it.
+if ! "$PY" -c "import ray" 2>/dev/null && ls .whl/ray-*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 
 LOG="${OUT:+$OUT/gpu.log}"
 "$PY" bench/gpu_noray.py --device cuda ${OUT:+--json "$OUT/gpu_noray.json"} "$@" 2>&1 | tee ${LOG:+"$LOG"}

@@ -1,11 +1,13 @@
 """The benchmarks' own parts that a figure depends on: the real-photo crop dataset (captions that say where a
 crop is, the same bytes every time) and the GPU check's first stage, which must run where neither Ray nor
-PyYAML is installed (the GPU machine) and build the demo recipe's towers."""
+PyYAML is installed (the GPU machine) and build the demo recipe's towers, and the Ray wheel the second stage
+carries there."""
 import io
 import json
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +120,24 @@ def test_the_gpu_check_runs_without_ray_or_yaml(tmp_path):
     dec = figures["decode"]
     assert dec["images"] == 8 and dec["pil_per_s"] > 0 and dec["torchvision_cpu_per_s"] > 0
     assert dec["cuda_per_s"] is None and "real photographs" in dec["what"]
+
+
+def test_the_ray_bundle_leaves_out_the_java_jar_and_its_record_lines(tmp_path):
+    from bench import gpu_bundle
+
+    members = {"ray/__init__.py": b"x = 1\n", "ray/jars/ray_dist.jar": b"\0" * 4096,
+               "ray/dashboard/client/build/static/js/main.js": b"js", "ray/dashboard/client/build/main.js.map": b"m"}
+    record = "".join(f"{name},sha256=abc,{len(data)}\n" for name, data in members.items()) + "ray-1.dist-info/RECORD,,\n"
+    wheel = tmp_path / "ray-1-cp312-cp312-manylinux2014_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        z.writestr("ray-1.dist-info/RECORD", record)
+    out = tmp_path / "slim" / wheel.name
+    out.parent.mkdir()
+    gpu_bundle.slim(wheel, out)
+    with zipfile.ZipFile(out) as z:
+        names = set(z.namelist())
+        kept_record = z.read("ray-1.dist-info/RECORD").decode()
+    assert names == {"ray/__init__.py", "ray/dashboard/client/build/static/js/main.js", "ray-1.dist-info/RECORD"}
+    assert "jars" not in kept_record and ".js.map" not in kept_record and "ray/__init__.py" in kept_record
