@@ -1,9 +1,9 @@
 """The wheels stage 2 of the GPU check needs on a GPU machine that has no Ray and can download nothing: Ray itself,
-without its Java jar (32 MB of its 79 MB; only Java workers load it) and the dashboard's source maps, and the
+without its Java jar (32 MiB of its 75.6; only Java workers load it) and the dashboard's source maps, and the
 one family of Ray's requirements that machine's image lacks (jsonschema, with referencing, rpds-py and
 jsonschema-specifications; /work/.library/device/KINDS.md lists what it has). Ray's version is this checkout's.
 
-    .venv/bin/python bench/gpu_bundle.py              # -> .whl/ for Python 3.12 (the GPU machine's), ~46 MB
+    .venv/bin/python bench/gpu_bundle.py              # -> .whl/ for Python 3.12 (the GPU machine's), 44 MiB
     .venv/bin/python bench/gpu_bundle.py --python 3.11 --out /tmp/whl   # for a check on this machine
 
 On the machine, as the device notes say (the folder travels with `carry: [".whl"]`):
