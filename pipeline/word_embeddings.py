@@ -94,7 +94,7 @@ def train_vectors(counts: Counts, e, seed: int, scaling_cfg, run_cfg) -> np.ndar
         import torch
 
         from pipeline import word_objectives
-        from pipeline.distributed import WorkerContext
+        from pipeline.distributed import WorkerContext, all_reduce_mean
 
         ctx = WorkerContext.from_ray()
         rank, world = ctx.rank, ctx.world_size
@@ -109,9 +109,11 @@ def train_vectors(counts: Counts, e, seed: int, scaling_cfg, run_cfg) -> np.ndar
         g = torch.Generator().manual_seed(c["seed"] * 7919 + rank)
         for epoch in range(c["e"].epochs):
             order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(c["seed"] * 1009 + epoch))
-            total = 0.0
-            for part in order[rank::world].tensor_split(steps):
-                loss = word_objectives.entry_loss(ddp, rows[part], cols[part], values[part], noise, g)
+            total, parts = 0.0, order[rank::world].tensor_split(steps)
+            # each step's global normaliser, as the mean of the workers' (one collective an epoch)
+            norms = all_reduce_mean(torch.stack([word_objectives.normaliser(model, values[p]) for p in parts]))
+            for part, norm in zip(parts, norms):
+                loss = word_objectives.entry_loss(ddp, rows[part], cols[part], values[part], noise, g, norm)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -80,3 +80,65 @@ def test_glove_and_sgns_trained_here_put_colours_with_colours():
         assert cosine(v["red"], v["blue"]) > cosine(v["red"], v["circle"]), method
         assert cosine(v["circle"], v["cross"]) > cosine(v["circle"], v["green"]), method
 
+
+
+def _sharded_grad(rank, world, init_file, out):
+    """One gloo worker: DDP over its share of the entries (every world-th, as word_embeddings deals them),
+    divided by the step's global normaliser; rank 0 saves, per method, the gradient DDP applied (and the one a
+    worker's own normaliser would have applied)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from pipeline.distributed import all_reduce_mean
+    from pipeline.word_objectives import normaliser
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    rows, cols, counts, noise = _skewed_entries()
+    grads = {}
+    for method in ("sgns", "glove"):
+        for norm_kind in ("global", "local"):
+            model = _fresh(method)
+            ddp = DDP(model)
+            mine = torch.arange(len(rows))[rank::world]
+            norm = all_reduce_mean(normaliser(model, counts[mine])) if norm_kind == "global" else None
+            args = (rows[mine], cols[mine], counts[mine]) + ((noise[mine],) if method == "sgns" else ())
+            ddp(*args, norm).backward()
+            grads[method, norm_kind] = [p.grad.clone() for p in model.parameters()]
+    if rank == 0:
+        torch.save(grads, f"{out}/grads.pt")
+    dist.destroy_process_group()
+
+
+def _skewed_entries():
+    """Entries whose counts differ a lot between the workers' shares: a per-worker normaliser then matters."""
+    rows, cols, counts = _entries(seed=4, n=31)  # 31: the shares of 2 and of 3 workers differ in size too
+    i = torch.arange(len(counts))
+    counts = counts * torch.where(i % 2 == 0, 10.0, 0.1) * (1 + i % 3)
+    noise = torch.randint(0, 9, (len(rows), 3), generator=torch.Generator().manual_seed(5))
+    return rows, cols, counts, noise
+
+
+def _fresh(method):
+    model = SkipGramNS(9, 4, negatives=3, seed=1) if method == "sgns" else GloVe(9, 4, seed=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(6))
+    return model
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_gradient_on_several_workers_is_the_gradient_on_the_union(tmp_path, world):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sharded_grad, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    grads = torch.load(tmp_path / "grads.pt")
+    rows, cols, counts, noise = _skewed_entries()
+    for method in ("sgns", "glove"):
+        model = _fresh(method)
+        (model(rows, cols, counts, noise) if method == "sgns" else model(rows, cols, counts)).backward()
+        for got, want in zip(grads[method, "global"], model.parameters()):
+            torch.testing.assert_close(got, want.grad, rtol=1e-5, atol=1e-7)
+        # what a worker's own normaliser gave: DDP's mean of per-worker ratios, not the ratio of the sums
+        off = max(float((g - w.grad).norm() / w.grad.norm()) for g, w in zip(grads[method, "local"],
+                                                                             model.parameters()))
+        assert off > 0.01, (method, off)
