@@ -103,8 +103,9 @@ def epoch_batches(loop_cfg: dict, cfg, rank: int, world: int, tokenizer, epoch: 
         from pipeline.data.device_decode import device_blocks
         from pipeline.data.transforms import image_view
 
-        blocks = device_blocks(blocks, device or torch.device("cpu"), cfg.data.image_size,
-                               image_view(cfg.data)[0])
+        view = image_view(cfg.data)
+        blocks = device_blocks(blocks, device or torch.device("cpu"), cfg.data.image_size, view[0],
+                               two_step=not cfg.data.augment and view[1] == "shortest")
     if prime:
         blocks = primed(blocks)
     rng = np.random.default_rng([cfg.train.seed, epoch, rank, cursor.next if cursor else 0])

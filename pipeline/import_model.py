@@ -61,7 +61,8 @@ def import_config(*, source: str = "", weights: str = "", tag: str = "", tokeniz
         size = int(pc.input_size[-1]) if pc is not None else 224
     data = build(DataConfig, {"image_size": size, "tokenizer": "pretrained", "max_tokens": max_tokens or 128,
                               "interpolation": pre.get("interpolation", "bilinear"),
-                              "resize_mode": pre.get("resize_mode", "shortest")})
+                              "resize_mode": pre.get("resize_mode", "shortest"),
+                              "crop_pct": float(pre.get("crop_pct", 1.0))})
     return {"data": to_dict(data), "model": to_dict(mcfg)}
 
 

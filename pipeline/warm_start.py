@@ -18,7 +18,7 @@ from pipeline.config import ConfigError, TrainJobConfig, build, to_dict
 # What a run keeps of its own model section when it starts from another checkpoint's weights.
 OWN_MODEL_KEYS = (("image", "freeze"), ("image", "lr_mult"), ("text", "freeze"), ("text", "lr_mult"))
 # The data keys that shape what the checkpoint's model is fed.
-INPUT_KEYS = ("image_size", "max_tokens", "tokenizer", "interpolation", "resize_mode")
+INPUT_KEYS = ("image_size", "max_tokens", "tokenizer", "interpolation", "resize_mode", "crop_pct")
 
 
 def find_init(path: str) -> str:
@@ -45,13 +45,15 @@ def resolve(cfg: TrainJobConfig) -> tuple[TrainJobConfig, str | None]:
         d["data"] |= {k: saved["data"][k] for k in INPUT_KEYS if k in saved["data"]}
         if "tokenizer" not in saved["data"]:  # a checkpoint from before data.tokenizer: word ids
             d["data"]["tokenizer"] = "word"
-    if "auto" in (d["data"]["interpolation"], d["data"]["resize_mode"]):
+    if "auto" in (d["data"]["interpolation"], d["data"]["resize_mode"]) or not d["data"].get("crop_pct"):
         pre = preprocess_of(build(TrainJobConfig, d).model) if init is None else checkpoint.read_spec(init).get(
             "preprocess", {})
         if d["data"]["interpolation"] == "auto":
             d["data"]["interpolation"] = pre.get("interpolation", "bilinear")
         if d["data"]["resize_mode"] == "auto":
             d["data"]["resize_mode"] = pre.get("resize_mode", "shortest")
+        if not d["data"].get("crop_pct"):
+            d["data"]["crop_pct"] = float(pre.get("crop_pct", 1.0))
     return build(TrainJobConfig, d), init
 
 
@@ -94,8 +96,17 @@ def preprocess_of(model_cfg) -> dict:
             pc = timm.get_pretrained_cfg(model_cfg.image.arch[5:])
         except RuntimeError:
             pc = None
-        return {"interpolation": getattr(pc, "interpolation", None) or "bicubic", "resize_mode": "shortest"}
+        return {"interpolation": getattr(pc, "interpolation", None) or "bicubic", "resize_mode": "shortest",
+                "crop_pct": timm_crop_pct(pc)}
     return {}
+
+
+def timm_crop_pct(pc) -> float:
+    """timm's evaluation crop fraction for a pretrained config (its default, 0.875, where the config has none)."""
+    from timm.data import DEFAULT_CROP_PCT
+
+    crop = getattr(pc, "crop_pct", None) if pc is not None else None
+    return float(crop or DEFAULT_CROP_PCT)
 
 
 def start_model(model, loss, init: str | None, keep_temperature: bool = False) -> None:

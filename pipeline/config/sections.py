@@ -43,6 +43,8 @@ class DataConfig:
                                     "config's, else bilinear) | bilinear | bicubic")
     resize_mode: str = _f("auto", "auto (the pretrained config's) | shortest (short side to data.image_size, "
                                   "then the centre square) | squash (whole image resized to a square)")
+    crop_pct: float = _f(0.0, "evaluation views: the short side resized to data.image_size / crop_pct, then the "
+                              "centre square cut (timm's crop_pct); 0 (auto): the pretrained config's, else 1")
     vocab_min_count: int = _f(1, "words seen fewer times in the training captions map to [UNK]")
     vocab_max_size: int = _f(30000, "largest vocabulary, most frequent words first")
     shuffle_block: int = _f(1024, "training rows are shuffled inside windows of this many samples of a shard "
@@ -84,6 +86,7 @@ class DataConfig:
                f"data.interpolation={self.interpolation!r}; choose one of {list(INTERPOLATIONS)}")
         _check(self.resize_mode in RESIZE_MODES, f"data.resize_mode={self.resize_mode!r}; choose one of "
                                                  f"{list(RESIZE_MODES)}")
+        _check(0.0 <= self.crop_pct <= 1.0, f"data.crop_pct={self.crop_pct} must lie in (0, 1], or be 0 (auto)")
         _check(self.shuffle_block >= 0 and self.shuffle_buffer >= 0,
                "data.shuffle_block and data.shuffle_buffer must be >= 0")
         object.__setattr__(self, "cache_decoded", str(self.cache_decoded).lower())

@@ -61,7 +61,7 @@ def plan_train_batch(batch: dict[str, Any], tokenizer, size: int, augment: bool,
         wh = None if reason or isinstance(raw, (str, np.ndarray)) else jpeg_size(bytes(raw))
         rng = np.random.default_rng(seed)
         if wh is not None:
-            box, gain = plan_view(wh, size, augment, scale_min, view[1], rng)
+            box, gain = plan_view(wh, size, augment, scale_min, view[1], rng, view[2] if len(view) > 2 else 1.0)
             jpegs.append(bytes(raw))
         else:  # the CPU path: same skips, same view as data.decode=cpu
             img = T.decode_or_skip(key, raw, problem, why, skips, min_side=size, interpolation=view[0])
@@ -87,11 +87,17 @@ def plan_train_batch(batch: dict[str, Any], tokenizer, size: int, augment: bool,
 
 
 def plan_view(wh: tuple[int, int], size: int, augment: bool, scale_min: float, mode: str,
-               rng: np.random.Generator) -> tuple[tuple, float]:
-    """(source box, brightness gain) of a row's view, drawn as `transforms.augment_image` draws them."""
+               rng: np.random.Generator, crop_pct: float = 1.0) -> tuple[tuple, float]:
+    """(box, brightness gain) of a row's view, drawn as `transforms.augment_image` draws them. The box is the
+    source box to resample, except for the unaugmented shortest-side view, where it is (left, top, resized
+    width, resized height) of `transforms.resize_image`'s resize-then-crop (see `two_step`)."""
     w, h = wh
     if not augment:
-        return ((0.0, 0.0, float(w), float(h)) if mode == "squash" else T.shortest_side_box(w, h, size)), 1.0
+        if mode == "squash":
+            return (0.0, 0.0, float(w), float(h)), 1.0
+        new_w, new_h = T.resized_shape(w, h, size, crop_pct)
+        return (float(round((new_w - size) / 2.0)), float(round((new_h - size) / 2.0)), float(new_w),
+                float(new_h)), 1.0
     box = T.crop_box(w, h, scale_min, rng)
     return tuple(map(float, box)), float(rng.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS))
 
@@ -124,10 +130,18 @@ def _kernel(x: np.ndarray, interpolation: str) -> np.ndarray:
                     np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
 
 
-def resample(images: list, boxes: np.ndarray, size: int, interpolation: str = "bilinear"):
-    """(3,H,W) uint8 tensors (any sizes, one device) and their source boxes -> (n,3,size,size) uint8: each box
-    resampled as Pillow's `resize((size, size), box=box)` does, as two matrix products batched over the images
-    of one shape."""
+def _axis_weights(in_size: int, size: int, lo: float, hi: float, interpolation: str, two_step: bool) -> np.ndarray:
+    """(size, in_size) weights of one axis: the box [lo, hi) resampled to `size`, or (`two_step`: lo = the crop's
+    offset, hi = the resized length) the whole axis resized to `hi` and the `size` samples from `lo` kept."""
+    if not two_step:
+        return filter_weights(in_size, size, lo, hi, interpolation)
+    return filter_weights(in_size, int(hi), 0.0, float(in_size), interpolation)[int(lo):int(lo) + size]
+
+
+def resample(images: list, boxes: np.ndarray, size: int, interpolation: str = "bilinear", two_step: bool = False):
+    """(3,H,W) uint8 tensors (any sizes, one device) and their boxes -> (n,3,size,size) uint8: each source box
+    resampled as Pillow's `resize((size, size), box=box)` does, or (`two_step`, boxes from `plan_view`'s
+    unaugmented view) Pillow's resize then crop, as two matrix products batched over the images of one shape."""
     import torch
 
     device = images[0].device if images else torch.device("cpu")
@@ -139,8 +153,8 @@ def resample(images: list, boxes: np.ndarray, size: int, interpolation: str = "b
         step = max(1, (64 << 20) // (3 * h * w))  # about 256 MB of float32 at a time
         for at in range(0, len(rows), step):
             part = rows[at:at + step]
-            wy = np.stack([filter_weights(h, size, boxes[i, 1], boxes[i, 3], interpolation) for i in part])
-            wx = np.stack([filter_weights(w, size, boxes[i, 0], boxes[i, 2], interpolation) for i in part])
+            wy = np.stack([_axis_weights(h, size, boxes[i, 1], boxes[i, 3], interpolation, two_step) for i in part])
+            wx = np.stack([_axis_weights(w, size, boxes[i, 0], boxes[i, 2], interpolation, two_step) for i in part])
             pix = torch.stack([images[i] for i in part]).float()  # (g,3,H,W)
             wy_t = torch.from_numpy(wy).float().to(device)[:, None]  # (g,1,S,H)
             wx_t = torch.from_numpy(wx).float().to(device)[:, None].transpose(2, 3)  # (g,1,W,S)
@@ -181,7 +195,7 @@ def decode_jpegs(datas: list[bytes], device) -> list:
     return out
 
 
-def device_views(block: dict, device, size: int, interpolation: str = "bilinear"):
+def device_views(block: dict, device, size: int, interpolation: str = "bilinear", two_step: bool = False):
     """A planned block's sample rows -> ((m,3,S,S) uint8 views on `device`, indices of the rows whose JPEG no
     decoder took, which are left out of the views)."""
     import torch
@@ -195,7 +209,7 @@ def device_views(block: dict, device, size: int, interpolation: str = "bilinear"
     views = torch.empty((len(rows), 3, size, size), dtype=torch.uint8, device=device)
     where = {i: j for j, i in enumerate(rows)}
     if ok:
-        cut = resample([decoded[i] for i in ok], boxes[ok], size, interpolation)
+        cut = resample([decoded[i] for i in ok], boxes[ok], size, interpolation, two_step)
         gain = torch.as_tensor(np.asarray(block["gain"], dtype=np.float64)[ok], dtype=torch.float32, device=device)
         # the CPU path's lookup table: floor(v * gain), clipped
         views[[where[i] for i in ok]] = (cut.float() * gain[:, None, None, None]).floor_().clamp_(0, 255).to(
@@ -209,16 +223,18 @@ def device_views(block: dict, device, size: int, interpolation: str = "bilinear"
     return views[keep], failed
 
 
-def device_blocks(blocks: Iterable[dict], device, size: int, interpolation: str = "bilinear") -> Iterator[dict]:
+def device_blocks(blocks: Iterable[dict], device, size: int, interpolation: str = "bilinear",
+                  two_step: bool = False) -> Iterator[dict]:
     """Planned blocks (`plan_train_batch` rows, then each prepared batch's tally row) -> the blocks the batcher
     takes: 'image' (views on `device`, a zero image on tally rows) in place of the bytes, and a JPEG no decoder
-    took counted under corrupt_image in its batch's tally row and dropped."""
+    took counted under corrupt_image in its batch's tally row and dropped. `two_step`: the unaugmented
+    shortest-side view (data.augment=false), whose boxes `plan_view` gives as resize-then-crop."""
     import torch
 
     from pipeline.data.skips import SkipTally
 
     for block in blocks:
-        views, failed = device_views(block, device, size, interpolation)
+        views, failed = device_views(block, device, size, interpolation, two_step)
         tally = np.asarray(block["tally"], dtype=object).copy()
         pos = np.asarray(block["pos"], dtype=np.int64)
         for i in failed:  # the tally row closing the prepared batch that covers this row's position

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from collections import Counter
 from typing import Any
@@ -114,31 +115,34 @@ def center_box(w: int, h: int, ratio: float = 1.0) -> tuple[int, int, int, int]:
 FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
-def shortest_side_box(w: int, h: int, size: int) -> tuple[float, float, float, float]:
-    """The source box that torchvision's Resize(size) (short side to `size`, long side truncated to an integer)
-    followed by CenterCrop(size) keeps, so that one PIL resize of this box samples the same positions at the same
-    scale as those two steps (OpenCLIP's and timm's evaluation transforms)."""
-    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-    sx, sy = w / new_w, h / new_h
-    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
-
-
-def image_view(data_cfg) -> tuple[str, str]:
-    """A checkpoint's data config (dict or DataConfig) -> (interpolation, resize mode) of its evaluation view.
-    A config from before these keys, or one still saying auto, means the original bilinear centre square."""
+def image_view(data_cfg) -> tuple[str, str, float]:
+    """A checkpoint's data config (dict or DataConfig) -> (interpolation, resize mode, crop_pct) of its
+    evaluation view. A config from before these keys, or one still saying auto, means the original bilinear
+    centre square (crop_pct 1: the whole short side)."""
     get = data_cfg.get if isinstance(data_cfg, dict) else lambda k, d: getattr(data_cfg, k, d)
-    interp, mode = get("interpolation", "bilinear"), get("resize_mode", "shortest")
-    return ("bilinear" if interp == "auto" else interp), ("shortest" if mode == "auto" else mode)
+    interp, mode, crop = get("interpolation", "bilinear"), get("resize_mode", "shortest"), get("crop_pct", 1.0)
+    return ("bilinear" if interp == "auto" else interp), ("shortest" if mode == "auto" else mode), float(crop or 1.0)
 
 
-def resize_image(img: Image.Image, size: int, interpolation: str = "bilinear", resize_mode: str = "shortest"
-                 ) -> np.ndarray:
-    """Evaluation view -> (3, size, size) uint8. shortest: the centred square, resized to size x size (OpenCLIP's
-    and torchvision's resize-shortest-side then centre-crop, in one PIL call); squash: the whole image resized to
-    a square (SigLIP's preprocessing)."""
-    box = None if resize_mode == "squash" else shortest_side_box(*img.size, size)
-    out = img.resize((size, size), FILTERS[interpolation], box=box)
+def resized_shape(w: int, h: int, size: int, crop_pct: float = 1.0) -> tuple[int, int]:
+    """(width, height) after torchvision's Resize(floor(size / crop_pct)) of a w x h image: the short side to
+    that, the long side truncated to an integer (timm's and OpenCLIP's evaluation transforms)."""
+    short = math.floor(size / crop_pct) if crop_pct < 1 else size
+    return (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+
+
+def resize_image(img: Image.Image, size: int, interpolation: str = "bilinear", resize_mode: str = "shortest",
+                 crop_pct: float = 1.0) -> np.ndarray:
+    """Evaluation view -> (3, size, size) uint8. shortest: torchvision's Resize(floor(size / crop_pct)) then
+    CenterCrop(size), done with the same two Pillow calls (OpenCLIP's transform, and timm's with its crop_pct), so
+    the pixels are theirs; squash: the whole image resized to a square (SigLIP's preprocessing)."""
+    if resize_mode == "squash":
+        out = img.resize((size, size), FILTERS[interpolation])
+    else:
+        new_w, new_h = resized_shape(*img.size, size, crop_pct)
+        resized = img.resize((new_w, new_h), FILTERS[interpolation]) if (new_w, new_h) != img.size else img
+        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+        out = resized.crop((left, top, left + size, top + size))
     return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
 
 
@@ -257,7 +261,9 @@ def prepare_eval_batch(batch: dict[str, Any], size: int, view: tuple[str, str] =
     keys, images, captions, labels, shards, skips = [], [], [], [], [], {}
     for i, (key, raw, txt, meta, problem, _seed) in enumerate(iter_samples(batch)):
         caps, why = parse_captions(txt, meta)
-        img = decode_or_skip(key, raw, problem, why, skips, min_side=size)
+        # decoded at full scale (no `draft`): the view is then the pixels open_clip's and timm's transforms give,
+        # and the pixels a worker decoding on its device (data.decode=gpu) trained on
+        img = decode_or_skip(key, raw, problem, why, skips)
         if img is None:
             continue
         shards.append(str(batch["shard"][i]) if "shard" in batch else "")

@@ -58,8 +58,12 @@ def build_timm(name: str, weights: str, image_size: int, spec: dict | None = Non
         fit_state_dict(net, state, key="model.image.weights", path=weights, arch=f"timm:{name}",
                        ignore_unexpected=heads)
     net.out_dim = net.num_features
+    from timm.data import DEFAULT_CROP_PCT
+
+    # timm's evaluation transform: resize the short side to size / crop_pct, then the centre crop
     pre = {"mean": list(cfg.get("mean", IMAGENET["mean"])), "std": list(cfg.get("std", IMAGENET["std"])),
-           "interpolation": cfg.get("interpolation", "bicubic"), "image_size": native}
+           "interpolation": cfg.get("interpolation", "bicubic"), "image_size": native,
+           "crop_pct": float(cfg.get("crop_pct") or DEFAULT_CROP_PCT)}
     return net, {"kind": "timm", "name": name, "pretrained_cfg": json.loads(json.dumps(cfg)), "preprocess": pre}
 
 
@@ -206,8 +210,9 @@ def open_clip_preprocess(name: str, cfg: dict, tag: str = "") -> dict:
         pre |= {k: v for k, v in json.loads(views.pop()).items() if v is not None}
     pre.update(cfg.get("preprocess_cfg", {}))
     pre["image_size"] = int(cfg["vision_cfg"].get("image_size", 224))
+    pre["crop_pct"] = 1.0  # OpenCLIP's evaluation transform: Resize(image_size) + CenterCrop(image_size)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in pre.items()
-            if k in ("mean", "std", "interpolation", "resize_mode", "image_size")}
+            if k in ("mean", "std", "interpolation", "resize_mode", "image_size", "crop_pct")}
 
 
 def build_open_clip(name: str, weights: str, image_size: int, spec: dict | None = None, tag: str = ""):

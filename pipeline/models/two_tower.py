@@ -125,7 +125,8 @@ def build_model(cfg, vocab_size: int, *, vocab: list[str] | None = None, image_s
         pre = parts["image"].get("preprocess", {})
     parts = {k: v for k, v in parts.items() if v}
     parts["preprocess"] = {"mean": list(pre.get("mean", MEAN)), "std": list(pre.get("std", STD)),
-                           **{k: pre[k] for k in ("interpolation", "resize_mode", "image_size") if k in pre}}
+                           **{k: pre[k] for k in ("interpolation", "resize_mode", "image_size", "crop_pct")
+                              if k in pre}}
     return TwoTower(image, text, cfg.embed_dim, freeze_image=cfg.image.freeze,
                     freeze_text=getattr(cfg.text, "freeze", False), mean=parts["preprocess"]["mean"],
                     std=parts["preprocess"]["std"], spec=parts)

@@ -82,6 +82,14 @@ def fit_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, key:
     drops) may be in the file without being in the module."""
     state = {k: v for k, v in state.items() if not k.startswith(ignore_unexpected)} if ignore_unexpected else state
     missing, unexpected, shapes = mismatches(module, state)
+    own = module.state_dict()
+    fitting = len(own) - len(missing) - len(shapes)
+    if fitting < len(own) / 2:  # most of what the tower needs is not there: weights of another architecture
+        names = [k for k in state if k.endswith(".weight")][:3] or list(state)[:3]
+        raise WeightsError(f"{key}={path!r} holds another architecture's weights, not {arch}'s: {fitting} of the "
+                           f"{len(own)} tensors it needs are there by name and shape, and the file's own names "
+                           f"look like {', '.join(names)}; point {key} at weights for {arch}, or set the tower's "
+                           "arch to the one they are for")
     if missing or unexpected or shapes:
         raise WeightsError(f"{key}={path!r} does not fit {arch}: {describe_mismatch(missing, unexpected, shapes)}")
     module.load_state_dict(state, strict=True)

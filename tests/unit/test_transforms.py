@@ -194,3 +194,21 @@ def test_corrupt_exif_decodes_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning per web image would flood a run's output
         assert transforms.decode_image(buf.getvalue(), 16).size == (24, 24)
+
+
+@pytest.mark.parametrize("shape", [(300, 450), (400, 600), (450, 300), (256, 256), (225, 224)])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_the_shortest_side_view_is_torchvisions_resize_and_centre_crop(shape, interpolation):
+    """Portrait sizes too (Pillow's one-call box resize ran its passes in the other order for 300x450 and
+    400x600, 12 levels off): the view is torchvision's own two steps, pixel for pixel."""
+    from torchvision import transforms as tv
+
+    from pipeline.data.photos import load_photo
+
+    img = Image.fromarray(load_photo("astronaut")).resize(shape, Image.BICUBIC)
+    mode = {"bilinear": tv.InterpolationMode.BILINEAR, "bicubic": tv.InterpolationMode.BICUBIC}[interpolation]
+    want = np.asarray(tv.Compose([tv.Resize(224, interpolation=mode), tv.CenterCrop(224)])(img)).transpose(2, 0, 1)
+    assert np.array_equal(transforms.resize_image(img, 224, interpolation, "shortest"), want)
+    crop = tv.Compose([tv.Resize(int(224 / 0.875), interpolation=mode), tv.CenterCrop(224)])(img)  # timm's 0.875
+    assert np.array_equal(transforms.resize_image(img, 224, interpolation, "shortest", 0.875),
+                          np.asarray(crop).transpose(2, 0, 1))
