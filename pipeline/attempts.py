@@ -59,14 +59,22 @@ def check_resume_config(cfg: TrainJobConfig, latest: str | None) -> list[str]:
     return changes
 
 
-def explain_failure(e: BaseException, attempts: int, budget: int) -> str:
+NO_ROOM = ("WorkerGroupStartup", "InsufficientClusterResources")  # Ray Train's errors for workers with nowhere to run
+
+
+def explain_failure(e: BaseException, attempts: int, budget: int, latest: str | None = None, need: str = "") -> str:
     """One line for a failed fit(): when every allowed restart was used, say so first; the error that ended the
-    last attempt is often only a symptom (a peer's "Connection reset" when a worker died)."""
+    last attempt is often only a symptom (a peer's "Connection reset" when a worker died). `latest`: the newest
+    complete checkpoint now; `need`: what the worker group asks of the cluster ('2 workers of 1 CPU')."""
     cause = root_cause(e)
-    if "WorkerGroupStartup" in cause:  # a restart after a lost node found no room, try after try
-        return ("training failed: the workers could not be started again on the cluster's remaining nodes (a "
-                "lost node that no other replaced?); add nodes, or on an autoscaling cluster raise "
-                f"scaling.resource_wait_s; rerun the same command to resume from the newest checkpoint ({cause})")
+    controller = getattr(e, "controller_failure", None)
+    if any(n in cause for n in NO_ROOM) or (controller is not None and not str(controller).strip()):
+        # a restart after a lost node found no room, try after try (Ray says only "controller error")
+        kept = f"the newest checkpoint, {latest}, is intact" if latest else "no checkpoint was written yet"
+        return (f"training failed: the cluster lost room for the training workers ({need or 'the worker group'} no "
+                f"longer fit on its remaining nodes: a lost node that no other replaced?); {kept}. Add nodes and "
+                "rerun the same command to resume, or set scaling.resource_wait_s to wait for a replacement "
+                f"({cause})")
     if budget > 0 and attempts > budget:  # the first start plus `budget` restarts, all failed
         return (f"training failed {attempts} times, and run.max_failures={budget} allows {budget} restart(s): the "
                 f"failure budget is spent. The last failure: {root_cause(e)}. Rerun the same command to resume "
@@ -82,7 +90,8 @@ def root_cause(e: BaseException, limit: int = 2000) -> str:
     if failures:
         rank = min(failures)
         e, prefix = failures[rank], f"rank {rank}: "
-    e = getattr(e, "cause", None) or e  # RayTaskError carries the original exception as .cause
+    # RayTaskError carries the original exception as .cause; Train's ControllerError as .controller_failure
+    e = getattr(e, "controller_failure", None) or getattr(e, "cause", None) or e
     while e.__cause__ is not None:
         e = e.__cause__
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
@@ -98,10 +107,12 @@ def _weights(train) -> list[float]:
     return [float(src.get("weight", 1.0)) for src in train] if isinstance(train, list) else [1.0]
 
 
-def check_resume_data(cfg: TrainJobConfig, latest: str | None, names: list[str]) -> bool:
+def check_resume_data(cfg: TrainJobConfig, latest: str | None, names: list[str],
+                      ids: dict[str, str] | None = None) -> bool:
     """A mid-epoch checkpoint's cursors index the epoch order dealt from its shard list: resuming over other
-    shards would lose and repeat samples. -> True when they differ and data.allow_changed_data lets the
-    epoch go on in a new order (cursors dropped); a one-line ValueError when they differ and it does not."""
+    shards, or over a shard of the same name with other contents (`ids`: name -> `storage.fingerprints`),
+    would lose and repeat samples. -> True when they differ and data.allow_changed_data lets the epoch go on
+    in a new order (cursors dropped); a one-line ValueError when they differ and it does not."""
     if latest is None:
         return False
     state = checkpoint.read_state(latest)
@@ -121,6 +132,11 @@ def check_resume_data(cfg: TrainJobConfig, latest: str | None, names: list[str])
             raise ValueError(f"{latest} stopped mid-epoch with {key}={before}; resume it with {key}={before} (not "
                              f"{now}), or from an epoch-end checkpoint")
     diff = shard_list_changes(old, names)
+    was_ids = state.get("data_shard_ids") or {}
+    rewritten = sorted(n for n in names if was_ids.get(n) and ids and ids.get(n) != was_ids[n])
+    if rewritten:  # same name, other size or date: the positions saved no longer point at the same samples
+        diff = ", ".join(filter(None, [diff, f"{len(rewritten)} rewritten since (e.g. {rewritten[0]}: size or date "
+                                              "differ)"]))
     if not diff:
         return False
     if not cfg.data.allow_changed_data:

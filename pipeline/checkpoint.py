@@ -117,35 +117,50 @@ def _manifest(path: str | Path) -> dict:
 def is_checkpoint(path: str | Path, verify: bool = False) -> bool:
     """Complete: every required file there, and every file the manifest lists at its recorded size; with
     `verify`, also at its recorded SHA-256 (this reads every file)."""
+    return not checkpoint_problem(path, verify)
+
+
+def checkpoint_problem(path: str | Path, verify: bool = False) -> str:
+    """'' for a complete checkpoint (see `is_checkpoint`), else what is wrong with it, in a few words."""
     fs, root = storage.filesystem(str(path))
     try:
         sizes = {Path(e["name"]).name: e["size"] for e in fs.ls(root, detail=True) if e["type"] == "file"}
     except (FileNotFoundError, NotADirectoryError):
-        return False
-    if not all(f in sizes for f in REQUIRED):
-        return False
+        return "no such folder"
+    missing = [f for f in REQUIRED if f not in sizes]
+    if missing:
+        return f"{', '.join(missing)} missing"
     try:
         manifest = _manifest(path)
     except ValueError:
-        return False
-    if not all(sizes.get(name) == size for name, size in manifest.get("files", {}).items()):
-        return False
-    return not verify or all(_sha256(storage.read_bytes(storage.join(str(path), name))) == digest
-                             for name, digest in manifest.get("sha256", {}).items())
+        return "state.json unreadable"
+    short = [n for n, size in manifest.get("files", {}).items() if sizes.get(n) != size]
+    if short:
+        return f"{', '.join(short)} not at the size state.json records"
+    if verify:
+        bad = [n for n, digest in manifest.get("sha256", {}).items()
+               if _sha256(storage.read_bytes(storage.join(str(path), n))) != digest]
+        if bad:
+            return f"{', '.join(bad)} not matching the hash state.json records"
+    return ""
 
 
-def find_latest(path: str | Path, verify: bool = False) -> str | None:
+def find_latest(path: str | Path, verify: bool = False, passed_over: list | None = None) -> str | None:
     """A checkpoint dir itself, or the newest complete epoch_* under a run dir or its checkpoints/ folder
     (local or s3://). `verify`: complete down to every file's hash, so a damaged newest checkpoint is passed
-    over for the one before it (reads the files of each candidate it checks)."""
+    over for the one before it (reads the files of each candidate it checks); `passed_over` is given each
+    (checkpoint, what is wrong with it) that was."""
     path = str(path)
     if is_checkpoint(path, verify):
         return path
     for base in (storage.join(path, "checkpoints"), path):
         found = sorted(storage.join(base, d) for d in storage.list_dirs(base) if d.startswith("epoch_"))
         for p in reversed(found):
-            if is_checkpoint(p, verify):
+            problem = checkpoint_problem(p, verify)
+            if not problem:
                 return p
+            if passed_over is not None:
+                passed_over.append((p, problem))
     return None
 
 
@@ -179,8 +194,8 @@ def _read_verified(path: str | Path, name: str) -> bytes:
     expected = _manifest(path).get("sha256", {}).get(name)
     if expected is not None and _sha256(data) != expected:
         raise CheckpointError(f"{storage.join(str(path), name)} does not match the hash in its state.json: "
-                              f"the checkpoint was cut short, corrupted or edited; delete {path} to resume from "
-                              "the one before, or restore the file")
+                              "the checkpoint was cut short, corrupted or edited; restore the file or use another "
+                              "checkpoint (a resumed run passes over a damaged one by itself)")
     return data
 
 

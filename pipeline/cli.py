@@ -193,8 +193,10 @@ def cmd_search(args) -> None:
         from pipeline.rerank.job import load
 
         try:
-            ckpt = json.loads(storage.read_text(storage.join(args.index, "meta.json")))["checkpoint"]
-            reranker = load(args.rerank, ckpt)
+            from pipeline.index.sharded import index_checkpoint
+
+            meta = json.loads(storage.read_text(storage.join(args.index, "meta.json")))
+            reranker = load(args.rerank, index_checkpoint(args.index, meta))
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"--rerank {args.rerank}: {e}") from None
     more = {"reranker": reranker, "rerank_k": args.rerank_k}
@@ -233,10 +235,12 @@ def cmd_data(args) -> None:
         print(format_summary(summary))
         return
     from pipeline import cluster
-    from pipeline.data.ingest import resolve_shards
+    from pipeline.data.ingest import resolve_shards, split_specs
     from pipeline.data.inspect import inspect_shards
 
     storage.configure(args.endpoint_url)
+    for spec in split_specs(args.path):  # one line naming what to set, as train and evaluate give, not botocore's
+        storage.check_access(spec, "PATH")
     shards = resolve_shards(args.path, "PATH")
     cluster.connect(args.address, args.command)
     print(inspect_shards(shards, show=args.show))

@@ -89,8 +89,10 @@ def publish(out: str, metrics: dict, index_meta: dict, checkpoint: str, config: 
     from pipeline.data.by_key import collect_thumbnails
 
     thumbs = collect_thumbnails(gallery, example_keys(metrics), max_in_driver=in_driver_images)
+    # the checkpoint as the report's folder reaches it: relative inside the run directory, so it survives a move
+    where = storage.relative_ref(str(checkpoint), storage.join(out, subdir) if subdir else out)
     with storage.staging_dir(out) as local:
-        rep = write_report(local / subdir if subdir else local, metrics, index_meta, checkpoint, config, history,
+        rep = write_report(local / subdir if subdir else local, metrics, index_meta, where, config, history,
                            data, thumbs)
         if extra is not None:
             extra(local)
@@ -123,7 +125,7 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
         "checkpoint": checkpoint, "config": config,
         "history": history or [], "data": data or {}, "examples": examples,
         **{k: metrics[k] for k in ("protocols", "approximate", "zero_shot", "curves", "image_examples", "comparison",
-                                           "baselines", "rerank") if k in metrics},
+                                           "baselines", "rerank", "caption_concentration") if k in metrics},
     }
     untrained = next((h for h in report["history"] if h.get("epoch") == 0 and "val/rsum" in h), None)
     if untrained:
@@ -136,6 +138,11 @@ def write_report(out: Path, metrics: dict, index_meta: dict, checkpoint: str, co
     write_html(out, report, [p for p, ok in drawn.items() if ok], thumbs or {},
                baseline_rows(report) if report.get("baselines") else None)
     lines = ["# Retrieval report", "", f"Checkpoint: `{checkpoint}`", "", recall_table(metrics), ""]
+    lopsided = metrics.get("caption_concentration")
+    if lopsided:
+        lines += [f"**Note:** one gallery image, `{md_text(lopsided['key'])}`, holds {100 * lopsided['share']:.0f}% "
+                  f"of the captions ({lopsided['captions']}): text → image recall is mostly how that image is found.",
+                  ""]
     if report.get("comparison"):
         lines += ["## Checkpoints compared (same gallery)", "", comparison_table(report["comparison"]), ""]
     if untrained:

@@ -7,6 +7,7 @@ store. `configure` is called once per process (driver and each Ray worker) from 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -166,6 +167,62 @@ def list_dirs(uri: str) -> list[str]:
     if not fs.exists(path):
         return []
     return sorted(Path(e["name"]).name for e in fs.ls(path, detail=True) if e["type"] == "directory")
+
+
+def relative_ref(target: str, base_dir: str) -> str:
+    """How a file in `base_dir` (a run's index/, report/ or a sweep's results folder) names `target`: relative
+    to `base_dir` when `target` lies inside base_dir's parent (the run or sweep directory), so a copied or
+    moved run still finds its own checkpoints; absolute otherwise."""
+    import posixpath
+
+    remote = is_remote(base_dir)
+    if remote != is_remote(target):
+        return str(target)
+    strip = (lambda u: str(u)[len("s3://"):]) if remote else (lambda u: os.path.abspath(u))  # noqa: E731
+    t, b = strip(target), strip(base_dir).rstrip("/")
+    root = posixpath.dirname(b)
+    if not (t + "/").startswith(root + "/"):
+        return str(target) if remote else t
+    return posixpath.relpath(t, b)
+
+
+def resolve_ref(ref: str, base_dir: str) -> str:
+    """A path `relative_ref` wrote in `base_dir` -> one to open (an absolute or s3:// one is kept)."""
+    import posixpath
+
+    if is_remote(ref) or os.path.isabs(ref):
+        return ref
+    if is_remote(base_dir):
+        return "s3://" + posixpath.normpath(posixpath.join(str(base_dir)[len("s3://"):], ref))
+    return os.path.normpath(os.path.join(os.path.abspath(base_dir), ref))
+
+
+def fingerprints(paths: list[str]) -> dict[str, str]:
+    """path -> what tells a file's content apart cheaply: size and modification time locally, size and ETag on
+    S3 (one listing a folder, not a request a file). A file that cannot be seen maps to ''."""
+    from collections import defaultdict
+
+    out: dict[str, str] = {}
+    folders: dict[str, list[str]] = defaultdict(list)
+    for p in paths:
+        if is_remote(p):
+            folders[p.rsplit("/", 1)[0]].append(p)
+            continue
+        try:
+            st = os.stat(p)
+            out[p] = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            out[p] = ""
+    fs = s3_filesystem() if folders else None
+    for folder, members in folders.items():
+        try:
+            listed = {"s3://" + e["name"]: e for e in fs.ls(folder, detail=True)}
+        except (OSError, ValueError):
+            listed = {}
+        for p in members:
+            e = listed.get(p, {})
+            out[p] = f"{e['size']}:{str(e.get('ETag', '')).strip(chr(34))}" if e else ""
+    return out
 
 
 def remove_tree(uri: str) -> None:

@@ -137,6 +137,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if head is not None:
         state["head_dim"] = model.embed_dim  # what rerank.job.load builds the head with
     state["data_shards"] = loop_cfg["shard_names"]  # what a mid-epoch resume checks the data against
+    state["data_shard_ids"] = loop_cfg.get("shard_ids", {})
     state["layout"], state["resampling"] = loop_cfg["layout"], loop_cfg.get("resampling")
     if in_epoch and len(in_epoch["workers"]) != ctx.world_size:
         raise ValueError(f"{resume} stopped mid-epoch with {len(in_epoch['workers'])} workers; resume it with "
@@ -282,10 +283,22 @@ class TrainResult:
     examples: dict = field(default_factory=dict)  # a few skipped keys by split and reason
 
 
-def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) -> TrainResult:
+def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None, lock_wait_s: float = 0.0
+        ) -> TrainResult:
     """Train `cfg` on the connected Ray cluster; resumes when the run directory already has a checkpoint.
     `callbacks` go to Ray Train's RunConfig (a Tune trial passes its TuneReportCallback); `shared_scan`: a
-    sweep's vocabulary scan (`training_set.VocabularyScan`), which its trials share."""
+    sweep's vocabulary scan (`training_set.VocabularyScan`), which its trials share. The run directory is this
+    launch's alone while it trains (`run_lock`): a second launch on the same run.name refuses (`lock_wait_s`: or
+    waits that long for an S3 lock's lease to lapse)."""
+    from pipeline.run_lock import RunLock
+
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
+    with RunLock(run_dir, wait_s=lock_wait_s):
+        return _train(cfg, callbacks, shared_scan, run_dir)
+
+
+def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: str) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -294,17 +307,19 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     from pipeline.data import ingest
     from pipeline.data.counts import count_or_read
 
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     check_resources(cfg.scaling)  # before any pass over the data: a request that cannot fit would wait forever
     settle_one_node_train_env()
-    run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
     if cfg.run.record_keys and storage.is_remote(run_dir):
         raise ValueError(f"run.record_keys writes to a local run directory, not {run_dir}; set run.storage_path to "
                          "a local folder or turn run.record_keys off")
     resolved, init = warm_start.resolve(narrow(cfg, TrainJobConfig))
     full = to_dict(cfg) | to_dict(resolved)
     cfg = resolved  # a RunJobConfig's extra sections stay on the driver
-    latest = checkpoint.find_latest(run_dir, verify=True)  # a damaged newest checkpoint: the one before
+    passed_over: list = []
+    latest = checkpoint.find_latest(run_dir, verify=True, passed_over=passed_over)  # a damaged one: the one before
+    for damaged, problem in passed_over:
+        print(f"[train] passing over {damaged}: {problem} (cut short, corrupted or edited); "
+              + (f"resuming from {latest}" if latest else "no complete checkpoint before it, starting afresh"))
     changes = check_resume_config(cfg, latest)
     storage.write_text(storage.join(run_dir, "config.json"), json.dumps(full, indent=2))
     if latest is not None:
@@ -318,8 +333,10 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     data = training_set.prepare(cfg, latest, init, shared_scan)
     mark_start("data")
     tokenizer, n_train, train_shards, val_shards = data.tokenizer, data.n_train, data.train, data.val
-    names = list(shard_names(train_shards.paths).values())
-    drop_cursors = check_resume_data(cfg, latest, names)
+    by_path = shard_names(train_shards.paths)
+    names = list(by_path.values())
+    ids = {by_path[p]: fp for p, fp in storage.fingerprints(train_shards.paths).items()}
+    drop_cursors = check_resume_data(cfg, latest, names, ids)
     for note in data.notes:
         print(f"[data] {note}")
     if cfg.data.sampling == "resampled":
@@ -367,7 +384,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer.to_dict(), "n_train": n_train,
                            "samples": data.samples, "resume_from": latest,
                            "train_paths": [p if storage.is_remote(p) else os.path.abspath(p) for p in train_shards.paths],
-                           "shard_counts": {p if storage.is_remote(p) else os.path.abspath(p): n for p, n in data.shard_counts.items()}, "shard_names": names, "drop_cursors": drop_cursors,
+                           "shard_counts": {p if storage.is_remote(p) else os.path.abspath(p): n for p, n in data.shard_counts.items()}, "shard_names": names, "shard_ids": ids, "drop_cursors": drop_cursors,
                            "layout": state_layout(latest, data.layout), "shard_sources": data.shard_sources,
                            "source_samples": data.source_samples,
                            "resampling": data.resampling.to_dict() if data.resampling else None,
@@ -393,7 +410,10 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None) ->
     try:
         trainer.fit()
     except Exception as e:  # Ray wraps the worker's exception; surface its message, not Ray's stack
-        raise RuntimeError(explain_failure(e, count_attempts(run_dir, launch), cfg.run.max_failures)) from e
+        sc = cfg.scaling
+        need = f"{sc.num_workers} workers of {sc.cpus_per_worker:g} CPU" + (" and 1 GPU" if sc.use_gpu else "")
+        raise RuntimeError(explain_failure(e, count_attempts(run_dir, launch), cfg.run.max_failures,
+                                           checkpoint.find_latest(run_dir), need)) from e
     ckpt = checkpoint.find_latest(run_dir)
     if ckpt is None:
         raise RuntimeError(f"training finished without a checkpoint under {run_dir}")

@@ -137,7 +137,7 @@ def prepare(cfg, latest: str | None, init: str | None = None, shared: Vocabulary
         data_samples, n_train = n_train, cfg.train.samples_per_epoch or n_train
         samples = n_train
         plan = resampling_plan(cfg, n_train, shard_sources, data_samples)
-    if n_train < cfg.train.batch_size:
+    if n_train < cfg.train.batch_size:  # (a resampled epoch's length is checked against the batch as it loads)
         raise ValueError(f"data.train has {n_train} captioned samples, fewer than train.batch_size="
                          f"{cfg.train.batch_size}; add data or lower the batch size")
     if init is not None:  # the start weights' own ids

@@ -146,12 +146,19 @@ def write_index(out: str, built: dict, checkpoint: str, spec: IndexSpec, n_image
             storage.write_bytes(storage.join(out, f"{name}.faiss"), serialize(index))
         per_index[name] = info
     main = per_index["images"]  # the contract's index block: text -> image search over the image gallery
-    meta = {"type": main["type"], "metric": "inner_product", "checkpoint": str(checkpoint), "dim": int(dim),
+    # the checkpoint relative to the index when both lie in one run directory: a moved run keeps its model
+    meta = {"type": main["type"], "metric": "inner_product", "checkpoint": storage.relative_ref(str(checkpoint), out),
+            "dim": int(dim),
             "n_images": n_images, "n_captions": n_captions, "build_s": main["build_s"], "qps": main["qps"],
             "recall@10_vs_exact": main.get("recall@10_vs_exact", 1.0), "spec": dataclasses.asdict(spec),
             "indexes": per_index}
     storage.write_text(storage.join(out, "meta.json"), json.dumps(meta, indent=2))
     return meta
+
+
+def index_checkpoint(index_dir: str, meta: dict) -> str:
+    """The checkpoint an index was built with, as a path to open (meta.json may name it relative to the index)."""
+    return storage.resolve_ref(meta["checkpoint"], str(index_dir))
 
 
 def load_gallery_index(index_dir: str, name: str, meta: dict):
@@ -222,7 +229,7 @@ def search(index_dir: str | Path, text: str | None = None, image=None, k: int = 
     if encoder is None:  # imported here: the shard tasks and shard actors of this module never load torch
         from pipeline.encoder import load
 
-        encoder = load(meta["checkpoint"])
+        encoder = load(index_checkpoint(index_dir, meta))
     name = "images" if text is not None else "captions"
     sharded = bool(meta.get("indexes", {}).get(name, {}).get("shards"))
     index = RayShardedIndex(index_dir, name, meta) if distributed and sharded else \

@@ -89,8 +89,11 @@ def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None):
         trial_cfg = build(TrainJobConfig, apply_overrides(base_raw, over, TrainJobConfig))
         import ray
 
+        from pipeline.run_lock import LEASE_S
+
+        # a trial restarted after its node was lost waits out the dead attempt's lease (S3 run directories)
         train.run(trial_cfg, callbacks=[TuneReportCallback()],
-                  shared_scan=ray.get(shared_scan) if shared_scan is not None else None)
+                  shared_scan=ray.get(shared_scan) if shared_scan is not None else None, lock_wait_s=LEASE_S + 10)
 
     return trial
 
@@ -188,7 +191,9 @@ def collect(cfg: RunJobConfig, grid, studies: list[spaces.Study], sweep_dir: str
     tables = []
     with storage.staging_dir(results) as out:
         (out / "plots").mkdir(exist_ok=True)
-        write_csv(out / "results.csv", rows)
+        # checkpoints relative to the results folder: the sweep directory can be moved whole
+        write_csv(out / "results.csv", [dict(r, checkpoint=storage.relative_ref(r["checkpoint"], results))
+                                        if r["checkpoint"] else r for r in rows])
         for st in studies:
             st_rows = [r for r in rows if r["study"] == st.name]
             keys = st.swept_keys()

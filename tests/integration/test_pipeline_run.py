@@ -163,6 +163,7 @@ def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):
 
     image_file = tmp_path / "query.png"
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(image_file)
+    search_before = search(e2e_run[0] / "index", "--text", "a red circle")
     for query in (["--text", "a red circle left of a blue square"], ["--image", str(image_file)]):
         single = search(idx, *query)
         assert len(single) == 5
@@ -171,6 +172,18 @@ def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):
     # the head the run trained with its towers re-orders the hits the same way, whichever index found them
     reranked = ("--text", "a red circle", "--rerank", str(e2e_run[0]), "--rerank-k", "8")
     assert search(tmp_path / "sharded", *reranked, distributed=True) == search(idx, *reranked)
+    # A run directory moved elsewhere keeps its model: the index names its checkpoint relative to itself
+    run_dir = e2e_run[0]
+    moved = tmp_path / "moved" / run_dir.name
+    shutil.copytree(run_dir, moved)
+    hidden = run_dir.with_name(run_dir.name + ".away")
+    run_dir.rename(hidden)
+    try:
+        assert json.loads((moved / "index" / "meta.json").read_text())["checkpoint"].startswith("../checkpoints/")
+        assert search(moved / "index", "--text", "a red circle") == search_before
+        assert "Checkpoint: `../checkpoints/" in (moved / "report" / "report.md").read_text()
+    finally:
+        hidden.rename(run_dir)
     assert main(["data", "inspect", str(smoke_data / "train")]) == 0
     out = capsys.readouterr().out
     for needle in ("format: webdataset", "corrupt_image x2", "empty_caption x2", "undecodable_caption x1",

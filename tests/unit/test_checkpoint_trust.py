@@ -41,9 +41,25 @@ def test_a_reordered_tokenizer_of_the_same_size_is_refused(tmp_path):
     assert checkpoint.is_checkpoint(ckpt)  # sizes alone do not notice
     with pytest.raises(checkpoint.CheckpointError, match="tokenizer.json does not match the hash"):
         pipeline.load(ckpt)
-    with pytest.raises(checkpoint.CheckpointError, match="tokenizer.json does not match the hash"):
+    with pytest.raises(checkpoint.CheckpointError, match="tokenizer.json does not match the hash") as e:
         checkpoint.check_loadable(ckpt)
+    assert "to resume from the one before" not in str(e.value)  # a lone checkpoint has no one before it
+    assert "restore the file or use another checkpoint" in str(e.value)
     assert before.shape == (1, 8)
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_and_named_with_what_is_wrong(tmp_path):
+    run = tmp_path / "run" / "checkpoints"
+    older = _checkpoint(run / "epoch_0001")
+    newest = _checkpoint(run / "epoch_0002")
+    (newest / "model.pt").write_bytes(b"\0" * (newest / "model.pt").stat().st_size)  # same size, other bytes
+    passed: list = []
+    assert checkpoint.find_latest(tmp_path / "run", verify=True, passed_over=passed) == str(older)
+    assert passed == [(str(newest), "model.pt not matching the hash state.json records")]
+    (older / "tokenizer.json").unlink()
+    passed = []
+    assert checkpoint.find_latest(tmp_path / "run", verify=True, passed_over=passed) is None
+    assert [p for _, p in passed] == ["model.pt not matching the hash state.json records", "tokenizer.json missing"]
 
 
 def test_an_edited_config_is_refused_not_a_state_dict_traceback(tmp_path):
@@ -143,3 +159,24 @@ def test_a_spent_failure_budget_says_so():
     assert msg.startswith("training failed 3 times, and run.max_failures=2 allows 2 restart(s): the failure "
                           "budget is spent. The last failure: RuntimeError: ") and "raise run.max_failures" in msg
     assert explain_failure(err, 2, 2).startswith("training failed: ")  # a restart was still left
+
+
+def test_a_lost_node_with_no_replacement_is_named_with_what_no_longer_fits():
+    from pipeline.attempts import explain_failure
+
+    class WorkerGroupStartupTimeoutError(Exception):  # Ray Train's, by name (unit tests import no Ray)
+        pass
+
+    class ControllerError(Exception):  # ray.train.v2's: its message is "...controller error:\n" + the failure's
+        def __init__(self, failure):
+            super().__init__("Training failed due to controller error:\n" + str(failure))
+            self.controller_failure = failure
+
+    for failure in (WorkerGroupStartupTimeoutError(2), RuntimeError("")):  # the second: Ray says nothing at all
+        msg = explain_failure(ControllerError(failure), 1, 3, "runs/r/checkpoints/epoch_0002",
+                              "2 workers of 1 CPU")
+        assert msg.startswith("training failed: the cluster lost room for the training workers (2 workers of 1 CPU "
+                              "no longer fit on its remaining nodes"), msg
+        assert "the newest checkpoint, runs/r/checkpoints/epoch_0002, is intact" in msg
+        assert "scaling.resource_wait_s" in msg and "\n" not in msg
+    assert "WorkerGroupStartupTimeoutError" in explain_failure(ControllerError(WorkerGroupStartupTimeoutError(2)), 1, 0)

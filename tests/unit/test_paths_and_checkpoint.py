@@ -44,3 +44,21 @@ def test_checkpoint_roundtrip_and_latest(tmp_path):
     checkpoint.load_weights(latest, other, optimizer=torch.optim.AdamW(other.parameters()))
     assert torch.equal(other.weight, model.weight)
     assert checkpoint.find_latest(tmp_path / "empty") is None
+
+
+def test_references_inside_a_run_are_relative_and_survive_a_move(tmp_path):
+    from pipeline import storage
+
+    run = tmp_path / "runs" / "demo"
+    ckpt, index = run / "checkpoints" / "epoch_0003", run / "index"
+    ref = storage.relative_ref(str(ckpt), str(index))
+    assert ref == "../checkpoints/epoch_0003"
+    moved = tmp_path / "elsewhere" / "demo"
+    assert storage.resolve_ref(ref, str(moved / "index")) == str(moved / "checkpoints" / "epoch_0003")
+    outside = tmp_path / "zoo" / "pair"  # an imported pair outside the run: named absolutely
+    assert storage.relative_ref(str(outside), str(index)) == str(outside)
+    assert storage.resolve_ref(str(outside), str(moved / "index")) == str(outside)
+    assert storage.relative_ref("s3://b/runs/demo/checkpoints/e1", "s3://b/runs/demo/index") == "../checkpoints/e1"
+    assert storage.resolve_ref("../checkpoints/e1", "s3://b/moved/demo/index") == "s3://b/moved/demo/checkpoints/e1"
+    assert storage.relative_ref("s3://b/zoo/pair", "s3://b/runs/demo/index") == "s3://b/zoo/pair"
+    assert storage.relative_ref("s3://b/runs/demo/c", str(index)) == "s3://b/runs/demo/c"

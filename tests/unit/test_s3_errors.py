@@ -76,3 +76,40 @@ def test_s3_mistakes_are_one_line_before_ray(tmp_path, endpoints, case, needle):
     _one_line(out, needle)
     assert out.stdout.strip() == "NONE"  # neither Ray nor torch was started
     assert time.time() - t0 < 60  # bounded retries and connect timeouts: an answer, never a hang
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("no_credentials", "PATH=s3://runs/train: no AWS credentials found: set AWS_ACCESS_KEY_ID"),
+    ("missing_bucket", "PATH=s3://nosuch/train: bucket 'nosuch' does not exist at http://127.0.0.1:"),
+])
+def test_data_inspect_on_s3_is_one_line_too(tmp_path, endpoints, case, needle):
+    env = dict(os.environ)
+    path = "s3://runs/train" if case == "no_credentials" else "s3://nosuch/train"
+    if case == "no_credentials":
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            env.pop(k, None)
+        env |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                "AWS_EC2_METADATA_DISABLED": "true"}
+    out = _cli(["data", "inspect", path, "--endpoint-url", endpoints["open"]], tmp_path, env=env)
+    _one_line(out, needle)
+    assert out.stdout.strip() == "NONE"
+
+
+def test_shard_fingerprints_on_s3_come_from_one_listing_and_see_a_rewrite(endpoints):
+    import boto3
+
+    from pipeline import storage
+
+    s3 = boto3.client("s3", endpoint_url=endpoints["open"])
+    for name, body in (("00000.tar", b"a" * 10), ("00001.tar", b"b" * 20)):
+        s3.put_object(Bucket="runs", Key=f"fp/{name}", Body=body)
+    storage.configure(endpoints["open"])
+    try:
+        paths = ["s3://runs/fp/00000.tar", "s3://runs/fp/00001.tar", "s3://runs/fp/gone.tar"]
+        first = storage.fingerprints(paths)
+        assert first[paths[0]].startswith("10:") and first[paths[1]].startswith("20:") and first[paths[2]] == ""
+        s3.put_object(Bucket="runs", Key="fp/00000.tar", Body=b"c" * 10)  # same size, other bytes: other ETag
+        again = storage.fingerprints(paths)
+        assert again[paths[0]] != first[paths[0]] and again[paths[1]] == first[paths[1]]
+    finally:
+        storage.configure("")
