@@ -97,7 +97,25 @@ def evaluate_gallery(gallery: Gallery, ks=(1, 5, 10), chunk: int = 1024, n_examp
     metrics["ranks"] = {"i2t": i2t.tolist(), "t2i": t2i.tolist()}
     metrics["examples"] = examples(gallery, n_examples)
     metrics["image_examples"] = image_examples(gallery, n_examples)
+    lopsided = caption_concentration(gallery)
+    if lopsided:
+        metrics["caption_concentration"] = lopsided
     return metrics
+
+
+def caption_concentration(gallery: Gallery, share: float = 0.2) -> dict | None:
+    """{'key', 'share', 'captions'} when one image holds more than `share` of the gallery's captions (and more
+    than five times an even share): its captions then make most of the text -> image queries, and the recall
+    says mostly how that one image is found. None for a balanced gallery."""
+    m, n = len(gallery.text_to_image), len(gallery.keys)
+    if not m or n < 2:
+        return None
+    counts = torch.bincount(gallery.text_to_image, minlength=n)
+    top = int(counts.argmax())
+    frac = float(counts[top]) / m
+    if frac <= share or frac <= 5.0 / n:
+        return None
+    return {"key": gallery.keys[top], "share": round(frac, 4), "captions": int(counts[top])}
 
 
 def checkpoint_label(ckpt: str, taken: set) -> str:

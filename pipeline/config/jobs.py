@@ -29,6 +29,9 @@ class TrainJobConfig:
         _check(not self.train.samples_per_epoch or self.data.sampling == "resampled",
                "train.samples_per_epoch sets the length of a resampled epoch: it needs data.sampling=resampled (an "
                "epoch pass is as long as the data)")
+        _check(not self.train.samples_per_epoch or self.train.samples_per_epoch >= self.train.batch_size,
+               f"train.samples_per_epoch={self.train.samples_per_epoch} is less than one batch "
+               f"(train.batch_size={self.train.batch_size}); a resampled epoch needs at least one step's samples")
         n = self.scaling.num_workers
         _check(
             self.train.batch_size % n == 0,

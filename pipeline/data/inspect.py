@@ -75,7 +75,8 @@ def inspect_shards(shards, show: int = 20) -> str:
     n_caps, words = [], []
     for b in read_shards(paths).map_batches(_scan, batch_format="numpy").iter_batches(batch_size=None,
                                                                                      batch_format="numpy"):
-        members.update(m for m in b["members"].tolist() if m is not None)
+        # a row that is no sample holds None, which a block's conversion may have turned into NaN
+        members.update(m for m in b["members"].tolist() if isinstance(m, str))
         n_caps += b["n_captions"].tolist()
         words += b["caption_words"].tolist()
         problems += [p for p in b["problem"].tolist() if p]

@@ -69,6 +69,26 @@ def locate_image(images_dir: Path, image: dict[str, Any]) -> tuple[Path, bool]:
     return candidates[0], False
 
 
+def refuse_file(path: Path, images_dir: Path, seen: set[Path]) -> str:
+    """'' for an image file to copy, else why it is skipped: outside_images (a filename such as ../x.jpg
+    leading out of --images), duplicate_file (listed before: a gallery would hold two identical images, either
+    one the ground truth) or not_an_image (no image format Pillow reads, by its header)."""
+    real = path.resolve()
+    if not real.is_relative_to(images_dir.resolve()):
+        return "outside_images"
+    if real in seen:
+        return "duplicate_file"
+    seen.add(real)
+    try:
+        from PIL import Image, UnidentifiedImageError
+
+        with Image.open(real) as img:
+            img.size  # noqa: B018 - the header is read; the pixels are decoded by training, which counts bad ones
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "not_an_image"
+    return ""
+
+
 def image_meta(image: dict[str, Any], split: str) -> dict[str, Any]:
     """Provenance stored in each sample's json, so a shard sample can be traced back to the split file."""
     meta: dict[str, Any] = {"filename": image.get("filename"), "split": split}
@@ -106,6 +126,9 @@ def convert_karpathy(
                          f"the file has {listing}")
 
     missing, missing_examples, no_captions = 0, [], 0
+    refused: Counter = Counter()
+    refused_examples: dict[str, list[str]] = {}
+    seen: set[Path] = set()
     with ShardWriter(out_dir, fmt=fmt, shard_size=shard_size) as writer:
         for image in tqdm(selected, desc="karpathy", unit="img", disable=not progress):
             captions = clean_captions(image)
@@ -113,6 +136,13 @@ def convert_karpathy(
                 no_captions += 1
                 continue
             path, found = locate_image(images_dir, image)
+            why = refuse_file(path, images_dir, seen) if found else ""
+            if why:
+                refused[why] += 1
+                refused_examples.setdefault(why, [])
+                if len(refused_examples[why]) < MAX_MISSING_EXAMPLES:
+                    refused_examples[why].append(str(image.get("filename")))
+                continue
             data = None
             if found:
                 try:
@@ -132,6 +162,8 @@ def convert_karpathy(
         "missing_images": missing,
         "missing_examples": missing_examples,
         "no_captions": no_captions,
+        "refused": dict(refused),
+        "refused_examples": refused_examples,
         "format": fmt,
         "out": str(out_dir),
     }
@@ -154,4 +186,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("missing images: 0")
     if summary.get("no_captions", 0):
         lines.append(f"images without captions: {summary['no_captions']} skipped")
+    for why, n in sorted(summary.get("refused", {}).items()):
+        examples = summary.get("refused_examples", {}).get(why, [])[:3]
+        lines.append(f"{why}: {n} skipped (e.g. {', '.join(examples)}{', ...' if n > len(examples) else ''}); "
+                     + REFUSED_HINTS[why])
     return "\n".join(lines)
+
+
+REFUSED_HINTS = {"outside_images": "a filename in the split file leads out of the image folder",
+                 "duplicate_file": "the split file lists the same image file more than once; the first is kept",
+                 "not_an_image": "the file is no image Pillow can read"}

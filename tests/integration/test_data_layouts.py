@@ -97,6 +97,7 @@ def test_img2dataset_output_folder_reads_with_its_failed_downloads(ray_cluster, 
     ingest.check_shards(shards.paths, "PATH")
     text = inspect_shards(shards)
     assert "samples: 6" in text and "usable: 4" in text, text
+    assert "nan" not in text, text  # a failed download has no members, and is no row of that line
     assert "unreadable: not_downloaded x2 (2 rows are not samples)" in text, text
     assert "img2dataset stats: " in text and "failed_to_download 2" in text
     for key, url in failed.items():  # each failure shown with its key, error and URL

@@ -156,3 +156,21 @@ def test_writer_keys_widen_with_shard_size(tmp_path):
     assert names == [f"{key}.png", f"{key}.txt", f"{key}.json"]
     meta = json.loads(_read_tar(w.paths[0])[2][1])
     assert meta["key"] == key and meta["extra"] == 1 and meta["captions"] == ["a cat"]
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_files_outside_the_folder_listed_twice_or_no_images_are_skipped_by_reason(tmp_path, fmt):
+    json_path, imgs, entries = _dataset(tmp_path, splits=["test"], n=4)
+    (imgs / entries[1]["filename"]).write_bytes(b"<html>404 not found</html>")  # named .JPEG, holds no image
+    _jpeg(tmp_path / "outside.jpg", 9)
+    data = json.loads(json_path.read_text())
+    data["images"][2]["filename"] = "../outside.jpg"
+    data["images"].append(dict(data["images"][0], imgid=99))  # image 0's file listed a second time
+    json_path.write_text(json.dumps(data))
+    s = _convert(tmp_path, json_path, imgs, fmt=fmt)
+    assert s["written"] == 2  # images 0 and 3
+    assert s["refused"] == {"not_an_image": 1, "outside_images": 1, "duplicate_file": 1}
+    assert s["refused_examples"]["outside_images"] == ["../outside.jpg"]
+    text = format_summary(s)
+    assert "outside_images: 1 skipped (e.g. ../outside.jpg); a filename in the split file leads out" in text
+    assert "duplicate_file: 1 skipped" in text and "not_an_image: 1 skipped" in text

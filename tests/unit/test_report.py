@@ -129,3 +129,23 @@ def test_rank_histogram_has_plain_ticks_and_bars_that_do_not_overlap(figures, tm
     # each direction's bars are shares of its own queries, every query counted (the worst rank, 40, included)
     assert [round(sum(b.get_height() for b in c), 6) for c in ax.containers] == [100.0, 100.0]
     assert ax.containers[0][0].get_height() == pytest.approx(100 * 2 / 7)  # i2t ranks 1, 1 of 7: R@1
+
+
+def test_a_gallery_image_holding_most_captions_is_named_in_the_report(tmp_path):
+    import torch
+
+    from pipeline.evaluate import caption_concentration
+    from pipeline.gallery import Gallery
+
+    def gallery(owners, n):
+        return Gallery(torch.zeros(n, 2), torch.zeros(len(owners), 2), torch.tensor(owners),
+                       [f"s.tar/{i}" for i in range(n)], ["c"] * len(owners))
+
+    assert caption_concentration(gallery([0, 1, 2, 3, 4, 5, 6, 7] * 5, 8)) is None  # five each: balanced
+    lopsided = caption_concentration(gallery([3] * 99 + [0], 10))
+    assert lopsided == {"key": "s.tar/3", "share": 0.99, "captions": 99}
+    index = {"type": "flat", "recall@10_vs_exact": 1.0, "build_s": 0.0, "qps": 1.0}
+    report.write_report(tmp_path, _metrics() | {"caption_concentration": lopsided}, index, "ckpt", {})
+    md = (tmp_path / "report.md").read_text()
+    assert "one gallery image, `s.tar/3`, holds 99% of the captions (99)" in md
+    assert "caption_concentration" in (tmp_path / "report.json").read_text()

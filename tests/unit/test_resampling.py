@@ -44,6 +44,8 @@ def test_a_list_of_sources_parses_from_set_and_yaml(tmp_path):
     (["data.train=[]"], "data.train is an empty list"),
     (["data.train=a", "data.sampling=random"], "data.sampling='random'; choose one of"),
     (["data.train=a", "train.samples_per_epoch=100"], "train.samples_per_epoch .* needs data.sampling=resampled"),
+    (["data.train=a", "data.sampling=resampled", "train.samples_per_epoch=8", "train.batch_size=32"],
+     r"train.samples_per_epoch=8 is less than one batch \(train.batch_size=32\)"),
 ])
 def test_bad_sources_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as e:
