@@ -53,6 +53,9 @@ def connect(address: str | None = None, command: str = "pipeline") -> str:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # The dashboard process also serves the state API that Ray Train polls; without it Train logs a
         # warning every few seconds.
+        from pipeline.ray_watchdog import watch
+
+        watch()  # a driver killed outright would leave some of the embedded Ray's processes running
         ray.init(num_cpus=local_cpus(), **kwargs)
         where = "local"
     console.filter_worker_output()
