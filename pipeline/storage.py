@@ -176,8 +176,8 @@ def relative_ref(target: str, base_dir: str) -> str:
     import posixpath
 
     remote = is_remote(base_dir)
-    if remote != is_remote(target):
-        return str(target)
+    if remote != is_remote(target) or (not remote and not os.path.exists(target)):
+        return str(target)  # another store, or no path at all (a baseline's label stands where a checkpoint would)
     strip = (lambda u: str(u)[len("s3://"):]) if remote else (lambda u: os.path.abspath(u))  # noqa: E731
     t, b = strip(target), strip(base_dir).rstrip("/")
     root = posixpath.dirname(b)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import pipeline
+from pipeline import storage
 from pipeline.cli import main
 
 from tests import faults
@@ -65,7 +66,10 @@ def test_run_end_to_end(e2e_run, capsys):
     # rerank.enabled: every checkpoint carries the head trained with the towers, and the report re-ranks with it.
     block = rep["rerank"]
     assert block["k"] == 10 and block["description"] == "product fusion, 32 hidden, trained with the towers"
-    assert block["reranker"] == rep["checkpoint"] and block["ms_per_query"] > 0
+    # the report names the run's own checkpoint relative to itself (a moved run keeps it)
+    assert rep["checkpoint"].startswith("../checkpoints/")
+    assert block["reranker"] == storage.resolve_ref(rep["checkpoint"], str(run_dir / "report"))
+    assert block["ms_per_query"] > 0
     assert all((p / "rerank.pt").is_file() for p in (run_dir / "checkpoints").glob("epoch_*"))
     assert "Re-ranked" in (run_dir / "report" / "report.html").read_text()
     i2t = block["i2t"]

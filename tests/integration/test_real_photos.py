@@ -46,8 +46,7 @@ def test_real_photos_import_evaluate_finetune_search(ray_cluster, photos, tmp_pa
     assert "imported timm:tf_efficientnet_lite0 + hf:" in out and "bicubic" in out, out
 
     # Fit the projections on the photos (train = val: the point is the plumbing on real photos, not
-    # generalisation). The training JPEGs are decoded on the workers (data.decode=gpu, on their CPU here), the
-    # validation's in the read tasks: the fit lands only if both views are the same photos. Both towers locked, so this is quick even on a CPU: 4 steps of 16 photos at a high rate
+    # generalisation). Both towers locked, so this is quick even on a CPU: 4 steps of 16 photos at a high rate
     # (measured rsum 557 of 600; 12 epochs at 0.02 gave 600 in 19 s more, each epoch validating and writing
     # both 224 px towers' weights).
     args = ["train", "--config", str(ROOT / "configs" / "smoke.yaml"), "--address", ray_cluster,
@@ -55,11 +54,10 @@ def test_real_photos_import_evaluate_finetune_search(ray_cluster, photos, tmp_pa
             "--set", f"run.storage_path={tmp_path}", "--set", "run.name=photos", "--set", f"model.init_from={pair}",
             "--set", "model.image.freeze=true", "--set", "model.text.freeze=true", "--set", "data.augment=false",
             "--set", "train.batch_size=16", "--set", "train.epochs=4", "--set", "train.lr=0.05",
-            "--set", "train.warmup_steps=0", "--set", "train.log_every=100", "--set", "data.decode=gpu"]
+            "--set", "train.warmup_steps=0", "--set", "train.log_every=100"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "[train] starting from the weights of" in out and "frozen: image, text tower" in out, out
-    assert "decoded on each worker's device (data.decode=gpu)" in out, out
     run_cfg = json.loads((tmp_path / "photos" / "config.json").read_text())
     # the checkpoint's input shaping came along with its weights: 224 px bicubic, MiniLM's tokenizer
     assert run_cfg["data"]["image_size"] == 224 and run_cfg["data"]["interpolation"] == "bicubic"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import storage
 from pipeline.cli import main
 from pipeline.config import RunJobConfig, load_config
 
@@ -35,7 +36,9 @@ def test_sweep_results_best_trial_into_evaluation_and_resume(ray_cluster, smoke_
 
     # The summary names the best checkpoint, and the best config is a recipe `pipeline train` accepts.
     best = max(ok, key=lambda r: float(r["val/rsum"]))
-    assert f"best checkpoint: {best['checkpoint']}" in out and "| trial | loss.temperature | val/rsum" in out
+    assert best["checkpoint"].startswith("../trials/")  # relative to the results: the sweep folder moves whole
+    best_ckpt = storage.resolve_ref(best["checkpoint"], str(results))
+    assert f"best checkpoint: {best_ckpt}" in out and "| trial | loss.temperature | val/rsum" in out
     cfg = load_config(RunJobConfig, results / "best_config.yaml")
     assert cfg.loss.temperature == float(best["loss.temperature"]) and cfg.loss.learn_temperature is False
     assert (results / "plots" / "learning_curves.png").stat().st_size > 0
@@ -54,7 +57,7 @@ def test_sweep_results_best_trial_into_evaluation_and_resume(ray_cluster, smoke_
               for r in [*ok, by_study["failing"]]}
     assert main(["tune", *args]) == 0
     out = capsys.readouterr().out
-    assert "resuming the sweep" in out and f"best checkpoint: {best['checkpoint']}" in out
+    assert "resuming the sweep" in out and f"best checkpoint: {best_ckpt}" in out
     assert len(list(csv.DictReader((results / "results.csv").open()))) == 3
     for trial, mtime in mtimes.items():
         assert (tmp_path / "sw" / "trials" / trial / "config.json").stat().st_mtime == mtime, trial

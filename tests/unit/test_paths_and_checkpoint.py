@@ -51,6 +51,9 @@ def test_references_inside_a_run_are_relative_and_survive_a_move(tmp_path):
 
     run = tmp_path / "runs" / "demo"
     ckpt, index = run / "checkpoints" / "epoch_0003", run / "index"
+    ckpt.mkdir(parents=True)
+    (tmp_path / "zoo" / "pair").mkdir(parents=True)
+    assert storage.relative_ref("kernel CCA (nystrom, 256)", str(index)) == "kernel CCA (nystrom, 256)"  # a label
     ref = storage.relative_ref(str(ckpt), str(index))
     assert ref == "../checkpoints/epoch_0003"
     moved = tmp_path / "elsewhere" / "demo"
