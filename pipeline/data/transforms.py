@@ -235,7 +235,9 @@ def prepare_train_batch(
     keys, images, captions, kept, skips = [], [], [], [], {}
     for i, (key, raw, txt, meta, problem, seed) in enumerate(iter_samples(batch)):
         caps, why = parse_captions(txt, meta)
-        img = decode_or_skip(key, raw, problem, why, skips, min_side=size, base=base, interpolation=view[0])
+        # an unaugmented view is the evaluation's, pixel for pixel: decoded at full scale as evaluation decodes
+        img = decode_or_skip(key, raw, problem, why, skips, min_side=size if augment else 0, base=base,
+                             interpolation=view[0])
         if img is None:
             continue
         rng = np.random.default_rng(seed)
