@@ -80,7 +80,11 @@ def import_model(out: str, **kwargs) -> Imported:
     data, mcfg = build(DataConfig, cfg["data"]), build(ModelConfig, cfg["model"])
     tokenizer = pretrained_tokenizer(mcfg, data.max_tokens)
     data_dict = dict(cfg["data"], max_tokens=tokenizer.max_tokens)
-    model = build_model(mcfg, len(tokenizer), image_size=data.image_size, max_tokens=tokenizer.max_tokens)
+    # The projections a pair of separate towers gets are new: seeded, so the same command writes the same
+    # checkpoint (and a fit that starts from it goes the same way every time)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(mcfg, len(tokenizer), image_size=data.image_size, max_tokens=tokenizer.max_tokens)
     oc = model.spec.get("open_clip")
     if oc and "logit_bias" in oc:
         loss_cfg = {"name": "siglip", "temperature": _temperature(oc["logit_scale"]), "bias_init": oc["logit_bias"]}

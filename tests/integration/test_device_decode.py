@@ -14,9 +14,28 @@ from .conftest import ROOT
 
 
 def _epoch(cfg, paths, tokenizer, rank: int, world: int):
+    """A worker's batches through its own Ray Data pipeline, as training takes them."""
     layout = choose_layout(paths, None, world, cfg.data.readers_per_worker, cfg.train.seed)
     batches = epoch_batches({"train_paths": paths, "layout": layout}, cfg, rank, world, tokenizer, 2,
                             device=torch.device("cpu"))
+    out = [(list(b["key"]), b["image"], b["tokens"]) for b in batches]
+    return out, batches.tally
+
+
+def _reference(cfg, paths, tokenizer, rank: int, world: int):
+    """The same worker's batches with data.decode=cpu, its read tasks run here (no Ray Data pipeline to start)."""
+    from ray.data.block import BlockAccessor
+
+    from pipeline.data.batcher import EpochBatcher
+    from pipeline.data.epoch_plan import worker_share
+
+    layout = choose_layout(paths, None, world, cfg.data.readers_per_worker, cfg.train.seed)
+    share = worker_share(paths, None, world, rank, layout, cfg.train.seed, 2, None)
+    source = ingest.train_epoch_source(share, paths, tokenizer, cfg.data, cfg.train.seed, 2)
+    blocks = [BlockAccessor.for_block(b).to_batch_format("numpy") for task in source.get_read_tasks(1)
+              for b in task()]
+    batches = EpochBatcher(iter(blocks), cfg.local_batch_size(), cfg.data.shuffle_buffer,
+                           np.random.default_rng([cfg.train.seed, 2, rank, 0]))
     out = [(list(b["key"]), b["image"], b["tokens"]) for b in batches]
     return out, batches.tally
 
@@ -31,7 +50,7 @@ def test_a_workers_epoch_decoded_on_its_device_is_the_read_tasks_epoch(ray_clust
     tokenizer = ingest.scan_training_data(paths, cpu_cfg.data).tokenizer
     seen, skipped = [], 0
     for rank in range(world):
-        cpu, cpu_tally = _epoch(cpu_cfg, paths, tokenizer, rank, world)
+        cpu, cpu_tally = _reference(cpu_cfg, paths, tokenizer, rank, world)
         gpu, gpu_tally = _epoch(gpu_cfg, paths, tokenizer, rank, world)
         assert [k for k, _, _ in gpu] == [k for k, _, _ in cpu] and cpu
         assert all(np.array_equal(a[2], b[2]) for a, b in zip(cpu, gpu))

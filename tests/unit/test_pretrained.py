@@ -97,6 +97,9 @@ def test_timm_and_hf_towers_match_their_libraries(tmp_path):
     hf = minilm_dir()
     out = tmp_path / "pair"
     import_model(str(out), image="timm:resnet18", image_weights=str(img_file), text=f"hf:{hf}", embed_dim=16)
+    import_model(str(tmp_path / "again"), image="timm:resnet18", image_weights=str(img_file), text=f"hf:{hf}",
+                 embed_dim=16)
+    assert (out / "model.pt").read_bytes() == (tmp_path / "again" / "model.pt").read_bytes()  # seeded projections
     enc = pipeline.load(out)
     pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     cfg = ref_img.pretrained_cfg
@@ -122,7 +125,15 @@ def test_timm_and_hf_towers_match_their_libraries(tmp_path):
     assert (enc.encode_text(CAPTIONS) - F.normalize(model.text_proj(want_txt), dim=-1)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("name", ["resnet18", "tf_efficientnet_lite0"])  # crop_pct 0.95 and 0.875
+def test_each_timm_towers_crop_pct_comes_from_its_pretrained_config():
+    from pipeline.config import ModelConfig, build
+    from pipeline.warm_start import preprocess_of
+
+    for name, crop in (("resnet18", 0.95), ("tf_efficientnet_lite0", 0.875), ("vit_tiny_patch16_224", 0.9)):
+        assert preprocess_of(build(ModelConfig, {"image": {"arch": f"timm:{name}"}}))["crop_pct"] == crop
+
+
+@pytest.mark.parametrize("name", ["resnet18"])  # crop_pct 0.95 (0.875 against torchvision: test_transforms.py)
 def test_timm_towers_see_what_timms_own_eval_transform_gives(tmp_path, name):
     """An imported timm tower's evaluation view is timm's `create_transform` (resize the short side to
     size / crop_pct, centre crop) on real photos, portrait, landscape and square: the same pixels, so the same
