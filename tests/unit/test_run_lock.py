@@ -78,13 +78,14 @@ def test_on_s3_a_live_lease_refuses_and_a_lapsed_one_is_taken_over(s3):
         with RunLock(run_dir):
             pass
     client.put_object(Bucket="runs", Key="sweeps/a/.lock", Body=_lock_body(expires=time.time() - 1))
-    with RunLock(run_dir, lease_s=0.6):
+    # a lease of 6 s renewed every 2: short enough to watch a renewal, long enough for a loaded machine
+    with RunLock(run_dir, lease_s=6.0):
         first = json.loads(client.get_object(Bucket="runs", Key="sweeps/a/.lock")["Body"].read())
         assert first["pid"] == os.getpid() and first["host"] == socket.gethostname()
         with pytest.raises(RunDirBusy):  # ours now, renewed while we hold it
             with RunLock(run_dir):
                 pass
-        time.sleep(0.5)
+        time.sleep(2.5)
         renewed = json.loads(client.get_object(Bucket="runs", Key="sweeps/a/.lock")["Body"].read())
         assert renewed["expires"] > first["expires"]
     assert "Contents" not in client.list_objects_v2(Bucket="runs", Prefix="sweeps/a/.lock")  # let go: removed
