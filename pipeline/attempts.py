@@ -145,3 +145,14 @@ def check_resume_data(cfg: TrainJobConfig, latest: str | None, names: list[str],
     print(f"[train] data.train has changed since {latest} ({diff}): the epoch goes on in a new order "
           "(data.allow_changed_data)")
     return True
+
+
+def newest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint a launch resumes from: the newest complete one down to every file's hash; a damaged newer
+    one is passed over and named, with what is wrong with it."""
+    passed_over: list = []
+    latest = checkpoint.find_latest(run_dir, verify=True, passed_over=passed_over)
+    for damaged, problem in passed_over:
+        print(f"[train] passing over {damaged}: {problem} (cut short, corrupted or edited); "
+              + (f"resuming from {latest}" if latest else "no complete checkpoint before it, starting afresh"))
+    return latest

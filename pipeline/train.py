@@ -17,7 +17,7 @@ import torch
 
 from pipeline import checkpoint, storage
 from pipeline.attempts import (check_resume_config, check_resume_data, count_attempts, explain_failure,
-                               record_attempt, resume_point, state_layout)
+                               newest_checkpoint, record_attempt, resume_point, state_layout)
 from pipeline.config import TrainJobConfig, build, narrow, to_dict
 from pipeline.console import say
 from pipeline.data import training_set, transforms, vocabulary
@@ -304,7 +304,7 @@ def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: st
 
     from pipeline import validation
     from pipeline.cluster import check_resources, settle_one_node_train_env
-    from pipeline.data import ingest
+    from pipeline.data import decoded_cache, ingest
     from pipeline.data.counts import count_or_read
 
     check_resources(cfg.scaling)  # before any pass over the data: a request that cannot fit would wait forever
@@ -315,11 +315,7 @@ def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: st
     resolved, init = warm_start.resolve(narrow(cfg, TrainJobConfig))
     full = to_dict(cfg) | to_dict(resolved)
     cfg = resolved  # a RunJobConfig's extra sections stay on the driver
-    passed_over: list = []
-    latest = checkpoint.find_latest(run_dir, verify=True, passed_over=passed_over)  # a damaged one: the one before
-    for damaged, problem in passed_over:
-        print(f"[train] passing over {damaged}: {problem} (cut short, corrupted or edited); "
-              + (f"resuming from {latest}" if latest else "no complete checkpoint before it, starting afresh"))
+    latest = newest_checkpoint(run_dir)  # a damaged newest one: the one before, said so
     changes = check_resume_config(cfg, latest)
     storage.write_text(storage.join(run_dir, "config.json"), json.dumps(full, indent=2))
     if latest is not None:
@@ -354,7 +350,7 @@ def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: st
     if why:
         print(f"[train] Ray's list of checkpoints in {run_dir}/checkpoints was damaged ({why}): set aside as "
               f"{checkpoint.RAY_SNAPSHOT}.damaged; resuming from {latest or 'the start'}")
-    cache = start_cache(cfg.data, sum(data.shard_counts.values()) or data.samples or n_train)
+    cache = decoded_cache.start(cfg.data, sum(data.shard_counts.values()) or data.samples or n_train)
     val_skips = SkipTally()
     for split, shards in (("train", train_shards), ("val", val_shards)):
         if shards.missing:
@@ -438,24 +434,6 @@ def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: st
     return TrainResult(run_dir, ckpt, state.get("metrics", {}), state.get("history", []),
                        {split: t.counts for split, t in skips.items() if t.counts}, latest, attempts,
                        {split: t.examples for split, t in skips.items() if t.counts})
-
-
-def start_cache(data_cfg, samples: int):
-    """data.cache_decoded: the run's decoded-image cache actor, or None; says which on the console."""
-    import ray
-
-    from pipeline.data import decoded_cache
-
-    if data_cfg.decode == "gpu":
-        print("[data] training images travel as JPEG bytes and are decoded on each worker's device (data.decode=gpu)")
-        return None
-    store = float(ray.cluster_resources().get("object_store_memory", 0))
-    on, note = decoded_cache.decide(data_cfg.cache_decoded, samples, data_cfg.image_size, store)
-    print(f"[data] {note}")
-    if not on:
-        return None
-    return decoded_cache.cache_actor(float("inf") if data_cfg.cache_decoded == "true"
-                                     else 1.5 * decoded_cache.AUTO_SHARE * store)
 
 
 _SOURCES = {"stats": "img2dataset stats", "parquet": "Parquet footers", "num_samples": "data.num_samples",

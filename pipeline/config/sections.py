@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pipeline.config.loading import ConfigError, _check, _f
 from pipeline.config.registry import (INDEX_TYPES, INTERPOLATIONS, LOSS_PARAMS, RERANK_FUSIONS, RESIZE_MODES,
                                       TOKENIZERS, check_loss_params)
+from pipeline.config.sources import SAMPLINGS, parse_source
 # The towers' sections live in model_sections; they stay importable from here.
 from pipeline.config.model_sections import (ImageTowerConfig, ModelConfig, TextTowerConfig,  # noqa: F401
                                             WordEmbeddingsConfig)
@@ -98,7 +99,7 @@ class DataConfig:
                "to the workers to decode there; set one of them back (data.cache_decoded=auto or data.decode=cpu)")
         _check(self.sampling in SAMPLINGS, f"data.sampling={self.sampling!r}; choose one of {list(SAMPLINGS)}")
         if isinstance(self.train, list):
-            object.__setattr__(self, "train", [_source(s, i) for i, s in enumerate(self.train)])
+            object.__setattr__(self, "train", [parse_source(s, i) for i, s in enumerate(self.train)])
             _check(bool(self.train), "data.train is an empty list; give it at least one {path: ..., weight: ...}")
             names = [s["name"] for s in self.train]
             _check(len(set(names)) == len(names), f"data.train's sources need distinct names, not {names}")
@@ -120,25 +121,6 @@ class DataConfig:
     def train_spec(self) -> str:
         """Every training shard as one spec (the sources' paths joined): for passes that read all of them."""
         return ",".join(s["path"] for s in self.sources())
-
-
-SAMPLINGS = ("epoch", "resampled")
-
-
-def _source(raw, i: int) -> dict:
-    """One entry of a data.train list -> {path, weight, name}; a one-line error for anything else."""
-    where = f"data.train[{i}]"
-    _check(isinstance(raw, dict), f"{where}={raw!r} is not a mapping; write it as {{path: ..., weight: ...}}")
-    unknown = sorted(set(raw) - {"path", "weight", "name"})
-    _check(not unknown, f"{where} has unknown key(s) {unknown}; a source has path, weight and name")
-    path = raw.get("path")
-    _check(isinstance(path, str) and bool(path), f"{where} needs a path (a shard path, directory, glob or brace list)")
-    weight = raw.get("weight", 1.0)
-    _check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
-           and weight < float("inf"), f"{where}.weight={weight!r} must be a positive number")
-    name = raw.get("name") or f"source{i}"
-    _check(isinstance(name, str), f"{where}.name={name!r} must be a string")
-    return {"path": path, "weight": float(weight), "name": name}
 
 
 @dataclass(frozen=True)

@@ -201,3 +201,18 @@ def cache_actor(budget_bytes: float):
     here = ray.get_runtime_context().get_node_id()
     return DecodedCache.options(max_restarts=-1, max_task_retries=-1,
                                 scheduling_strategy=NodeAffinity(here, soft=False)).remote(budget_bytes)
+
+
+def start(data_cfg, samples: int):
+    """data.cache_decoded: the run's decoded-image cache actor, or None; says which on the console."""
+    import ray
+
+    if data_cfg.decode == "gpu":
+        print("[data] training images travel as JPEG bytes and are decoded on each worker's device (data.decode=gpu)")
+        return None
+    store = float(ray.cluster_resources().get("object_store_memory", 0))
+    on, note = decide(data_cfg.cache_decoded, samples, data_cfg.image_size, store)
+    print(f"[data] {note}")
+    if not on:
+        return None
+    return cache_actor(float("inf") if data_cfg.cache_decoded == "true" else 1.5 * AUTO_SHARE * store)
