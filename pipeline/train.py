@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -183,9 +184,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     first = state["epoch"] + 1
     saved_first = in_epoch if in_epoch and in_epoch["epoch"] == first else None
     # The first epoch's reads start before the untrained model is validated, and run beside it.
-    upcoming = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, first,
-                             saved_first["workers"][ctx.rank] if saved_first else None, prime=True,
-                             device=ctx.device) \
+    batches_of = partial(epoch_batches, loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, device=ctx.device)
+    upcoming = batches_of(first, saved_first["workers"][ctx.rank] if saved_first else None, prime=True) \
         if first <= cfg.train.epochs else None
     if state["epoch"] == 0 and cfg.eval.untrained and validates() and not state["history"]:
         untrained = val_set.run(model, tokenizer, ctx.device)
@@ -202,9 +202,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         in_epoch = None
         clock.start()
         clock.add("checkpoint", last_checkpoint_s)  # the previous epoch's, written after its metrics were taken
-        batches = upcoming if upcoming is not None else epoch_batches(
-            loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch, saved["workers"][ctx.rank] if saved else None,
-            device=ctx.device)
+        batches = upcoming if upcoming is not None else batches_of(epoch, saved["workers"][ctx.rank] if saved else None)
 
         def on_step(step: int, n: int, loss_sum, epoch=epoch, batches=batches) -> None:
             nonlocal state, steps_log
@@ -237,9 +235,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         if check is not None:  # what the epoch's last steps read, checked too (collective, every rank raises)
             check()
         # The next epoch's reads start now, in the background, while this one validates and checkpoints.
-        upcoming = epoch_batches(loop_cfg, cfg, ctx.rank, ctx.world_size, tokenizer, epoch + 1, None, prime=True,
-                                 device=ctx.device) \
-            if epoch < cfg.train.epochs else None
+        upcoming = batches_of(epoch + 1, None, prime=True) if epoch < cfg.train.epochs else None
         tallies = gather_objects({"tally": batches.tally.to_dict(), "mix": batches.mix.tolist()})
         skips = SkipTally.merged([t["tally"] for t in tallies])
         metrics = {"epoch": epoch, "step": step, "train/loss": mean_loss, "data/samples_used": n * cfg.train.batch_size,

@@ -219,7 +219,8 @@ def device_views(block: dict, device, size: int, interpolation: str = "bilinear"
             pix = np.frombuffer(block["jpeg"][i], dtype=np.uint8).reshape(3, size, size)
             views[where[i]] = torch.from_numpy(pix.copy()).to(device)
     failed = [i for i in jpeg_rows if decoded[i] is None]
-    keep = [where[i] for i in rows if i not in set(failed)]
+    dropped = set(failed)
+    keep = [where[i] for i in rows if i not in dropped]
     return views[keep], failed
 
 
