@@ -39,7 +39,7 @@ from bench import gpu_noray  # noqa: E402
 from bench.gpu_noray import in_memory_batch, plain_step, project_step, sync, timed  # noqa: E402
 from pipeline.config import TrainJobConfig  # noqa: E402
 from pipeline.models.text import TEXT_ARCHS  # noqa: E402
-from pipeline.epoch_data import worker_batches  # noqa: E402
+from pipeline.training.worker_data import worker_batches  # noqa: E402
 
 
 def make_config(args) -> TrainJobConfig:

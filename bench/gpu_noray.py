@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import TrainJobConfig, load_config  # noqa: E402
 from pipeline.losses import build_loss  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
-from pipeline.objective import ContrastiveObjective  # noqa: E402
-from pipeline.optimisation import make_optimizer, make_scheduler, speed_up, train_step  # noqa: E402
+from pipeline.training.objective import ContrastiveObjective  # noqa: E402
+from pipeline.training.optimisation import make_optimizer, make_scheduler, speed_up, train_step  # noqa: E402
 
 VOCAB = 10_000
 # The demo recipe's towers (configs/demo.yaml's model section; a unit test holds the two equal) and CLIP

@@ -135,7 +135,7 @@ def ray_data_pipeline(paths: list[str], cfg, tokenizer) -> tuple[float, float, f
     of the machine's cores busy meanwhile)"""
     import torch
 
-    from pipeline.epoch_data import worker_batches
+    from pipeline.training.worker_data import worker_batches
 
     cfg = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, num_workers=1))
     warm = worker_batches(paths, cfg, tokenizer, 0, 1, 1, torch.device("cpu"))
@@ -200,7 +200,7 @@ def outside_the_task(paths: list[str], cfg, tokenizer) -> tuple[str, float, floa
     from pipeline.data import ingest
     from pipeline.data.batcher import EpochBatcher
     from pipeline.data.epoch_plan import choose_layout, worker_share
-    from pipeline.epoch_data import data_cpus
+    from pipeline.training.worker_data import data_cpus
 
     cfg = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, num_workers=1))
     layout = choose_layout(paths, None, 1, cfg.data.readers_per_worker, cfg.train.seed)
@@ -282,9 +282,9 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
         from pipeline.distributed import WorkerContext
         from pipeline.losses import build_loss
         from pipeline.models import build_model
-        from pipeline.objective import ContrastiveObjective, backward_step
-        from pipeline.epoch_data import worker_batches
-        from pipeline.train import make_optimizer
+        from pipeline.training.objective import ContrastiveObjective, backward_step
+        from pipeline.training.worker_data import worker_batches
+        from pipeline.training.driver import make_optimizer
 
         cfg, ctx = build(TrainJobConfig, c["config"]), WorkerContext.from_ray()
         tok = Tokenizer.from_dict(c["tokenizer"])

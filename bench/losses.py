@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import ModelConfig, build  # noqa: E402
 from pipeline.losses import LOSSES, build_loss  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
-from pipeline.objective import ContrastiveObjective, backward_step  # noqa: E402
+from pipeline.training.objective import ContrastiveObjective, backward_step  # noqa: E402
 
 FEAT, DIM, WORLD = 256, 128, 2
 

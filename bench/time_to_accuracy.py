@@ -131,8 +131,8 @@ def run_plain(recipe: Path, data: Path, epochs: int, budget: float) -> dict:
     from pipeline.data.tokenizer import count_words
     from pipeline.losses import build_loss
     from pipeline.models import build_model
-    from pipeline.objective import ContrastiveObjective
-    from pipeline.train import make_optimizer, make_scheduler, train_step, validate
+    from pipeline.training.objective import ContrastiveObjective
+    from pipeline.training.driver import make_optimizer, make_scheduler, train_step, validate
 
     t0 = time.time()
     torch.set_num_threads(os.cpu_count() or 1)

@@ -74,7 +74,7 @@ def cmd_run(args) -> None:
 def cmd_train(args) -> None:
     # Recipes are shared with `pipeline run`: read the whole schema, keep the training sections.
     cfg, _ = _start_job(args)
-    from pipeline import train
+    from pipeline.training import driver as train
 
     res = train.run(narrow(cfg, TrainJobConfig))
     print(f"run directory: {res.run_dir}\ncheckpoint: {res.checkpoint}\nmetrics: {json.dumps(res.metrics)}")

@@ -7,7 +7,7 @@ import logging
 import os
 
 from pipeline import console
-from pipeline.phases import mark_start
+from pipeline.console import mark_start
 
 
 def local_cpus() -> int:

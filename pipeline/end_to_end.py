@@ -23,7 +23,8 @@ class RunSummary:
 
 def run(cfg: RunJobConfig) -> RunSummary:
     """`pipeline run`: train (or sweep), then index, evaluate and report; -> where everything went."""
-    from pipeline import evaluate, train
+    from pipeline import evaluate
+    from pipeline.training import driver as train
     from pipeline.data.ingest import expand_paths
     from pipeline.data.skips import EXAMPLES, SkipLog
 

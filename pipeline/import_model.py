@@ -27,7 +27,7 @@ def import_config(*, source: str = "", weights: str = "", tag: str = "", tokeniz
                   image_weights: str = "", text: str = "", pooling: str | None = None, embed_dim: int = 256,
                   max_tokens: int = 0) -> dict:
     """The resolved data/model/loss sections of the imported model. Reads model configs, not weights."""
-    from pipeline import warm_start
+    from pipeline.training import warm_start
 
     if source:
         if not source.startswith("open_clip:"):
@@ -74,7 +74,7 @@ def import_model(out: str, **kwargs) -> Imported:
     from pipeline.data.vocabulary import pretrained_tokenizer
     from pipeline.losses import build_loss
     from pipeline.models import build_model
-    from pipeline.warm_start import set_scale
+    from pipeline.training.warm_start import set_scale
 
     cfg = import_config(**kwargs)
     data, mcfg = build(DataConfig, cfg["data"]), build(ModelConfig, cfg["model"])

@@ -27,7 +27,7 @@ def check_job(cfg, splits=("train", "val"), writes=None) -> None:
     check_paths(*[x for key, spec in specs.items() for x in (spec, key)])
     if hasattr(cfg, "model"):
         from pipeline.models.weights import WeightsError
-        from pipeline.warm_start import check_model
+        from pipeline.training.warm_start import check_model
 
         try:
             check_model(cfg)  # weights that do not fit, an image size a ViT cannot take: here, not in a worker

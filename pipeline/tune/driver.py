@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import checkpoint, storage
-from pipeline.attempts import root_cause
+from pipeline.training.attempts import root_cause
 from pipeline.config import RunJobConfig, TrainJobConfig, apply_overrides, build, flatten, narrow, to_dict
 from pipeline.tune import spaces
 from pipeline.tune.results import fmt, is_score, plot_curves, plot_metric_vs, rank_rows, results_table, write_csv
@@ -79,7 +79,7 @@ def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None):
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from pipeline import train
+        from pipeline.training import driver as train
 
         study, point = config["point"]["study"], config["point"]["overrides"]
         sampled = {k.split("::", 1)[1]: v for k, v in config.items() if k.startswith(f"{study}::")}
@@ -89,7 +89,7 @@ def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None):
         trial_cfg = build(TrainJobConfig, apply_overrides(base_raw, over, TrainJobConfig))
         import ray
 
-        from pipeline.run_lock import LEASE_S
+        from pipeline.training.run_lock import LEASE_S
 
         # a trial restarted after its node was lost waits out the dead attempt's lease (S3 run directories)
         train.run(trial_cfg, callbacks=[TuneReportCallback()],

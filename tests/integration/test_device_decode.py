@@ -8,7 +8,7 @@ import torch
 from pipeline.config import RunJobConfig, load_config
 from pipeline.data import ingest
 from pipeline.data.epoch_plan import choose_layout
-from pipeline.epoch_data import epoch_batches
+from pipeline.training.worker_data import epoch_batches
 
 from .conftest import ROOT
 

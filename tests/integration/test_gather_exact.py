@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.distributed import all_reduce_mean
 from pipeline.losses import build_loss
-from pipeline.objective import ContrastiveObjective, backward_step
+from pipeline.training.objective import ContrastiveObjective, backward_step
 from pipeline.rerank.fusion import FusionScorer
 
 B, D_IN, D = 12, 7, 5

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metrics", "pipeline.checkpoint",
         "pipeline.tune.spaces", "pipeline.tune.results", "pipeline.storage", "pipeline.data.transforms",
         "pipeline.data.karpathy", "pipeline.baselines.cca", "pipeline.baselines.features", "pipeline.ppmi",
-        "pipeline.index.faiss_indexes", "pipeline.optimisation", "pipeline.rerank.fusion", "pipeline.rerank.mining",
+        "pipeline.index.faiss_indexes", "pipeline.training.optimisation", "pipeline.rerank.fusion", "pipeline.rerank.mining",
         "pipeline.word_objectives", "pipeline.baselines.autoencoder",
         "pipeline.data.epoch_plan", "pipeline.data.batcher", "pipeline.data.local_passes", "pipeline.gallery"]
 # Modules at Ray's edge that import it only inside the functions that drive Ray Data: importable without it.

@@ -114,7 +114,7 @@ def test_config_changes_lists_shaping_keys_only():
 
 def test_a_resume_with_a_changed_model_stops_unless_allowed(tmp_path):
     from pipeline.config import ConfigError
-    from pipeline.attempts import check_resume_config
+    from pipeline.training.attempts import check_resume_config
 
     ckpt = _checkpoint(tmp_path / "c")
     same = load_config(TrainJobConfig, None, BASE)
@@ -150,7 +150,7 @@ def test_a_damaged_ray_snapshot_is_set_aside(tmp_path, snapshot, why):
 
 
 def test_a_spent_failure_budget_says_so():
-    from pipeline.attempts import explain_failure
+    from pipeline.training.attempts import explain_failure
 
     err = RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection reset by peer")
     assert explain_failure(err, 1, 0) == "training failed: RuntimeError: [../gloo/transport/tcp/pair.cc:534] " \
@@ -162,7 +162,7 @@ def test_a_spent_failure_budget_says_so():
 
 
 def test_a_lost_node_with_no_replacement_is_named_with_what_no_longer_fits():
-    from pipeline.attempts import explain_failure
+    from pipeline.training.attempts import explain_failure
 
     class WorkerGroupStartupTimeoutError(Exception):  # Ray Train's, by name (unit tests import no Ray)
         pass

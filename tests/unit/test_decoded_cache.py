@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipeline.data import decoded_cache, shards, transforms
 from pipeline.data.tokenizer import Tokenizer
-from pipeline.epoch_data import primed
+from pipeline.training.worker_data import primed
 from tests import faults
 
 

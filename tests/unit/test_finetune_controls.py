@@ -28,7 +28,7 @@ def test_frozen_text_tower_takes_no_gradient_and_stays_in_eval_mode():
 
 
 def test_each_tower_gets_its_learning_rate_multiplier():
-    from pipeline.train import make_optimizer
+    from pipeline.training.driver import make_optimizer
 
     cfg = build(ModelConfig, {**TINY, "image": {**TINY["image"], "lr_mult": 0.1}, "text": {**TINY["text"],
                                                                                         "lr_mult": 0.5}})
@@ -98,7 +98,8 @@ def test_a_tokenizer_larger_than_the_text_towers_embedding_table_is_refused():
 
 
 def test_warm_start_takes_the_checkpoints_model_and_keeps_its_own_fine_tuning_choices(tmp_path):
-    from pipeline import checkpoint, warm_start
+    from pipeline import checkpoint
+    from pipeline.training import warm_start
     from pipeline.config import to_dict
     from pipeline.data.tokenizer import Tokenizer
     from pipeline.losses import build_loss
@@ -129,7 +130,7 @@ def test_warm_start_takes_the_checkpoints_model_and_keeps_its_own_fine_tuning_ch
 
 def test_local_model_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
     """Ray workers do not run in the driver's directory: a relative weights path must be made absolute."""
-    from pipeline import warm_start
+    from pipeline.training import warm_start
 
     (tmp_path / "w.pth").write_bytes(b"")
     (tmp_path / "g.txt").write_text("red 0.1 0.2\n")

@@ -8,9 +8,10 @@ import torch
 from pipeline.config import TrainJobConfig, load_config
 from pipeline.losses import build_loss
 from pipeline.models import build_model
-from pipeline.objective import ContrastiveObjective
-from pipeline.phases import PHASES, PhaseClock, describe_phases, describe_start, mark_start, phase_metrics, process_start
-from pipeline.train import make_optimizer, make_scheduler, train_epoch
+from pipeline.training.objective import ContrastiveObjective
+from pipeline.console import describe_start, mark_start, process_start
+from pipeline.training.phases import PHASES, PhaseClock, describe_phases, phase_metrics
+from pipeline.training.driver import make_optimizer, make_scheduler, train_epoch
 
 from .test_divergence import BASE, FakeContext
 

@@ -127,7 +127,7 @@ def test_timm_and_hf_towers_match_their_libraries(tmp_path):
 
 def test_each_timm_towers_crop_pct_comes_from_its_pretrained_config():
     from pipeline.config import ModelConfig, build
-    from pipeline.warm_start import preprocess_of
+    from pipeline.training.warm_start import preprocess_of
 
     for name, crop in (("resnet18", 0.95), ("tf_efficientnet_lite0", 0.875), ("vit_tiny_patch16_224", 0.9)):
         assert preprocess_of(build(ModelConfig, {"image": {"arch": f"timm:{name}"}}))["crop_pct"] == crop

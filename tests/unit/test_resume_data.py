@@ -6,7 +6,7 @@ import time
 import pytest
 
 from pipeline import storage
-from pipeline.attempts import check_resume_data
+from pipeline.training.attempts import check_resume_data
 from pipeline.config import TrainJobConfig, load_config
 from tests.unit.test_checkpoint_trust import BASE, _checkpoint
 

@@ -12,11 +12,11 @@ import time
 import pytest
 
 from pipeline import storage
-from pipeline.run_lock import RunDirBusy, RunLock
+from pipeline.training.run_lock import RunDirBusy, RunLock
 
 HOLD = """
 import sys, time
-from pipeline.run_lock import RunLock
+from pipeline.training.run_lock import RunLock
 with RunLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(600)

@@ -50,7 +50,7 @@ def _blocks(rows, order):
 
 
 def _worker(rank, init_file, out):
-    from pipeline.validation import ValidationSet
+    from pipeline.training.validation import ValidationSet
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     model, rows = Towers(), _val_set()
@@ -68,7 +68,7 @@ def _worker(rank, init_file, out):
 
 
 def test_split_validation_scores_the_whole_set_as_rank_0_would(tmp_path):
-    from pipeline.validation import validate
+    from pipeline.training.validation import validate
 
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     split = torch.load(tmp_path / "split.pt")

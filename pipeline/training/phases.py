@@ -17,9 +17,10 @@ Plain Python and torch: no Ray. On a GPU the compute phases are timed on the ste
 """
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
+
+from pipeline.console import mark_start
 
 PHASES = ("epoch_start", "data_wait", "forward_backward", "all_gather", "optimizer", "validation", "checkpoint",
           "other")
@@ -96,54 +97,3 @@ def describe_phases(metrics: dict) -> str:
     shown = [f"{LABELS[p]} {100 * share:.0f}%" for share, p in parts if share >= 0.005]
     start = metrics.get("time/epoch_start_s", 0.0)
     return f"{metrics.get('time/epoch_s', 0.0):.1f} s: " + ", ".join(shown) + f" (first batch after {start:.1f} s)"
-
-
-# ------------------------------------------------------------------------------------------ a launch's start
-# Wall-clock milestones from the command's start to its first training step, in the order they happen: the
-# driver's (Ray up, the data planned, the trainer started) travel to the workers in the loop's config, rank 0
-# adds its own and prints them once its first step is done, so a slow start says which part was slow.
-START_PARTS = (("ray", "Ray start"), ("data", "data planning (counts, vocabulary)"), ("fit", "driver setup"),
-               ("worker", "worker group"), ("model", "model"), ("untrained", "untrained validation"),
-               ("batch", "first block"), ("step", "step"))
-_MARKS: dict[str, float] = {}
-_IMPORTED = time.time()  # process_start's answer where /proc cannot say
-
-
-def process_start() -> float:
-    """When this process started (epoch seconds): Linux's /proc, else when this module was first imported."""
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the command name
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return _IMPORTED
-
-
-def mark_start(name: str, marks: dict[str, float] | None = None) -> dict[str, float]:
-    """Record milestone `name` now (once: a later call keeps the first time) in `marks`, or in this process's
-    own record. -> the record."""
-    marks = _MARKS if marks is None else marks
-    if name not in marks:  # called on every step by `PhaseClock.milestone`: nothing but a lookup once set
-        if "process" not in marks:
-            marks["process"] = process_start()
-        marks[name] = time.time()
-    return marks
-
-
-def start_marks() -> dict[str, float]:
-    """This process's milestones so far (a copy: the driver's half, for the workers)."""
-    return dict(_MARKS)
-
-
-def describe_start(marks: dict[str, float]) -> str:
-    """'first step after 12.3 s: Ray start 3.1 s, data planning ... 1.0 s, ...' from the process's start (parts
-    whose milestone was not recorded, such as Ray's start on a cluster already connected, are left out)."""
-    t0 = marks.get("process", min(marks.values()))
-    last, parts = t0, []
-    for key, label in START_PARTS:
-        if key in marks:
-            parts.append(f"{label} {max(0.0, marks[key] - last):.1f} s")
-            last = max(last, marks[key])
-    return f"first step after {last - t0:.1f} s: " + ", ".join(parts)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline import checkpoint, storage
-from pipeline.attempts import (check_resume_config, check_resume_data, count_attempts, explain_failure,
+from pipeline.training.attempts import (check_resume_config, check_resume_data, count_attempts, explain_failure,
                                newest_checkpoint, record_attempt, resume_point, state_layout)
 from pipeline.config import TrainJobConfig, build, narrow, to_dict
 from pipeline.console import say
@@ -27,17 +27,18 @@ from pipeline.data.epoch_plan import describe_mix, mix_metrics, mix_targets
 from pipeline.data.skips import SkipLog, SkipTally
 from pipeline.data.subword import tokenizer_from_dict
 from pipeline.distributed import WorkerContext, all_reduce_mean, all_reduce_min, gather_objects
-from pipeline.epoch_data import KeyRecord, epoch_batches, skip_check, to_device
+from pipeline.training.worker_data import KeyRecord, epoch_batches, skip_check, to_device
 from pipeline.losses import build_loss
 from pipeline.metrics import flat_metrics
 from pipeline.models import build_model
-from pipeline.objective import ContrastiveObjective, unwrap
-from pipeline.phases import PhaseClock, describe_phases, describe_start, mark_start, phase_metrics, start_marks
+from pipeline.training.objective import ContrastiveObjective, unwrap
+from pipeline.console import describe_start, mark_start, start_marks
+from pipeline.training.phases import PhaseClock, describe_phases, phase_metrics
 from pipeline.rerank.fusion import FusionScorer
-from pipeline.optimisation import (NONFINITE, check_finite, logit_scale_record, make_optimizer,  # noqa: F401
+from pipeline.training.optimisation import (NONFINITE, check_finite, logit_scale_record, make_optimizer,  # noqa: F401
                                    make_scheduler, peak_memory_mb, speed_up, train_step)
-from pipeline import warm_start
-from pipeline.validation import ValidationSet, validate  # noqa: F401 (validate: benches)
+from pipeline.training import warm_start
+from pipeline.training.validation import ValidationSet, validate  # noqa: F401 (validate: benches)
 
 
 def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, epoch: int, step: int,
@@ -286,7 +287,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None, lo
     sweep's vocabulary scan (`training_set.VocabularyScan`), which its trials share. The run directory is this
     launch's alone while it trains (`run_lock`): a second launch on the same run.name refuses (`lock_wait_s`: or
     waits that long for an S3 lock's lease to lapse)."""
-    from pipeline.run_lock import RunLock
+    from pipeline.training.run_lock import RunLock
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
@@ -298,7 +299,7 @@ def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: st
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline import validation
+    from pipeline.training import validation
     from pipeline.cluster import check_resources, settle_one_node_train_env
     from pipeline.data import decoded_cache, ingest
     from pipeline.data.counts import count_or_read

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.distributed import all_reduce_max
-from pipeline.objective import ContrastiveObjective, backward_step, unwrap
+from pipeline.training.objective import ContrastiveObjective, backward_step, unwrap
 
 
 def make_optimizer(module: nn.Module, cfg, model_cfg=None) -> torch.optim.Optimizer:
