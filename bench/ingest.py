@@ -284,7 +284,7 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
         from pipeline.models import build_model
         from pipeline.training.objective import ContrastiveObjective, backward_step
         from pipeline.training.worker_data import worker_batches
-        from pipeline.training.driver import make_optimizer
+        from pipeline.training.optimisation import make_optimizer
 
         cfg, ctx = build(TrainJobConfig, c["config"]), WorkerContext.from_ray()
         tok = Tokenizer.from_dict(c["tokenizer"])

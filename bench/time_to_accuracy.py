@@ -132,7 +132,8 @@ def run_plain(recipe: Path, data: Path, epochs: int, budget: float) -> dict:
     from pipeline.losses import build_loss
     from pipeline.models import build_model
     from pipeline.training.objective import ContrastiveObjective
-    from pipeline.training.driver import make_optimizer, make_scheduler, train_step, validate
+    from pipeline.training.optimisation import make_optimizer, make_scheduler, train_step
+    from pipeline.training.validation import validate
 
     t0 = time.time()
     torch.set_num_threads(os.cpu_count() or 1)

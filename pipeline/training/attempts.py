@@ -11,27 +11,27 @@ from pipeline.config import TrainJobConfig, to_dict
 from pipeline.console import say
 from pipeline.data.training_set import shard_list_changes
 from pipeline.distributed import WorkerContext
+from pipeline.training.plan import WorkerPlan
 
 
-def resume_point(loop_cfg: dict, ctx: WorkerContext) -> str | None:
+def resume_point(run_dir: str, ctx: WorkerContext) -> str | None:
     """The checkpoint to start from: the newest complete one in the run directory, picked by rank 0 (hashes
     checked) and shared with the other ranks. At launch it is the driver's pick. After a worker failure, when
     Ray restarts every worker's loop with the same config, it is the last one written before the failure:
     Ray's own `get_checkpoint()` misses a checkpoint whose report it had not yet collected when the worker
     died, and the epoch after it would be trained twice."""
-    return ctx.broadcast(checkpoint.find_latest(loop_cfg["run_dir"], verify=True) if ctx.is_main else None)
+    return ctx.broadcast(checkpoint.find_latest(run_dir, verify=True) if ctx.is_main else None)
 
 
-def record_attempt(loop_cfg: dict, epoch: int, resumed_from: str | None) -> None:
+def record_attempt(plan: WorkerPlan, epoch: int, resumed_from: str | None) -> None:
     """One line per start of the worker group in <run_dir>/attempts.jsonl: a launch of the driver with more
     than one line recovered from worker failures. Only rank 0 writes, and attempts follow one another."""
-    path = storage.join(loop_cfg["run_dir"], "attempts.jsonl")
+    path = storage.join(plan.run_dir, "attempts.jsonl")
     before = storage.read_text(path) if storage.exists(path) else ""
-    line = {"launch": loop_cfg["launch"], "start_epoch": epoch, "resumed_from": resumed_from,
-            "time": time.time(), **({"config_changes": loop_cfg["config_changes"]}
-                                    if loop_cfg.get("config_changes") else {})}
+    line = {"launch": plan.launch, "start_epoch": epoch, "resumed_from": resumed_from, "time": time.time(),
+            **({"config_changes": plan.config_changes} if plan.config_changes else {})}
     storage.write_text(path, before + json.dumps(line) + "\n")
-    if resumed_from and resumed_from != loop_cfg.get("resume_from"):
+    if resumed_from and resumed_from != plan.resume_from:
         say(f"[train] workers restarted after a failure: resuming from {resumed_from} (epoch {epoch})")
 
 

@@ -19,6 +19,7 @@ from pipeline.data.batcher import EpochBatcher
 from pipeline.data.epoch_plan import Cursor, Resampling, choose_layout, worker_share
 from pipeline.data.skips import SkipTally
 from pipeline.distributed import all_reduce_sum
+from pipeline.training.plan import TrainShards
 
 
 def to_device(batches, device: torch.device, channels_last: bool = False):
@@ -40,7 +41,7 @@ def worker_batches(paths: list[str], cfg, tokenizer, rank: int, world: int, epoc
     """What training feeds worker `rank` of `world` in `epoch`, on `device`: its share of `paths`, read and
     prepared by its own Ray Data pipeline, cut into local batches (the benchmarks measure exactly this)."""
     layout = choose_layout(paths, None, world, cfg.data.readers_per_worker, cfg.train.seed)
-    yield from to_device(epoch_batches({"train_paths": paths, "layout": layout}, cfg, rank, world, tokenizer, epoch,
+    yield from to_device(epoch_batches(TrainShards(paths, layout), cfg, rank, world, tokenizer, epoch,
                                        device=device), device, cfg.train.channels_last)
 
 
@@ -85,19 +86,20 @@ def primed(blocks: Iterable) -> Iterator:
     return chain()
 
 
-def epoch_batches(loop_cfg: dict, cfg, rank: int, world: int, tokenizer, epoch: int,
+def epoch_batches(shards: TrainShards, cfg, rank: int, world: int, tokenizer, epoch: int,
                   saved: dict | None = None, prime: bool = False, device=None) -> EpochBatcher:
-    """This worker's batches for `epoch`, from where `saved` (its part of a mid-epoch checkpoint) left off;
-    `prime`: start reading at once (`primed`); `device`: where data.decode=gpu decodes (default the CPU)."""
+    """This worker's batches of `shards` for `epoch`, from where `saved` (its part of a mid-epoch checkpoint)
+    left off; `prime`: start reading at once (`primed`); `device`: where data.decode=gpu decodes (default the
+    CPU)."""
     from pipeline.data import ingest
 
-    paths = loop_cfg["train_paths"]
-    share = worker_share(paths, loop_cfg.get("shard_counts"), world, rank, loop_cfg["layout"], cfg.train.seed, epoch,
-                         Resampling.from_dict(loop_cfg.get("resampling")))
-    source_of = dict(zip(paths, loop_cfg.get("shard_sources") or [0] * len(paths)))
+    paths = shards.paths
+    share = worker_share(paths, shards.counts or None, world, rank, shards.layout, cfg.train.seed, epoch,
+                         Resampling.from_dict(shards.resampling))
+    source_of = dict(zip(paths, shards.sources or [0] * len(paths)))
     cursor = Cursor.from_dict(saved["cursor"]) if saved and "cursor" in saved else None
     ds = ingest.train_epoch_dataset(share, paths, tokenizer, cfg.data, cfg.train.seed, epoch, cursor,
-                                    data_cpus(cfg), loop_cfg.get("decoded_cache"))
+                                    data_cpus(cfg), shards.decoded_cache)
     blocks = [] if ds is None else ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=4)
     if cfg.data.decode == "gpu":
         from pipeline.data.device_decode import device_blocks
@@ -138,8 +140,8 @@ class KeyRecord:
     """run.record_keys: every worker appends the keys each step trained to <run_dir>/keys/rank<r>.jsonl, with
     the checkpoint it started from, so a resumed run can be checked for samples lost or trained twice."""
 
-    def __init__(self, loop_cfg: dict, rank: int, resumed_from: str | None):
-        self.path = Path(loop_cfg["run_dir"]) / "keys" / f"rank{rank}.jsonl"
+    def __init__(self, run_dir: str, rank: int, resumed_from: str | None):
+        self.path = Path(run_dir) / "keys" / f"rank{rank}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.start = resumed_from
 

@@ -8,6 +8,7 @@ import torch
 from pipeline.config import RunJobConfig, load_config
 from pipeline.data import ingest
 from pipeline.data.epoch_plan import choose_layout
+from pipeline.training.plan import TrainShards
 from pipeline.training.worker_data import epoch_batches
 
 from .conftest import ROOT
@@ -16,7 +17,7 @@ from .conftest import ROOT
 def _epoch(cfg, paths, tokenizer, rank: int, world: int):
     """A worker's batches through its own Ray Data pipeline, as training takes them."""
     layout = choose_layout(paths, None, world, cfg.data.readers_per_worker, cfg.train.seed)
-    batches = epoch_batches({"train_paths": paths, "layout": layout}, cfg, rank, world, tokenizer, 2,
+    batches = epoch_batches(TrainShards(paths, layout), cfg, rank, world, tokenizer, 2,
                             device=torch.device("cpu"))
     out = [(list(b["key"]), b["image"], b["tokens"]) for b in batches]
     return out, batches.tally

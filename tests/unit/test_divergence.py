@@ -9,7 +9,8 @@ from pipeline.distributed import WorkerContext
 from pipeline.losses import build_loss
 from pipeline.models import build_model
 from pipeline.training.objective import ContrastiveObjective
-from pipeline.training.driver import make_optimizer, make_scheduler, train_epoch
+from pipeline.training.loop import train_epoch
+from pipeline.training.optimisation import make_optimizer, make_scheduler
 
 BASE = ["data.train=a", "data.val=b", "model.embed_dim=16", "model.image.width=8", "model.text.word_dim=16",
         "model.text.hidden=16", "train.batch_size=8", "scaling.num_workers=1", "train.log_every=2",

@@ -28,7 +28,7 @@ def test_frozen_text_tower_takes_no_gradient_and_stays_in_eval_mode():
 
 
 def test_each_tower_gets_its_learning_rate_multiplier():
-    from pipeline.training.driver import make_optimizer
+    from pipeline.training.optimisation import make_optimizer
 
     cfg = build(ModelConfig, {**TINY, "image": {**TINY["image"], "lr_mult": 0.1}, "text": {**TINY["text"],
                                                                                         "lr_mult": 0.5}})

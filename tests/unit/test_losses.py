@@ -265,7 +265,7 @@ def test_a_scale_above_the_cap_keeps_its_gradient_and_comes_back(name):
     """The cap is applied to the parameter after the step: above it the gradient is not zero, so the scale
     can move (a clamp inside forward would freeze it there for good)."""
     from pipeline.losses import MAX_LOGIT_SCALE
-    from pipeline.training.driver import logit_scale_record
+    from pipeline.training.optimisation import logit_scale_record
 
     x, y = _emb(3, n=8)
     loss = build_loss(name)

@@ -163,7 +163,7 @@ def test_bad_tower_settings_fail_in_the_config(override, match):
 
 
 def _one_step(model, images, tokens):
-    from pipeline.training.driver import make_optimizer
+    from pipeline.training.optimisation import make_optimizer
 
     opt = make_optimizer(model, build(TrainJobConfig, {"data": {"train": "a", "val": "b"}}).train)
     model.train()

@@ -11,7 +11,8 @@ from pipeline.models import build_model
 from pipeline.training.objective import ContrastiveObjective
 from pipeline.console import describe_start, mark_start, process_start
 from pipeline.training.phases import PHASES, PhaseClock, describe_phases, phase_metrics
-from pipeline.training.driver import make_optimizer, make_scheduler, train_epoch
+from pipeline.training.loop import train_epoch
+from pipeline.training.optimisation import make_optimizer, make_scheduler
 
 from .test_divergence import BASE, FakeContext
 

@@ -7,7 +7,7 @@ from pipeline.config import ConfigError, TrainJobConfig, load_config
 from pipeline.losses import build_loss
 from pipeline.models import build_model
 from pipeline.training.objective import ContrastiveObjective
-from pipeline.training.driver import speed_up, train_step
+from pipeline.training.optimisation import speed_up, train_step
 
 BASE = ["data.train=a", "data.val=b", "model.embed_dim=16", "model.image.width=8", "model.text.word_dim=16",
         "model.text.hidden=16"]
