@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config.registry import RERANK_FUSIONS  # noqa: E402
+from pipeline.registry import RERANK_FUSIONS  # noqa: E402
 
 
 def main() -> None:

@@ -34,6 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true", help="show Ray's and FAISS's own output on the console "
                         "too (by default it goes to the log file the summary names)")
     command = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
+    _training_commands(command)
+    _word_vector_command(command)
+    _gallery_commands(command)
+    _import_model_command(command)
+    _search_command(command)
+    _data_commands(command, common)
+    p = command("keys", help="list every config key with its default and meaning")
+    p.add_argument("job", nargs="?", default="run", choices=sorted(JOB_CONFIGS))
+    return ap
+
+
+def _training_commands(command) -> None:
+    """run, train, tune and the baselines: a recipe and its overrides."""
     p = command("run", help="data -> train -> index -> evaluate -> report, end to end")
     _config_args(p, required=False)
     p = command("train", help="train a two-tower model; prints the run directory and checkpoint")
@@ -49,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--kind", default=None, choices=["linear", "kernel", "autoencoder"], help="sets cca.kind")
         p.add_argument("--out", default=None, help="output folder (default <run dir>/baselines/linear_cca, "
                        "kernel_cca or autoencoder)")
+
+
+def _word_vector_command(command) -> None:
+    """`pipeline embeddings`: word vectors from the training captions."""
     p = command("embeddings", help="word vectors from the training captions' co-occurrences (PPMI + SVD, GloVe "
                        "or skip-gram), written in GloVe text format for model.text.embeddings.path")
     _config_args(p, required=True)
@@ -58,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 4)")
     p.add_argument("--method", default=None, choices=["ppmi", "glove", "sgns"], help="embeddings.method "
                    "(default ppmi)")
+
+
+def _gallery_commands(command) -> None:
+    """index, evaluate and rerank: a checkpoint and the shards it embeds."""
     for name, helptext in (("index", "embed a gallery and build a FAISS index"),
                            ("evaluate", "retrieval evaluation of a checkpoint; writes the report"),
                            ("rerank", "train the fusion re-ranker (rerank.*) on a trained checkpoint's embeddings of "
@@ -79,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override eval.* / index.* / scaling.* / rerank.* keys (`pipeline keys evaluate`)")
         p.add_argument("--address", default=None, help="Ray cluster address")
+
+
+def _import_model_command(command) -> None:
+    """`pipeline import-model`: a pretrained pair as a checkpoint."""
     p = command("import-model", help="write a checkpoint from pretrained weights (OpenCLIP, or a timm image and a "
                 "Hugging Face text tower) that evaluate, index, search and model.init_from accept")
     p.add_argument("--from", dest="source", default="", help="open_clip:<model name or model-config .json>")
@@ -95,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-dim", type=int, default=256, help="joint space of a timm/hf pair (default 256); its "
                    "projections start random, so the pair scores near chance until trained")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
+
+
+def _search_command(command) -> None:
+    """`pipeline search`: query a built index."""
     p = command("search", help="query a built index with a caption or an image")
     p.add_argument("--index", required=True, help="index folder written by `pipeline index` or `pipeline run`")
     q = p.add_mutually_exclusive_group(required=True)
@@ -110,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint, or that checkpoint (or its run dir) when its run had rerank.enabled: the top "
                    "--rerank-k hits are re-ordered by it")
     p.add_argument("--rerank-k", type=int, default=20, help="hits re-scored with --rerank (default 20)")
+
+
+def _data_commands(command, common) -> None:
+    """`pipeline data synth | convert-karpathy | inspect`."""
     data = command("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     data_command = lambda name, **kw: data.add_parser(name, parents=[common], **kw)  # noqa: E731
     p = data_command("synth", help="write the synthetic compositional-scenes dataset (WebDataset shards)")
@@ -131,6 +164,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=20, help="unreadable samples listed by key (default 20)")
     p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint for s3:// paths")
     p.add_argument("--address", default=None, help="Ray cluster address")
-    p = command("keys", help="list every config key with its default and meaning")
-    p.add_argument("job", nargs="?", default="run", choices=sorted(JOB_CONFIGS))
-    return ap

@@ -119,7 +119,7 @@ def cmd_embeddings(args) -> None:
                                                        ("method", args.method)) if v is not None)
     out_dir = args.out.rsplit("/", 1)[0] if storage.is_remote(args.out) else str(Path(args.out).resolve().parent)
     cfg, _ = _start_job(args, extra=flags, splits=("train",), writes=[(out_dir, "--out")])
-    from pipeline import word_embeddings
+    from pipeline.words import job as word_embeddings
 
     print(word_embeddings.format_summary(word_embeddings.run(cfg.embeddings, cfg.data, args.out, cfg.train.seed,
                                                              cfg.scaling, cfg.run)))
@@ -129,13 +129,15 @@ def cmd_index(args) -> None:
     cfg, (ckpt,), paths = _start_eval(args, [args.checkpoint])
     from pipeline import checkpoint
     from pipeline.index.embedding_passes import embed_to_parquet
+    from pipeline.index.faiss_indexes import IndexSpec
     from pipeline.index.sharded import build_gallery_indexes, write_index
 
     image_size = checkpoint.read_config(ckpt)["data"]["image_size"]
     emb = embed_to_parquet(ckpt, paths, image_size, args.out, cfg.scaling.num_workers, cfg.scaling.use_gpu,
                            cfg.eval.batch_size, in_driver_images=cfg.eval.in_driver_images)
-    built = build_gallery_indexes(args.out, cfg.index.spec(), cfg.index.shard_rows)
-    meta = write_index(args.out, built, ckpt, cfg.index.spec(), emb.n_images, emb.n_captions, emb.dim)
+    spec = IndexSpec.of(cfg.index)
+    built = build_gallery_indexes(args.out, spec, cfg.index.shard_rows)
+    meta = write_index(args.out, built, ckpt, spec, emb.n_images, emb.n_captions, emb.dim)
     shards = len(meta["indexes"]["images"].get("shards") or []) or 1
     print(f"index: {args.out} ({meta['n_images']} images, {meta['n_captions']} captions, {meta['type']}, "
           f"{shards} shard{'s' if shards > 1 else ''}, built in {meta['build_s']:.3f} s, recall@10 vs exact "

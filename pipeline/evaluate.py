@@ -140,7 +140,7 @@ def index_and_score(ckpt: str, paths: list[str], index_dir: str, eval_cfg, index
     from pipeline.index.embedding_passes import embed_to_parquet, read_gallery
     from pipeline.index.sharded import build_gallery_indexes, load_gallery_index, write_index
 
-    spec = index_cfg.spec()
+    spec = IndexSpec.of(index_cfg)
     with phase("embed gallery (images, captions)"):
         emb = embed_to_parquet(ckpt, paths, read_config(ckpt)["data"]["image_size"], index_dir,
                                scaling.num_workers, scaling.use_gpu, eval_cfg.batch_size, skip_log,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config.registry import (check_dcca, check_label_smoothing, check_margin, check_mining,
+from pipeline.registry import (check_dcca, check_label_smoothing, check_margin, check_mining,
                                       check_temperature)
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: beyond it the softmax saturates and training turns unstable

@@ -52,7 +52,7 @@ def s3_filesystem(fail_fast: bool = False):
 def check_access(uri: str, key: str, write: bool = False) -> None:
     """Before any Ray work: `uri` (the value of config key or flag `key`) can be listed, and with `write`
     written to. Any failure is one ConfigError line naming the key, the URI and what to set."""
-    from pipeline.config.loading import ConfigError
+    from pipeline.errors import ConfigError
 
     if not is_remote(uri):
         if write:
@@ -93,7 +93,7 @@ def _explain_s3_error(e: Exception, bucket: str, write: bool) -> str:
 def _check_local_writable(path: Path, key: str) -> None:
     """The folder (created when missing) takes a new file: a read-only disk or folder is one line now, not a
     bare OSError from inside a Ray worker later."""
-    from pipeline.config.loading import ConfigError
+    from pipeline.errors import ConfigError
 
     probe = path / ".pipeline-write-check"
     try:

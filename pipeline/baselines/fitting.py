@@ -233,12 +233,12 @@ def score(fitted: Fitted, data_cfg, eval_cfg, index_cfg, passes: Passes) -> tupl
     """Embed and score data.val. -> (the evaluation's metrics, the index block of the report)."""
     from pipeline import evaluate
     from pipeline.data.ingest import expand_paths
-    from pipeline.index.faiss_indexes import train_sample
+    from pipeline.index.faiss_indexes import IndexSpec, train_sample
     from pipeline.index.sharded import build_measured
 
     paths = expand_paths(data_cfg.val, "data.val")
     gallery = embed_gallery(fitted.encoder, paths, data_cfg.image_size, passes)
-    spec = index_cfg.spec()
+    spec = IndexSpec.of(index_cfg)
     queries = train_sample(gallery.text_emb.numpy(), 1000)  # held-out queries of the other modality
     index, index_meta = build_measured(gallery.image_emb.numpy(), queries, spec)
     metrics = evaluate.evaluate_gallery(gallery, eval_cfg.ks, eval_cfg.chunk_size, eval_cfg.examples, spec,

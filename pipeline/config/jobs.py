@@ -78,7 +78,7 @@ class RunJobConfig(TrainJobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tune.space or self.tune.studies:
-            from pipeline.tune.spaces import plan
+            from pipeline.config.spaces import plan
 
             plan(self)  # every grid point must build a valid training config: fail before Ray, not mid-sweep
 

@@ -15,9 +15,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config problem the user can fix; the message says what to change."""
+from pipeline.errors import ConfigError  # noqa: F401 (re-exported: pipeline.config.ConfigError)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

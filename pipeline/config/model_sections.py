@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config.loading import ConfigError, _check, _f
-from pipeline.config.registry import (HF, HF_POOLINGS, IMAGE_ARCHS, OPEN_CLIP, TEXT_ARCHS, TEXT_POOLINGS, TIMM, is_image_arch, is_text_arch)
+from pipeline.registry import (HF, HF_POOLINGS, IMAGE_ARCHS, OPEN_CLIP, TEXT_ARCHS, TEXT_POOLINGS, TIMM, is_image_arch, is_text_arch)
 
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from pipeline.config.loading import ConfigError, _check, _f
-from pipeline.config.registry import (INDEX_TYPES, INTERPOLATIONS, LOSS_PARAMS, RERANK_FUSIONS, RESIZE_MODES,
+from pipeline.registry import (INDEX_TYPES, INTERPOLATIONS, LOSS_PARAMS, RERANK_FUSIONS, RESIZE_MODES,
                                       TOKENIZERS, check_loss_params)
 from pipeline.config.sources import SAMPLINGS, parse_source
 # The towers' sections live in model_sections; they stay importable from here.
@@ -321,11 +321,6 @@ class IndexConfig:
         _check(min(self.nlist, self.pq_m) >= 0 and min(self.nprobe, self.refine_k_factor, self.hnsw_m,
                                                        self.ef_search, self.auto_threshold, self.shard_rows) >= 1,
                "index.nlist and index.pq_m must be >= 0, the other index.* counts >= 1")
-
-    def spec(self):
-        from pipeline.index.faiss_indexes import IndexSpec
-
-        return IndexSpec(**{k: v for k, v in dataclasses.asdict(self).items() if k != "shard_rows"})
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config.loading import ConfigError
+from pipeline.errors import ConfigError
 
 KINDS = ("grid", "choice", "uniform", "loguniform")
 
@@ -108,7 +108,7 @@ def dedupe(points: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
 
 
 def loss_keys(loss_name: str) -> set[str]:
-    from pipeline.config.registry import LOSS_PARAMS
+    from pipeline.registry import LOSS_PARAMS
 
     return {"loss." + p for p in LOSS_PARAMS.get(loss_name, ())}
 

@@ -9,7 +9,7 @@ def collect_thumbnails(paths: list[str], keys: list[str], side: int = 96, max_in
     those rows before decoding anything (a gallery of at most `max_in_driver` images is read in the driver)."""
     from pipeline.data import local_passes
     from pipeline.data.ingest import read_shards
-    from pipeline.report_html import thumbnail
+    from pipeline.data.transforms import thumbnail
 
     wanted = set(keys)
     if not wanted:

@@ -66,7 +66,7 @@ def eval_batches(paths: list[str], image_size: int, skip_log=None, split: str = 
 
 def thumbnails(paths: list[str], keys: set[str], side: int) -> dict[str, str]:
     """key -> thumbnail data URI of the wanted images, as `by_key.collect_thumbnails` makes them."""
-    from pipeline.report_html import thumbnail
+    from pipeline.data.transforms import thumbnail
 
     out = {}
     for rows in shard_batches(paths):

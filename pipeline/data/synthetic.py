@@ -144,7 +144,7 @@ def ensure_data(data_cfg) -> None:
     nothing is their mistake: it fails (the caller's path check says so) and nothing is written."""
     import os
 
-    from pipeline.config.loading import ConfigError
+    from pipeline.errors import ConfigError
     from pipeline.data.ingest import expand_paths
 
     s = data_cfg.synth

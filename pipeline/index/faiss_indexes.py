@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
-from pipeline.config.registry import INDEX_TYPES
+from pipeline.registry import INDEX_TYPES
 
 TYPES = INDEX_TYPES
 
@@ -34,6 +35,11 @@ class IndexSpec:
     ef_construction: int = 200
     ef_search: int = 128
     train_sample: int = 100_000
+
+    @classmethod
+    def of(cls, index_cfg) -> "IndexSpec":
+        """The spec a job's `index` section (`config.IndexConfig`) asks for."""
+        return cls(**{k: v for k, v in dataclasses.asdict(index_cfg).items() if k != "shard_rows"})
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:

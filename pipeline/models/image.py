@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import registry
+from pipeline import registry
 
 
 class SmallCNN(nn.Module):

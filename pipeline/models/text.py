@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import registry
+from pipeline import registry
 
 from pipeline.models.word_vectors import load_word_vectors
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config.registry import RERANK_FUSIONS as FUSIONS  # the config checks the same names
+from pipeline.registry import RERANK_FUSIONS as FUSIONS  # the config checks the same names
 
 
 class CountSketch(nn.Module):

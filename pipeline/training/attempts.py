@@ -9,7 +9,7 @@ import time
 from pipeline import checkpoint, storage
 from pipeline.config import TrainJobConfig, to_dict
 from pipeline.console import say
-from pipeline.data.training_set import shard_list_changes
+from pipeline.training.training_set import shard_list_changes
 from pipeline.distributed import WorkerContext
 from pipeline.training.plan import WorkerPlan
 

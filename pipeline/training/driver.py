@@ -15,7 +15,8 @@ from pathlib import Path
 from pipeline import checkpoint, storage
 from pipeline.config import TrainJobConfig, narrow, to_dict
 from pipeline.console import mark_start, start_marks
-from pipeline.data import training_set, transforms, vocabulary
+from pipeline.data import transforms, vocabulary
+from pipeline.training import training_set
 from pipeline.data.shards import shard_names
 from pipeline.data.skips import SkipLog, SkipTally
 from pipeline.training import warm_start

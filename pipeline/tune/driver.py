@@ -20,7 +20,7 @@ import yaml
 from pipeline import checkpoint, storage
 from pipeline.training.attempts import root_cause
 from pipeline.config import RunJobConfig, TrainJobConfig, apply_overrides, build, flatten, narrow, to_dict
-from pipeline.tune import spaces
+from pipeline.config import spaces
 from pipeline.tune.results import fmt, is_score, plot_curves, plot_metric_vs, rank_rows, results_table, write_csv
 
 
@@ -114,7 +114,7 @@ def run(cfg: RunJobConfig) -> SweepResult:
     print(f"[tune] {n_trials} trials ({len(points)} grid points x {cfg.tune.num_samples} samples) in "
           f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, {concurrency} at a time, "
           f"scheduler {cfg.tune.scheduler}, ranked on {cfg.tune.metric} ({cfg.tune.mode})")
-    from pipeline.data.training_set import scan_for_sweep
+    from pipeline.training.training_set import scan_for_sweep
 
     scan = scan_for_sweep(cfg)  # once for every trial: the captions are read once per sweep, not per trial
     shared = ray.put(scan) if scan is not None else None

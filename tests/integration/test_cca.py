@@ -92,9 +92,9 @@ def test_distributed_statistics_equal_in_memory(ray_cluster, smoke_data, tmp_pat
 def test_embeddings_command_writes_loadable_vectors(ray_cluster, smoke_data, tmp_path, capsys):
     from pipeline.data.ingest import expand_paths, scan_training_data
     from pipeline.data.tokenizer import split_words
-    from pipeline.word_embeddings import count_dataset
+    from pipeline.words.job import count_dataset
     from pipeline.models.word_vectors import load_word_vectors
-    from pipeline.ppmi import cosine, count_cooccurrences
+    from pipeline.words.cooccurrence import cosine, count_cooccurrences
 
     out = tmp_path / "words.txt"
     assert main(["embeddings", *smoke_args(smoke_data, tmp_path, "emb"), "--out", str(out), "--dim", "16"]) == 0

@@ -47,7 +47,7 @@ def test_report_html_renders_without_errors(tmp_path):
     if CHROMIUM is None:
         pytest.fail("chromium is not installed: `make test` installs Debian's chromium (apt-get install chromium)")
 
-    from pipeline.report_html import thumbnail
+    from pipeline.data.transforms import thumbnail
 
     gallery = _gallery()
     metrics = evaluate.evaluate_gallery(gallery, spec=IndexSpec(type="hnsw"))

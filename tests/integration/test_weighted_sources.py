@@ -13,7 +13,7 @@ from pipeline.config import TrainJobConfig, load_config
 from pipeline.data.epoch_plan import RowFilter, draw_shards
 from pipeline.data.epoch_source import read_entry
 from pipeline.data.shards import shard_names
-from pipeline.data.training_set import resampling_plan, resolve_sources
+from pipeline.training.training_set import resampling_plan, resolve_sources
 from tests import faults
 
 from . import drivers

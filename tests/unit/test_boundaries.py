@@ -10,13 +10,13 @@ from pipeline.cli import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 
 PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metrics", "pipeline.checkpoint",
-        "pipeline.tune.spaces", "pipeline.tune.results", "pipeline.storage", "pipeline.data.transforms",
-        "pipeline.data.karpathy", "pipeline.baselines.cca", "pipeline.baselines.features", "pipeline.ppmi",
+        "pipeline.config.spaces", "pipeline.tune.results", "pipeline.storage", "pipeline.data.transforms",
+        "pipeline.data.karpathy", "pipeline.baselines.cca", "pipeline.baselines.features", "pipeline.words.cooccurrence",
         "pipeline.index.faiss_indexes", "pipeline.training.optimisation", "pipeline.rerank.fusion", "pipeline.rerank.mining",
-        "pipeline.word_objectives", "pipeline.baselines.autoencoder",
+        "pipeline.words.objectives", "pipeline.baselines.autoencoder",
         "pipeline.data.epoch_plan", "pipeline.data.batcher", "pipeline.data.local_passes", "pipeline.gallery"]
 # Modules at Ray's edge that import it only inside the functions that drive Ray Data: importable without it.
-EDGE = ["pipeline.baselines.fitting", "pipeline.word_embeddings", "pipeline.index.embedding_passes",
+EDGE = ["pipeline.baselines.fitting", "pipeline.words.job", "pipeline.index.embedding_passes",
         "pipeline.index.sharded", "pipeline.tune.driver", "pipeline.rerank.job"]
 
 
@@ -31,11 +31,13 @@ def test_pure_modules_do_not_import_ray():
 CALLS = """
 import sys, tempfile
 import numpy as np, torch
-from pipeline import checkpoint, gallery, losses, metrics, ppmi
+from pipeline import checkpoint, gallery, losses, metrics
+from pipeline.words import cooccurrence as ppmi
 from pipeline.baselines.cca import CCAStats, fit_linear_cca
 from pipeline.config import RunJobConfig, load_config
 from pipeline.index import faiss_indexes
-from pipeline.tune import results, spaces
+from pipeline.config import spaces
+from pipeline.tune import results
 from pipeline.data import local_passes
 from pipeline.data.synthetic import write_dataset
 from pipeline.data.shards import shard_names
@@ -59,7 +61,7 @@ ppmi.word_vectors(counts, 2)
 checkpoint.find_latest(out)
 from pipeline.rerank.fusion import FusionScorer, rerank
 from pipeline.rerank.mining import hardest_images
-from pipeline.word_objectives import GloVe
+from pipeline.words.objectives import GloVe
 cand = hardest_images(g.text_emb, g.image_emb, g.text_to_image, 3)
 rerank(FusionScorer("compact_bilinear", 8, 8, sketch_dim=16), g.text_emb, g.image_emb, cand, query_is_image=False)
 GloVe(5, 4)(torch.tensor([2, 3]), torch.tensor([3, 4]), torch.tensor([2.0, 5.0])).backward()

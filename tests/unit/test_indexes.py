@@ -138,3 +138,11 @@ def test_ivfpq_shards_share_one_trained_quantizer_and_keep_recall():
     assert indexes.recall_vs_exact(found, exact) >= indexes.recall_vs_exact(single, exact) - 0.02
     copy = indexes.deserialize(indexes.serialize(shards[0][0]), spec)
     assert (copy.search(q, 10)[1] == shards[0][0].search(q, 10)[1]).all()
+
+
+def test_the_spec_a_config_section_asks_for():
+    from pipeline.config import IndexConfig
+
+    spec = indexes.IndexSpec.of(IndexConfig(type="hnsw", hnsw_m=16, shard_rows=5))
+    assert (spec.type, spec.hnsw_m) == ("hnsw", 16)
+    assert spec.nprobe == IndexConfig().nprobe and spec.ef_search == IndexConfig().ef_search

@@ -286,7 +286,7 @@ def test_a_scale_above_the_cap_keeps_its_gradient_and_comes_back(name):
 
 def test_the_config_registry_matches_the_components():
     """Config validation reads plain registries (no torch at load time); they must name what the code has."""
-    from pipeline.config import registry
+    from pipeline import registry
     from pipeline.index.faiss_indexes import TYPES
     from pipeline.losses import LOSSES, loss_params
     from pipeline.models.image import IMAGE_ARCHS, build_image_tower

@@ -4,7 +4,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from scipy.sparse.linalg import svds
 
-from pipeline.ppmi import (DENSE_MAX_VOCAB, Counts, count_cooccurrences, cosine, format_glove, merge_counts,
+from pipeline.words.cooccurrence import (DENSE_MAX_VOCAB, Counts, count_cooccurrences, cosine, format_glove, merge_counts,
                                    ppmi, truncated_svd_vectors, word_vectors)
 
 

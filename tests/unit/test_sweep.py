@@ -4,7 +4,8 @@ import math
 import pytest
 
 from pipeline.config import ConfigError, RunJobConfig, load_config
-from pipeline.tune import results, spaces
+from pipeline.config import spaces
+from pipeline.tune import results
 
 DEMO = "configs/demo.yaml"
 

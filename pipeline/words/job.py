@@ -21,7 +21,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.data.tokenizer import Tokenizer, split_words
 from pipeline.data.transforms import iter_samples, parse_captions
-from pipeline.ppmi import (FIRST_WORD, Counts, count_cooccurrences, format_glove, merge_counts,
+from pipeline.words.cooccurrence import (FIRST_WORD, Counts, count_cooccurrences, format_glove, merge_counts,
                                    word_vectors)
 
 COMPACT_EVERY = 5_000_000  # pending partial entries merged on the driver once they pass this many
@@ -93,7 +93,7 @@ def train_vectors(counts: Counts, e, seed: int, scaling_cfg, run_cfg) -> np.ndar
     def loop(c: dict) -> None:
         import torch
 
-        from pipeline import word_objectives
+        from pipeline.words import objectives as word_objectives
         from pipeline.distributed import WorkerContext, all_reduce_mean
 
         ctx = WorkerContext.from_ray()
