@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 
 def corpus(side: int) -> list[bytes]:
-    from pipeline.data.photos import PHOTOS, load_photo
+    from pipeline.data.formats.photos import PHOTOS, load_photo
 
     out = []
     for name, _ in PHOTOS:

@@ -63,7 +63,7 @@ def ingest_paths(n_images: int, size: int) -> tuple[list[str], str]:
         write_dataset(out, n_images, 0, size=256, quality=95, shard_size=256)
         return sorted(str(p) for p in (out / "train").glob("*.tar")), "256 px q95 crops of real photographs"
     except (ImportError, RuntimeError):
-        from pipeline.data.synthetic import write_split
+        from pipeline.data.formats.synthetic import write_split
 
         side = max(320, size + 32)
         return ([str(p) for p in write_split(out, n_images, seed=0, split_id=0, shard_size=256, side=side)],

@@ -15,7 +15,7 @@ where $OUT is set) as it goes, so a call cut short still leaves what it measured
 (2) JPEG decode, images/s on all cores: PIL and torchvision.io.decode_jpeg on the CPU (one process a core),
     and batched torchvision.io.decode_jpeg(device="cuda"), on 256 px q95 JPEGs cut from real photographs
     (`bench/photo_crops.py`, where scikit-image is installed; otherwise smooth random textures, said so); and
-    data.decode=gpu's worker side (`pipeline.data.device_decode`: batched decode, crops, brightness) at 64 and
+    data.decode=gpu's worker side (`pipeline.data.epoch.device_decode`: batched decode, crops, brightness) at 64 and
     224 px on the device.
 Stage 2, the Ray Data -> GPU path, is `bench/gpu.py` (it needs Ray); `bench/gpu.sh` runs both.
 """
@@ -276,7 +276,7 @@ def cuda_decode_rate(blobs: list[bytes], device: torch.device, batch: int = 256,
 def worker_view_rate(blobs: list[bytes], device: torch.device, size: int, batch: int = 128, rounds: int = 2) -> float:
     """images/s of data.decode=gpu's worker side (`device_decode.device_views`: one batched decode per block of a
     read task's 128 rows, each crop box resampled to size x size, brightness), on `device`, one process."""
-    from pipeline.data import device_decode as dd
+    from pipeline.data.epoch import device_decode as dd
 
     rng, batch = np.random.default_rng(0), min(batch, len(blobs))
     planned = [dd.plan_view(dd.jpeg_size(b), size, True, 0.8, "shortest", rng) for b in blobs]

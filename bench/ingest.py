@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import RunJobConfig, TrainJobConfig, load_config, narrow, to_dict  # noqa: E402
 from pipeline.data import transforms  # noqa: E402
-from pipeline.data.shards import iter_tar_samples  # noqa: E402
-from pipeline.data.synthetic import write_split  # noqa: E402
+from pipeline.data.formats.shards import iter_tar_samples  # noqa: E402
+from pipeline.data.formats.synthetic import write_split  # noqa: E402
 
 from bench.process_cpu import busy_core_seconds  # noqa: E402
 
@@ -168,7 +168,7 @@ def profile_read_tasks(paths: list[str], cfg, tokenizer) -> dict[str, float]:
     import pstats
 
     from pipeline.data import ingest
-    from pipeline.data.epoch_plan import choose_layout, worker_share
+    from pipeline.data.epoch.plan import choose_layout, worker_share
 
     layout = choose_layout(paths, None, 1, cfg.data.readers_per_worker, cfg.train.seed)
     share = worker_share(paths, None, 1, 0, layout, cfg.train.seed, 1, None)
@@ -198,8 +198,8 @@ def outside_the_task(paths: list[str], cfg, tokenizer) -> tuple[str, float, floa
     (`ds.stats()`: per operator, the tasks' wall and CPU time, the object-store bytes), and the batcher timed
     alone over the blocks already pulled. -> (the stats text, seconds to pull the epoch, batcher seconds)."""
     from pipeline.data import ingest
-    from pipeline.data.batcher import EpochBatcher
-    from pipeline.data.epoch_plan import choose_layout, worker_share
+    from pipeline.data.epoch.batcher import EpochBatcher
+    from pipeline.data.epoch.plan import choose_layout, worker_share
     from pipeline.training.worker_data import data_cpus
 
     cfg = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, num_workers=1))
@@ -221,7 +221,7 @@ def read_tasks_in_process(paths: list[str], cfg, tokenizer) -> tuple[float, list
     from ray.data.block import BlockAccessor
 
     from pipeline.data import ingest
-    from pipeline.data.epoch_plan import choose_layout, worker_share
+    from pipeline.data.epoch.plan import choose_layout, worker_share
 
     layout = choose_layout(paths, None, 1, cfg.data.readers_per_worker, cfg.train.seed)
     share = worker_share(paths, None, 1, 0, layout, cfg.train.seed, 1, None)
@@ -236,7 +236,7 @@ def read_tasks_in_process(paths: list[str], cfg, tokenizer) -> tuple[float, list
 def gpu_decode_split(paths: list[str], size: int) -> tuple[float, float, float]:
     """(g): -> (read-task core-ms a sample with data.decode=cpu, with data.decode=gpu, the worker device's ms a
     sample for the gpu blocks); the two modes run A B A B, the second round reported (the first warms up)."""
-    from pipeline.data.device_decode import device_blocks
+    from pipeline.data.epoch.device_decode import device_blocks
 
     cfg, tok = recipe_at(size, paths)
     gpu_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, decode="gpu", cache_decoded="false"))
@@ -278,7 +278,7 @@ def fed_vs_memory(paths: list[str], cfg, tokenizer, steps: int) -> tuple[float, 
         import json
 
         from pipeline.config import TrainJobConfig, build
-        from pipeline.data.tokenizer import Tokenizer
+        from pipeline.data.text.tokenizer import Tokenizer
         from pipeline.distributed import WorkerContext
         from pipeline.losses import build_loss
         from pipeline.models import build_model

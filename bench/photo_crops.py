@@ -25,8 +25,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data.photos import PHOTOS, load_photo  # noqa: E402
-from pipeline.data.writer import ShardWriter  # noqa: E402
+from pipeline.data.formats.photos import PHOTOS, load_photo  # noqa: E402
+from pipeline.data.formats.writer import ShardWriter  # noqa: E402
 
 # Photographs outside scikit-image: (loader, captions). Loaders return (H, W, 3) uint8 or raise.
 EXTRA: tuple[tuple[str, tuple[str, ...]], ...] = (

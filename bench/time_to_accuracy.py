@@ -112,7 +112,7 @@ class InMemoryVal:
 
 
 def read_split(folder: Path) -> list[dict]:
-    from pipeline.data.shards import iter_tar_samples
+    from pipeline.data.formats.shards import iter_tar_samples
 
     rows = []
     for path in sorted(folder.glob("*.tar")):
@@ -127,8 +127,9 @@ def run_plain(recipe: Path, data: Path, epochs: int, budget: float) -> dict:
     import torch
 
     from pipeline.config import RunJobConfig, load_config
-    from pipeline.data import transforms, vocabulary
-    from pipeline.data.tokenizer import count_words
+    from pipeline.data import transforms
+    from pipeline.data.text import vocabulary
+    from pipeline.data.text.tokenizer import count_words
     from pipeline.losses import build_loss
     from pipeline.models import build_model
     from pipeline.training.objective import ContrastiveObjective
@@ -255,7 +256,7 @@ def main() -> None:
 
             write_photos(data, args.train, 500, size=image_size(args.recipe))
         else:  # a seed the demo does not use: scenes the recipe was not tuned on
-            from pipeline.data.synthetic import write_dataset
+            from pipeline.data.formats.synthetic import write_dataset
 
             write_dataset(data, args.train, 500, seed=11)
     from pipeline.config import RunJobConfig, load_config

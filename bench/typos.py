@@ -5,7 +5,7 @@
 
 Trains the demo recipe twice with `pipeline run` (a run of the same name that finished is reused): the default word
 GRU, and `model.text.arch=char_cnn_rnn` with `data.tokenizer=char`. Writes a copy of the validation shards with a
-share `--rate` of their caption words misspelt (`pipeline.data.typos`: one swap, drop, doubling or replacement per
+share `--rate` of their caption words misspelt (`pipeline.data.formats.typos`: one swap, drop, doubling or replacement per
 word, first and last letters kept), and evaluates both checkpoints on it with `pipeline evaluate`. Prints rsum and
 R@1 both ways for each tower on the clean gallery (the run's own report) and on the misspelt one.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data.typos import misspell  # noqa: E402
+from pipeline.data.formats.typos import misspell  # noqa: E402
 
 TOWERS = {"gru": [], "char_cnn_rnn": ["model.text.arch=char_cnn_rnn", "data.tokenizer=char", "data.max_tokens=128"]}
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from pipeline import storage
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.text.tokenizer import Tokenizer
 
 REQUIRED = ("model.pt", "tokenizer.json", "config.json", "state.json")
 HEAD = "rerank.pt"  # the fusion re-ranker's weights, in a checkpoint of a run with rerank.enabled
@@ -173,8 +173,8 @@ def read_config(path: str | Path) -> dict:
 
 
 def read_tokenizer(path: str | Path):
-    """-> the checkpoint's tokenizer: the word Tokenizer, or a subword one (`pipeline.data.subword`)."""
-    from pipeline.data.subword import tokenizer_from_dict
+    """-> the checkpoint's tokenizer: the word Tokenizer, or a subword one (`pipeline.data.text.subword`)."""
+    from pipeline.data.text.subword import tokenizer_from_dict
 
     return tokenizer_from_dict(json.loads(_read_verified(path, "tokenizer.json")))
 

@@ -221,7 +221,7 @@ def cmd_search(args) -> None:
 
 def cmd_data(args) -> None:
     if args.data_command == "synth":
-        from pipeline.data.synthetic import write_dataset
+        from pipeline.data.formats.synthetic import write_dataset
 
         if args.train < 1 or args.val < 1:
             raise ConfigError("--train and --val must be positive")
@@ -230,7 +230,7 @@ def cmd_data(args) -> None:
               f"wrote {args.val} val samples in {len(paths['val'])} shards to {Path(args.out) / 'val'}")
         return
     if args.data_command == "convert-karpathy":
-        from pipeline.data.karpathy import convert_karpathy, format_summary
+        from pipeline.data.formats.karpathy import convert_karpathy, format_summary
 
         summary = convert_karpathy(args.json, args.images, args.out, tuple(s.strip() for s in args.split.split(",")),
                                    args.format, args.shard_size)
@@ -238,7 +238,7 @@ def cmd_data(args) -> None:
         return
     from pipeline import cluster
     from pipeline.data.ingest import resolve_shards, split_specs
-    from pipeline.data.inspect import inspect_shards
+    from pipeline.data.formats.inspect import inspect_shards
 
     storage.configure(args.endpoint_url)
     for spec in split_specs(args.path):  # one line naming what to set, as train and evaluate give, not botocore's

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline import checkpoint
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.text.tokenizer import Tokenizer
 from pipeline.data.transforms import image_view, resize_image
 from pipeline.gallery import Gallery, GalleryBuilder, embed_gallery  # noqa: F401 (their names here before)
 from pipeline.models import TwoTower

@@ -71,7 +71,7 @@ def import_model(out: str, **kwargs) -> Imported:
     import torch
 
     from pipeline import checkpoint
-    from pipeline.data.vocabulary import pretrained_tokenizer
+    from pipeline.data.text.vocabulary import pretrained_tokenizer
     from pipeline.losses import build_loss
     from pipeline.models import build_model
     from pipeline.training.warm_start import set_scale

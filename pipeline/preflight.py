@@ -12,7 +12,7 @@ def check_job(cfg, splits=("train", "val"), writes=None) -> None:
     """What a training job checks before any Ray work, each failure one line: S3 reachable with the AWS chain's
     credentials for every s3:// path, the run directory (and `writes`) writable, synthetic data written only
     where the config points at the synthetic default, the shards there and non-empty."""
-    from pipeline.data.synthetic import ensure_data
+    from pipeline.data.formats.synthetic import ensure_data
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     specs = {f"data.{s}": getattr(cfg.data, s) for s in splits if s != "train" or not isinstance(cfg.data.train, list)}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.baselines.cca import LinearCCA, build_kernel_map
-from pipeline.data.tokenizer import Tokenizer, split_words
+from pipeline.data.text.tokenizer import Tokenizer, split_words
 from pipeline.data.transforms import resize_image
 
 FIRST_WORD = 2  # ids 0, 1: [PAD], [UNK]

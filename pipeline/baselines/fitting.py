@@ -23,7 +23,7 @@ from pipeline import storage
 from pipeline.baselines.cca import CCAStats, fit_linear_cca
 from pipeline.baselines.autoencoder import AutoencoderEncoder
 from pipeline.baselines.features import CCAEncoder, Featurizer, describe, load_towers
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.text.tokenizer import Tokenizer
 
 STATS_BATCH = 1024  # images per statistics row: each row carries d x d matrices, so batches are large
 AE_CACHE_BYTES = 1 << 30  # the autoencoder keeps its featurised training pairs in memory up to this size

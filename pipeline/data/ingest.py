@@ -1,5 +1,6 @@
-"""Ray Data ingest: resolve shard specs, read shards (`data.shards`), decode/augment/tokenise in
-`map_batches`, scan captions for the vocabulary, and count skipped samples by reason in a small actor.
+"""Ray Data ingest: resolve shard specs, read shards (`data.formats.shards`), decode/augment/tokenise (a training
+epoch's read tasks do it themselves, `data.epoch.source`; evaluation rows in `map_batches`), scan captions for
+the vocabulary, and count skipped samples by reason in a small actor.
 
 Path forms: a file, a directory (every .tar/.parquet under it), a glob (`shards/*.tar`), a brace list
 (`shards/{00000..00127}.tar`, `{a,b}.tar`), several of these separated by commas; local or s3://.
@@ -18,9 +19,9 @@ import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.data import transforms
-from pipeline.data.shards import (check_parquet_schema, check_parquet_types, first_readable_schema,
+from pipeline.data.formats.shards import (check_parquet_schema, check_parquet_types, first_readable_schema,
                                    is_download_metadata, make_source, parquet_schema, shard_format)
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.text.tokenizer import Tokenizer
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _ALT = re.compile(r"\{([^{}]*,[^{}]*)\}")
@@ -227,10 +228,10 @@ def train_epoch_source(share, all_paths: list[str], tokenizer: Tokenizer, data_c
     bench/ingest.py profiles them), or None when the cursor is past every shard of the share."""
     import json
 
-    from pipeline.data import device_decode
-    from pipeline.data.decoded_cache import CacheClient, base_side
-    from pipeline.data.epoch_plan import RowFilter
-    from pipeline.data.epoch_source import EpochSource
+    from pipeline.data.epoch import device_decode
+    from pipeline.data.epoch.decoded_cache import CacheClient, base_side
+    from pipeline.data.epoch.plan import RowFilter
+    from pipeline.data.epoch.source import EpochSource
     from pipeline.data.skips import SkipTally
 
     size, augment, scale_min = data_cfg.image_size, data_cfg.augment, data_cfg.crop_scale_min
@@ -296,7 +297,7 @@ def eval_shard_tasks(paths: list[str], image_size: int, view: tuple[str, str] = 
 
     from pipeline import storage
     from pipeline.data.local_passes import shard_batch
-    from pipeline.data.shards import shard_names
+    from pipeline.data.formats.shards import shard_names
     from pipeline.data.transforms import prepare_eval_batch
 
     names, options = shard_names(paths), storage.options()
@@ -344,7 +345,7 @@ def scan_training_data(paths: list[str], data_cfg) -> Scan:
 def _scan_in_process(paths: list[str]):
     """`transforms.scan_captions` of every shard, read in threads of this process (see IN_PROCESS_SHARDS)."""
     from pipeline import storage
-    from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
+    from pipeline.data.formats.shards import iter_shard, rows_to_batch, shard_names
 
     names, fs = shard_names(paths), storage.arrow_filesystem(paths[0])[0]
 

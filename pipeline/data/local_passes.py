@@ -15,7 +15,7 @@ def fits_in_driver(paths: list[str], max_images: int) -> bool:
     """At most `max_images` samples in `paths` by their stats files or Parquet footers, or by reading shards
     small enough (`counts.count_or_read`; larger shards no file counts are left to Ray Data); `max_images` 0:
     never."""
-    from pipeline.data.counts import count_or_read
+    from pipeline.data.formats.counts import count_or_read
 
     return max_images > 0 and 0 < count_or_read(paths) <= max_images
 
@@ -24,7 +24,7 @@ def shard_batch(path: str, name: str) -> dict:
     """One shard's rows as one numpy batch (`name`: its name in the keys, `shards.shard_names`), with the "shard"
     column the Ray Data read gives (s3:// paths as they are, local ones absolute)."""
     from pipeline import storage
-    from pipeline.data.shards import iter_shard, rows_to_batch
+    from pipeline.data.formats.shards import iter_shard, rows_to_batch
 
     source = path if storage.is_remote(path) else os.path.abspath(path)
     return rows_to_batch(list(iter_shard(path, name)), source)
@@ -32,7 +32,7 @@ def shard_batch(path: str, name: str) -> dict:
 
 def shard_batches(paths: list[str]) -> Iterator[dict]:
     """`shard_batch` of each shard, in shard order."""
-    from pipeline.data.shards import shard_names
+    from pipeline.data.formats.shards import shard_names
 
     names = shard_names(paths)
     for path in paths:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.data.shards import NOT_SAMPLES
+from pipeline.data.formats.shards import NOT_SAMPLES
 
 EXAMPLES = 8  # example keys kept per reason: enough to find the files, few enough for every checkpoint
 

@@ -1,7 +1,7 @@
 """Pure per-batch transforms run inside Ray Data `map_batches`: decode, resize, augment, pick and tokenise
 captions. No Ray here; bad samples are dropped and counted by reason so the caller can report them.
 
-Rows come from `data.shards`: {key, image, txt, json, problem, seed}. Decoding, one crop-and-resize and a
+Rows come from `data.formats.shards`: {key, image, txt, json, problem, seed}. Decoding, one crop-and-resize and a
 brightness lookup table are per-sample PIL calls on each batch (JPEGs decode at reduced size through
 `draft`); stacking and tokenisation run on the whole batch.
 
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.text.tokenizer import Tokenizer
 
 SKIP_REASONS = ("missing_image", "empty_image", "corrupt_image", "oversized_image", "missing_caption",
                 "empty_caption", "undecodable_caption", "duplicate_key", "empty_key", "not_downloaded",
@@ -185,7 +185,7 @@ def augment_image(img: Image.Image, size: int, scale_min: float, rng: np.random.
 
 
 def iter_samples(batch: dict[str, Any]):
-    """(key, image bytes, txt, json, problem, seed) per row of a `data.shards` batch."""
+    """(key, image bytes, txt, json, problem, seed) per row of a `data.formats.shards` batch."""
     n = len(batch["key"])
     for i in range(n):
         yield (str(batch["key"][i]), batch["image"][i], batch["txt"][i], batch["json"][i],
@@ -312,8 +312,8 @@ def caption_rows(batch: dict[str, Any]) -> dict[str, np.ndarray]:
 def scan_captions(batch: dict[str, Any]) -> dict[str, np.ndarray]:
     """Rows (read without image bytes) -> one row per distinct word with its count in this batch, plus
     sample counts under reserved names: '' (captioned samples with an image), '\\x00samples' (all samples)."""
-    from pipeline.data.shards import NOT_SAMPLES
-    from pipeline.data.tokenizer import count_words
+    from pipeline.data.formats.shards import NOT_SAMPLES
+    from pipeline.data.text.tokenizer import count_words
 
     counts: Counter = Counter()
     usable = samples = 0

@@ -15,9 +15,10 @@ from pathlib import Path
 from pipeline import checkpoint, storage
 from pipeline.config import TrainJobConfig, narrow, to_dict
 from pipeline.console import mark_start, start_marks
-from pipeline.data import transforms, vocabulary
+from pipeline.data import transforms
+from pipeline.data.text import vocabulary
 from pipeline.training import training_set
-from pipeline.data.shards import shard_names
+from pipeline.data.formats.shards import shard_names
 from pipeline.data.skips import SkipLog, SkipTally
 from pipeline.training import warm_start
 from pipeline.training.attempts import (check_resume_config, check_resume_data, count_attempts, explain_failure,
@@ -67,7 +68,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None, lo
 
 def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: str) -> TrainResult:
     from pipeline.cluster import check_resources, settle_one_node_train_env
-    from pipeline.data import decoded_cache
+    from pipeline.data.epoch import decoded_cache
 
     check_resources(cfg.scaling)  # before any pass over the data: a request that cannot fit would wait forever
     settle_one_node_train_env()
@@ -166,7 +167,7 @@ def _validation_data(cfg: TrainJobConfig, val_shards) -> ValidationData:
     start, which hand back its skipped samples with it; otherwise Ray Train hands rank 0 a dataset to stream,
     whose tasks report skips to a skip log. (Training data is read by each worker itself: `worker_data`.)"""
     from pipeline.data import ingest
-    from pipeline.data.counts import count_or_read
+    from pipeline.data.formats.counts import count_or_read
     from pipeline.training import validation
 
     view = transforms.image_view(cfg.data)

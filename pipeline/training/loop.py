@@ -13,7 +13,7 @@ import torch
 from pipeline import checkpoint
 from pipeline.config import TrainJobConfig
 from pipeline.console import describe_start, mark_start, say
-from pipeline.data.epoch_plan import describe_mix, mix_metrics, mix_targets
+from pipeline.data.epoch.plan import describe_mix, mix_metrics, mix_targets
 from pipeline.data.skips import SkipTally
 from pipeline.distributed import WorkerContext, all_reduce_mean, all_reduce_min, gather_objects
 from pipeline.metrics import flat_metrics

@@ -11,7 +11,7 @@ from pipeline import storage
 
 @dataclass
 class TrainShards:
-    """The training shards and how an epoch is dealt among workers (`data.epoch_plan`)."""
+    """The training shards and how an epoch is dealt among workers (`data.epoch.plan`)."""
     paths: list[str]  # absolute local paths or s3:// URIs
     layout: str = "shards"  # `epoch_plan.choose_layout`'s answer, or the checkpoint's when resuming
     counts: dict[str, int] = field(default_factory=dict)  # samples per path, where known

@@ -64,7 +64,7 @@ def resampling_plan(cfg, n_train: int, shard_sources: list[int], data_samples: i
     """data.sampling=resampled: what each worker draws per epoch (epoch_plan.Resampling). Its quota is its
     share of the epoch's samples with room for unusable ones (data.max_skip_fraction) and 10% to spare, so the
     epoch's steps are there even when a draw lands on small or damaged shards; reading stops at the last step."""
-    from pipeline.data.epoch_plan import Resampling
+    from pipeline.data.epoch.plan import Resampling
 
     need = (n_train // cfg.train.batch_size) * cfg.local_batch_size()
     quota = math.ceil(need * 1.1 / max(0.05, 1 - cfg.data.max_skip_fraction)) + cfg.local_batch_size()
@@ -74,7 +74,7 @@ def resampling_plan(cfg, n_train: int, shard_sources: list[int], data_samples: i
 
 def scan_vocabulary(paths: list[str], counts: dict[str, int], data_cfg, seed: int) -> VocabularyScan:
     from pipeline.data import ingest
-    from pipeline.data.epoch_plan import sample_shards
+    from pipeline.data.epoch.plan import sample_shards
 
     chosen = sample_shards(paths, counts, data_cfg.vocab_scan_samples, seed) if counts else paths
     what = f"{len(chosen)} of {len(paths)}" if len(chosen) < len(paths) else f"{len(paths)}"
@@ -88,9 +88,10 @@ def prepare(cfg, latest: str | None, init: str | None = None, shared: Vocabulary
     """Everything the workers need to know about the data; `latest`: the checkpoint being resumed (its
     tokenizer and counts are kept); `shared`: a sweep's vocabulary scan, used when it fits this config."""
     from pipeline import checkpoint
-    from pipeline.data import ingest, vocabulary
-    from pipeline.data.counts import count_samples
-    from pipeline.data.epoch_plan import Resampling, choose_layout, layout, unused_by_deal
+    from pipeline.data import ingest
+    from pipeline.data.text import vocabulary
+    from pipeline.data.formats.counts import count_samples
+    from pipeline.data.epoch.plan import Resampling, choose_layout, layout, unused_by_deal
 
     (train, shard_sources), val = resolve_sources(cfg.data), ingest.resolve_shards(cfg.data.val, "data.val")
     counted = count_samples(train.paths, cfg.data.num_samples)
@@ -174,7 +175,7 @@ def scan_for_sweep(cfg) -> VocabularyScan | None:
     from dataclasses import replace
 
     from pipeline.data import ingest
-    from pipeline.data.counts import count_samples
+    from pipeline.data.formats.counts import count_samples
 
     if cfg.data.tokenizer == "pretrained" or cfg.model.init_from:
         return None

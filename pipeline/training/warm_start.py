@@ -166,7 +166,7 @@ def check_model(cfg) -> None:
         return
     if not (m.arch or m.image.weights or m.image.arch.startswith("timm:") or m.text.arch.startswith("hf:")):
         return  # towers trained here from random init: nothing to check against
-    from pipeline.data.vocabulary import pretrained_tokenizer
+    from pipeline.data.text.vocabulary import pretrained_tokenizer
     from pipeline.models import build_model
 
     tok = pretrained_tokenizer(m, cfg.data.max_tokens) if cfg.data.tokenizer == "pretrained" else None

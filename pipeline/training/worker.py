@@ -10,7 +10,7 @@ import torch
 from pipeline import checkpoint, storage
 from pipeline.config import TrainJobConfig, build
 from pipeline.console import mark_start, say
-from pipeline.data.subword import tokenizer_from_dict
+from pipeline.data.text.subword import tokenizer_from_dict
 from pipeline.distributed import WorkerContext
 from pipeline.losses import build_loss
 from pipeline.models import build_model

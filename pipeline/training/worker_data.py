@@ -1,6 +1,6 @@
-"""A training worker's data for one epoch: its own seeded share of the shards (`data.epoch_plan`), read and
+"""A training worker's data for one epoch: its own seeded share of the shards (`data.epoch.plan`), read and
 prepared by Ray Data in position order (`ingest.train_epoch_dataset`), cut into local batches that keep the
-cursor a mid-epoch checkpoint needs (`data.batcher`), and moved to the device.
+cursor a mid-epoch checkpoint needs (`data.epoch.batcher`), and moved to the device.
 
 Each worker runs its own Ray Data pipeline instead of taking blocks from a streaming split: what a worker
 trains is then a function of (seed, epoch, rank, shard list), so a checkpoint can say where it stopped.
@@ -15,8 +15,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from pipeline.data.batcher import EpochBatcher
-from pipeline.data.epoch_plan import Cursor, Resampling, choose_layout, worker_share
+from pipeline.data.epoch.batcher import EpochBatcher
+from pipeline.data.epoch.plan import Cursor, Resampling, choose_layout, worker_share
 from pipeline.data.skips import SkipTally
 from pipeline.distributed import all_reduce_sum
 from pipeline.training.plan import TrainShards
@@ -102,7 +102,7 @@ def epoch_batches(shards: TrainShards, cfg, rank: int, world: int, tokenizer, ep
                                     data_cpus(cfg), shards.decoded_cache)
     blocks = [] if ds is None else ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=4)
     if cfg.data.decode == "gpu":
-        from pipeline.data.device_decode import device_blocks
+        from pipeline.data.epoch.device_decode import device_blocks
         from pipeline.data.transforms import image_view
 
         view = image_view(cfg.data)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import storage
-from pipeline.data.tokenizer import Tokenizer, split_words
+from pipeline.data.text.tokenizer import Tokenizer, split_words
 from pipeline.data.transforms import iter_samples, parse_captions
 from pipeline.words.cooccurrence import (FIRST_WORD, Counts, count_cooccurrences, format_glove, merge_counts,
                                    word_vectors)

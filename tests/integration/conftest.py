@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.synthetic import write_dataset
+from pipeline.data.formats.synthetic import write_dataset
 from tests import faults
 
 ROOT = Path(__file__).resolve().parents[2]

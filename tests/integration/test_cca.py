@@ -52,7 +52,7 @@ def test_cca_command_writes_the_run_report(ray_cluster, smoke_data, tmp_path, ca
 
 def _in_memory_rows(paths, image_size):
     """The eval rows of every shard, read and prepared in this process, without Ray."""
-    from pipeline.data.shards import iter_tar_samples
+    from pipeline.data.formats.shards import iter_tar_samples
     from pipeline.data.transforms import prepare_eval_batch
 
     pixels, captions = [], []
@@ -91,7 +91,7 @@ def test_distributed_statistics_equal_in_memory(ray_cluster, smoke_data, tmp_pat
 
 def test_embeddings_command_writes_loadable_vectors(ray_cluster, smoke_data, tmp_path, capsys):
     from pipeline.data.ingest import expand_paths, scan_training_data
-    from pipeline.data.tokenizer import split_words
+    from pipeline.data.text.tokenizer import split_words
     from pipeline.words.job import count_dataset
     from pipeline.models.word_vectors import load_word_vectors
     from pipeline.words.cooccurrence import cosine, count_cooccurrences
@@ -131,7 +131,7 @@ def test_embeddings_command_writes_loadable_vectors(ray_cluster, smoke_data, tmp
 
 def _in_memory_captions(paths):
     """Every caption of every sample with an image member (decodable or not), as the vocabulary scan counts."""
-    from pipeline.data.shards import iter_tar_samples
+    from pipeline.data.formats.shards import iter_tar_samples
     from pipeline.data.transforms import parse_captions
 
     caps = []

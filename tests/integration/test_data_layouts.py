@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data import ingest, transforms
-from pipeline.data.inspect import inspect_shards
+from pipeline.data.formats.inspect import inspect_shards
 from pipeline.data.skips import SkipLog
 from tests import faults
 

@@ -5,8 +5,9 @@ import shutil
 import numpy as np
 
 from pipeline.config import RunJobConfig, load_config
-from pipeline.data import decoded_cache, ingest
-from pipeline.data.epoch_plan import worker_share
+from pipeline.data import ingest
+from pipeline.data.epoch import decoded_cache
+from pipeline.data.epoch.plan import worker_share
 
 from .conftest import ROOT
 

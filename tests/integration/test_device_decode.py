@@ -7,7 +7,7 @@ import torch
 
 from pipeline.config import RunJobConfig, load_config
 from pipeline.data import ingest
-from pipeline.data.epoch_plan import choose_layout
+from pipeline.data.epoch.plan import choose_layout
 from pipeline.training.plan import TrainShards
 from pipeline.training.worker_data import epoch_batches
 
@@ -27,8 +27,8 @@ def _reference(cfg, paths, tokenizer, rank: int, world: int):
     """The same worker's batches with data.decode=cpu, its read tasks run here (no Ray Data pipeline to start)."""
     from ray.data.block import BlockAccessor
 
-    from pipeline.data.batcher import EpochBatcher
-    from pipeline.data.epoch_plan import worker_share
+    from pipeline.data.epoch.batcher import EpochBatcher
+    from pipeline.data.epoch.plan import worker_share
 
     layout = choose_layout(paths, None, world, cfg.data.readers_per_worker, cfg.train.seed)
     share = worker_share(paths, None, world, rank, layout, cfg.train.seed, 2, None)

@@ -4,7 +4,7 @@ eval.untrained=false, starts without validating the untrained model), its JPEGs 
 import json
 
 from pipeline.cli import main
-from pipeline.data.synthetic import write_dataset
+from pipeline.data.formats.synthetic import write_dataset
 
 from .conftest import smoke_args
 

@@ -9,7 +9,7 @@ from PIL import Image
 import pipeline
 from pipeline import storage
 from pipeline.cli import main
-from pipeline.data.shards import iter_shard
+from pipeline.data.formats.shards import iter_shard
 from pipeline.data.transforms import parse_captions
 from tests import faults
 

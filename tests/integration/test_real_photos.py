@@ -24,7 +24,7 @@ WEIGHTS = ROOT / "weights"
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from pipeline.data.photos import write_photo_shards
+    from pipeline.data.formats.photos import write_photo_shards
 
     if not (WEIGHTS / "tf_efficientnet_lite0.safetensors").is_file():
         from pipeline.bundled import prepare

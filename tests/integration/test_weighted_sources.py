@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from pipeline.config import TrainJobConfig, load_config
-from pipeline.data.epoch_plan import RowFilter, draw_shards
-from pipeline.data.epoch_source import read_entry
-from pipeline.data.shards import shard_names
+from pipeline.data.epoch.plan import RowFilter, draw_shards
+from pipeline.data.epoch.source import read_entry
+from pipeline.data.formats.shards import shard_names
 from pipeline.training.training_set import resampling_plan, resolve_sources
 from tests import faults
 

@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metrics", "pipeline.checkpoint",
         "pipeline.config.spaces", "pipeline.tune.results", "pipeline.storage", "pipeline.data.transforms",
-        "pipeline.data.karpathy", "pipeline.baselines.cca", "pipeline.baselines.features", "pipeline.words.cooccurrence",
+        "pipeline.data.formats.karpathy", "pipeline.baselines.cca", "pipeline.baselines.features", "pipeline.words.cooccurrence",
         "pipeline.index.faiss_indexes", "pipeline.training.optimisation", "pipeline.rerank.fusion", "pipeline.rerank.mining",
         "pipeline.words.objectives", "pipeline.baselines.autoencoder",
-        "pipeline.data.epoch_plan", "pipeline.data.batcher", "pipeline.data.local_passes", "pipeline.gallery"]
+        "pipeline.data.epoch.plan", "pipeline.data.epoch.batcher", "pipeline.data.local_passes", "pipeline.gallery"]
 # Modules at Ray's edge that import it only inside the functions that drive Ray Data: importable without it.
 EDGE = ["pipeline.baselines.fitting", "pipeline.words.job", "pipeline.index.embedding_passes",
         "pipeline.index.sharded", "pipeline.tune.driver", "pipeline.rerank.job"]
@@ -39,8 +39,8 @@ from pipeline.index import faiss_indexes
 from pipeline.config import spaces
 from pipeline.tune import results
 from pipeline.data import local_passes
-from pipeline.data.synthetic import write_dataset
-from pipeline.data.shards import shard_names
+from pipeline.data.formats.synthetic import write_dataset
+from pipeline.data.formats.shards import shard_names
 
 out = tempfile.mkdtemp()
 paths = [str(p) for p in write_dataset(out, 16, 8, seed=0)["val"]]

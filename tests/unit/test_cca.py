@@ -141,7 +141,7 @@ def test_report_shows_baselines_beside_the_model(tmp_path):
 def test_features_and_encoder_by_hand():
     from pipeline.baselines.features import CCAEncoder, Featurizer
     from pipeline.config import CCAConfig
-    from pipeline.data.tokenizer import Tokenizer
+    from pipeline.data.text.tokenizer import Tokenizer
 
     tok = Tokenizer(["[PAD]", "[UNK]", "a", "red", "circle"], max_tokens=8)
     f = Featurizer(CCAConfig(pixel_size=2), tok)

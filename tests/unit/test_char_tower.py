@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, TextTowerConfig, TrainJobConfig, build, load_config
-from pipeline.data.subword import tokenizer_from_dict
-from pipeline.data.synthetic import COLOURS, SHAPES, SIZE_WORDS
-from pipeline.data.tokenizer import PAD, UNK, CharTokenizer, Tokenizer, count_words
-from pipeline.data.typos import misspell, misspell_word
+from pipeline.data.text.subword import tokenizer_from_dict
+from pipeline.data.formats.synthetic import COLOURS, SHAPES, SIZE_WORDS
+from pipeline.data.text.tokenizer import PAD, UNK, CharTokenizer, Tokenizer, count_words
+from pipeline.data.formats.typos import misspell, misspell_word
 from pipeline.models.text import build_text_tower
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline import checkpoint
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.text.tokenizer import Tokenizer
 
 
 def _write(path: Path, model: torch.nn.Module, epoch: int) -> None:

@@ -10,7 +10,7 @@ import torch
 import pipeline
 from pipeline import checkpoint
 from pipeline.config import TrainJobConfig, load_config, to_dict
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.text.tokenizer import Tokenizer
 from pipeline.models import build_model
 
 BASE = ["data.train=a", "data.val=b", "model.embed_dim=8", "model.image.width=4", "model.text.word_dim=8",

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import decoded_cache, shards, transforms
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data import transforms
+
+from pipeline.data.epoch import decoded_cache
+
+from pipeline.data.formats import shards
+from pipeline.data.text.tokenizer import Tokenizer
 from pipeline.training.worker_data import primed
 from tests import faults
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data import device_decode as dd
-from pipeline.data import shards, transforms
-from pipeline.data.batcher import EpochBatcher
-from pipeline.data.photos import load_photo
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.epoch import device_decode as dd
+from pipeline.data import transforms
+from pipeline.data.formats import shards
+from pipeline.data.epoch.batcher import EpochBatcher
+from pipeline.data.formats.photos import load_photo
+from pipeline.data.text.tokenizer import Tokenizer
 from tests import faults
 
 SHAPES = {"portrait": (300, 450), "landscape": (450, 300), "square": (256, 256), "tall": (200, 520)}
@@ -63,7 +64,7 @@ def test_filter_weights_are_a_partition_of_unity_inside_the_image():
 
 
 def _rows(samples, seed0=100):
-    """[(key, image bytes, caption)] -> a `data.shards` batch with seeds and positions."""
+    """[(key, image bytes, caption)] -> a `data.formats.shards` batch with seeds and positions."""
     return shards.rows_to_batch([{"key": k, "image": img, "txt": cap.encode(), "json": None, "problem": "",
                                   "has_image": True, "seed": seed0 + i, "pos": i}
                                  for i, (k, img, cap) in enumerate(samples)])

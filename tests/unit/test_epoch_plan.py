@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.data.batcher import EpochBatcher
-from pipeline.data.epoch_plan import (Cursor, RowFilter, choose_layout, deal_shards, layout, position,
+from pipeline.data.epoch.batcher import EpochBatcher
+from pipeline.data.epoch.plan import (Cursor, RowFilter, choose_layout, deal_shards, layout, position,
                                       sample_shards, unused_by_deal, worker_share)
 from pipeline.data.skips import EXAMPLES, SkipTally
 

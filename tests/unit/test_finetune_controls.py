@@ -69,8 +69,8 @@ def test_an_hf_folder_without_a_tokenizer_is_refused_for_the_pretrained_tokenize
 def test_bpe_from_word_counts_encodes_the_captions_it_was_trained_on():
     from collections import Counter
 
-    from pipeline.data.tokenizer import count_words
-    from pipeline.data.vocabulary import bpe_corpus, make_tokenizer
+    from pipeline.data.text.tokenizer import count_words
+    from pipeline.data.text.vocabulary import bpe_corpus, make_tokenizer
 
     captions = ["a red circle left of a blue square", "a small green triangle above a large red square"] * 50
     data = _job(data={"tokenizer": "bpe", "vocab_max_size": 300, "max_tokens": 16}).data
@@ -101,7 +101,7 @@ def test_warm_start_takes_the_checkpoints_model_and_keeps_its_own_fine_tuning_ch
     from pipeline import checkpoint
     from pipeline.training import warm_start
     from pipeline.config import to_dict
-    from pipeline.data.tokenizer import Tokenizer
+    from pipeline.data.text.tokenizer import Tokenizer
     from pipeline.losses import build_loss
 
     src = _job(model={**TINY, "embed_dim": 12}, data={"image_size": 32, "max_tokens": 8})

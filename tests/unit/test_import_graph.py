@@ -33,7 +33,7 @@ def import_graph() -> dict[str, set[str]]:
                     base = ".".join(up + ([base] if base else []))
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
             for t in targets:
-                while t and t not in files:  # `import pipeline.data.shards as s` names the module itself
+                while t and t not in files:  # `import pipeline.data.formats.shards as s` names the module itself
                     t = t.rpartition(".")[0]
                 if t and t != mod and not mod.startswith(t + "."):
                     graph[mod].add(t)
@@ -81,7 +81,7 @@ def test_the_cycle_finder_finds_a_planted_circle():
 
 def test_the_graph_reads_lazy_and_relative_imports():
     graph = import_graph()
-    assert "pipeline.data.shards" in graph["pipeline.data.counts"]  # imported inside a function
+    assert "pipeline.data.formats.shards" in graph["pipeline.data.formats.counts"]  # imported inside a function
     assert "pipeline.config.loading" in graph["pipeline.config.jobs"]
 
 

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.data.karpathy import convert_karpathy, format_summary
-from pipeline.data.writer import ShardWriter
+from pipeline.data.formats.karpathy import convert_karpathy, format_summary
+from pipeline.data.formats.writer import ShardWriter
 
 SPLITS = ["train", "train", "restval", "val", "test"]
 

@@ -5,8 +5,8 @@ import glob
 import numpy as np
 
 from pipeline.data import local_passes
-from pipeline.data.shards import iter_shard, rows_to_batch, shard_names
-from pipeline.data.synthetic import write_dataset
+from pipeline.data.formats.shards import iter_shard, rows_to_batch, shard_names
+from pipeline.data.formats.synthetic import write_dataset
 from pipeline.data.transforms import prepare_eval_batch
 
 
@@ -28,7 +28,7 @@ def test_uncounted_data_too_large_to_read_here_goes_to_ray_data(tmp_path, monkey
     val = _val(tmp_path)
     for stats in glob.glob(str(tmp_path / "val" / "*_stats.json")):
         (tmp_path / "val" / stats).unlink()
-    monkeypatch.setattr("pipeline.data.counts.SMALL_SHARDS_BYTES", 100)  # these shards: larger than that
+    monkeypatch.setattr("pipeline.data.formats.counts.SMALL_SHARDS_BYTES", 100)  # these shards: larger than that
     assert not local_passes.fits_in_driver(val, 10**6)
 
 

@@ -202,7 +202,7 @@ def test_frozen_word_vectors_stay_while_the_rest_trains(tmp_path):
 
 def test_checkpoint_loads_without_the_word_vector_file(tmp_path):
     from pipeline import checkpoint
-    from pipeline.data.tokenizer import Tokenizer
+    from pipeline.data.text.tokenizer import Tokenizer
     from pipeline.encoder import load
 
     vec = tmp_path / "g.txt"

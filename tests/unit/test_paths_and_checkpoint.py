@@ -5,7 +5,7 @@ import torch
 from pipeline import checkpoint
 from pipeline.config import ConfigError
 from pipeline.data.ingest import expand_braces, expand_paths
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.text.tokenizer import Tokenizer
 
 
 def test_expand_braces():

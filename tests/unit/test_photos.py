@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import ingest, shards, transforms
-from pipeline.data.photos import PHOTOS, SPLIT, load_photo, write_photo_shards
+from pipeline.data import ingest, transforms
+
+from pipeline.data.formats import shards
+from pipeline.data.formats.photos import PHOTOS, SPLIT, load_photo, write_photo_shards
 
 pytest.importorskip("skimage")
 

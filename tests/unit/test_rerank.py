@@ -148,7 +148,7 @@ def test_a_checkpoint_trained_with_its_head_is_its_own_reranker(tmp_path):
 
     from pipeline import checkpoint
     from pipeline.config import TrainJobConfig, load_config, to_dict
-    from pipeline.data.tokenizer import Tokenizer
+    from pipeline.data.text.tokenizer import Tokenizer
     from pipeline.models import build_model
     from pipeline.rerank.job import load
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, TrainJobConfig, load_config
-from pipeline.data.batcher import EpochBatcher
-from pipeline.data.epoch_plan import (ROW_BITS, Resampling, RowFilter, describe_mix, draw_shards, mix_metrics,
+from pipeline.data.epoch.batcher import EpochBatcher
+from pipeline.data.epoch.plan import (ROW_BITS, Resampling, RowFilter, describe_mix, draw_shards, mix_metrics,
                                       mix_targets, worker_share)
 
 BASE = ["data.val=b"]
@@ -125,7 +125,7 @@ def test_a_repeated_shard_reads_in_an_order_of_its_own(tmp_path):
     pytest.importorskip("ray")
     import pyarrow.fs as pafs
 
-    from pipeline.data.epoch_source import read_entry
+    from pipeline.data.epoch.source import read_entry
 
     path = tmp_path / "00000.tar"
     with tarfile.open(path, "w") as tar:

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import storage
-from pipeline.data import counts
-from pipeline.data.writer import ShardWriter
+from pipeline.data.formats import counts
+from pipeline.data.formats.writer import ShardWriter
 
 JPG = b"\xff\xd8 not really a jpeg \xff\xd9"
 
@@ -190,7 +190,7 @@ def test_small_shards_no_file_counts_are_counted_by_reading(tmp_path):
 
 def test_files_that_count_are_not_read(tmp_path, monkeypatch):
     paths = _write(tmp_path, 25)
-    monkeypatch.setattr("pipeline.data.shards.iter_shard", lambda *a, **k: pytest.fail("read a counted shard"))
+    monkeypatch.setattr("pipeline.data.formats.shards.iter_shard", lambda *a, **k: pytest.fail("read a counted shard"))
     assert counts.count_or_read(paths, max_bytes=0) == 25
 
 
@@ -201,7 +201,7 @@ def test_a_read_count_is_kept_until_the_files_change(tmp_path, monkeypatch):
         p.unlink()
     assert counts.count_or_read(paths) == 10
     with monkeypatch.context() as m:  # the same files again: no second read
-        m.setattr("pipeline.data.shards.iter_shard", lambda *a, **k: pytest.fail("read the same files twice"))
+        m.setattr("pipeline.data.formats.shards.iter_shard", lambda *a, **k: pytest.fail("read the same files twice"))
         assert counts.count_or_read(paths) == 10
     import shutil
 

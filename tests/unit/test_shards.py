@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.data import ingest, shards
+from pipeline.data import ingest
+from pipeline.data.formats import shards
 from tests import faults
 
 

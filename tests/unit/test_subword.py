@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 
-from pipeline.data.subword import (
+from pipeline.data.text.subword import (
     BPETokenizer,
     HFTokenizer,
     OpenCLIPTokenizer,
@@ -15,7 +15,7 @@ from pipeline.data.subword import (
     open_clip_tokenizer,
     tokenizer_from_dict,
 )
-from pipeline.data.tokenizer import Tokenizer, count_words
+from pipeline.data.text.tokenizer import Tokenizer, count_words
 
 LONG = " ".join(f"word{i} and, more!" for i in range(60))  # > 77 CLIP tokens, > 128 WordPiece tokens
 CAPTIONS = [

@@ -3,8 +3,8 @@ import tarfile
 
 import numpy as np
 
-from pipeline.data.synthetic import TEMPLATES, Thing, captions_for, sample_scene, write_dataset
-from pipeline.data.tokenizer import count_words
+from pipeline.data.formats.synthetic import TEMPLATES, Thing, captions_for, sample_scene, write_dataset
+from pipeline.data.text.tokenizer import count_words
 
 
 def _digest(paths):

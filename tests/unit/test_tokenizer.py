@@ -1,4 +1,4 @@
-from pipeline.data.tokenizer import PAD, UNK, Tokenizer, count_words, split_words
+from pipeline.data.text.tokenizer import PAD, UNK, Tokenizer, count_words, split_words
 
 
 def test_split_lowercases_and_splits_punctuation():

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import shards, transforms
-from pipeline.data.tokenizer import Tokenizer, count_words
+from pipeline.data import transforms
+
+from pipeline.data.formats import shards
+from pipeline.data.text.tokenizer import Tokenizer, count_words
 from tests import faults
 
 
@@ -203,7 +205,7 @@ def test_the_shortest_side_view_is_torchvisions_resize_and_centre_crop(shape, in
     400x600, 12 levels off): the view is torchvision's own two steps, pixel for pixel."""
     from torchvision import transforms as tv
 
-    from pipeline.data.photos import load_photo
+    from pipeline.data.formats.photos import load_photo
 
     img = Image.fromarray(load_photo("astronaut")).resize(shape, Image.BICUBIC)
     mode = {"bilinear": tv.InterpolationMode.BILINEAR, "bicubic": tv.InterpolationMode.BICUBIC}[interpolation]

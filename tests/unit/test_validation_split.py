@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.text.tokenizer import Tokenizer
 
 WORDS = [f"w{i}" for i in range(30)]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.tokenizer import CharTokenizer, Tokenizer
+from pipeline.data.text.tokenizer import CharTokenizer, Tokenizer
 
 BPE_SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]  # [PAD] first so that padding is id 0
 CLEAN_MODES = (None, "whitespace", "lower", "canonicalize")

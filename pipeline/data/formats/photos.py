@@ -6,7 +6,7 @@ Unlike the synthetic scenes these are real photos of mixed sizes (102x102 to 141
 a search over them exercises resizing and real image statistics. Nineteen images cannot train anything: the
 set is for retrieval demos and smoke tests of a trained or pretrained model (`data.val=<out>/val`).
 
-    from pipeline.data.photos import write_photo_shards
+    from pipeline.data.formats.photos import write_photo_shards
     write_photo_shards("runs/photos")          # -> {"written": 19, "out": "runs/photos/val", ...}
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.data.writer import ShardWriter
+from pipeline.data.formats.writer import ShardWriter
 
 SPLIT = "val"  # one split: the set is searched, never trained on
 JPEG_QUALITY = 95

@@ -15,8 +15,8 @@ import numpy as np
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipeline.data.decoded_cache import ShardDecoder
-from pipeline.data.shards import (arrow_paths, permute_windows, rows_to_batch, rows_to_table, shard_format, shard_names,
+from pipeline.data.epoch.decoded_cache import ShardDecoder
+from pipeline.data.formats.shards import (arrow_paths, permute_windows, rows_to_batch, rows_to_table, shard_format, shard_names,
                                    shard_rows, shard_seed)
 
 BLOCK_ROWS = 256

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.data import transforms
-from pipeline.data.shards import NOT_SAMPLES, first_readable_schema, shard_format
+from pipeline.data.formats.shards import NOT_SAMPLES, first_readable_schema, shard_format
 
 
 def _scan(batch: dict) -> dict:

@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.data.writer import ShardWriter
+from pipeline.data.formats.writer import ShardWriter
 
 SPLITS = ("train", "restval", "val", "test")
 MAX_MISSING_EXAMPLES = 10

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pipeline.data.epoch_plan import ROW_BITS, Cursor
+from pipeline.data.epoch.plan import ROW_BITS, Cursor
 from pipeline.data.skips import SkipTally
 
 SAMPLE_COLUMNS = ("key", "image", "tokens", "pos")  # data.decode=gpu: 'image' is a tensor on the device

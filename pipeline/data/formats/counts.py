@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.data.shards import shard_format
+from pipeline.data.formats.shards import shard_format
 
 
 @dataclass
@@ -99,7 +99,7 @@ def count_or_read(paths: list[str], max_bytes: int | None = None) -> int:
     import pyarrow.fs as pafs
 
     from pipeline import storage
-    from pipeline.data.shards import arrow_paths, iter_shard, shard_names
+    from pipeline.data.formats.shards import arrow_paths, iter_shard, shard_names
 
     fs, _ = storage.arrow_filesystem(paths[0])
     infos = fs.get_file_info(arrow_paths(paths))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pipeline.data.tokenizer import CharTokenizer, Tokenizer
+from pipeline.data.text.tokenizer import CharTokenizer, Tokenizer
 
 # BPE is trained from word counts, not the captions themselves: merges depend only on how often each word
 # (and so each symbol pair) occurs. Counts are scaled down so that at most this many words are fed to the
@@ -34,7 +34,7 @@ def bpe_corpus(counts: Counter, budget: int = BPE_TRAIN_WORDS) -> list[str]:
 
 def pretrained_tokenizer(model_cfg, max_tokens: int):
     """The text tower's own tokenizer: OpenCLIP's for model.arch=open_clip:..., the folder's for hf:."""
-    from pipeline.data import subword
+    from pipeline.data.text import subword
 
     if model_cfg.open_clip:
         from pipeline.models.pretrained import open_clip_config
@@ -56,7 +56,7 @@ def make_tokenizer(data_cfg, model_cfg, counts: Counter | None):
     if data_cfg.tokenizer == "pretrained":
         return pretrained_tokenizer(model_cfg, data_cfg.max_tokens)
     if data_cfg.tokenizer == "bpe":
-        from pipeline.data.subword import BPETokenizer
+        from pipeline.data.text.subword import BPETokenizer
 
         return BPETokenizer.train(bpe_corpus(counts or Counter()), data_cfg.vocab_max_size, data_cfg.max_tokens)
     cls = CharTokenizer if data_cfg.tokenizer == "char" else Tokenizer

@@ -8,7 +8,7 @@ the shard it hands the `DecodedShard` (the rows without image bytes, the base pi
 a small actor, which puts it in the object store. Later reads of that shard, on any worker and node, take
 it from there without opening the file: JPEG decoding, the dominant cost of a sample, happens once a run.
 
-Crops, brightness and caption choice still come from every row's per-epoch seed (`data.shards`). Whether a
+Crops, brightness and caption choice still come from every row's per-epoch seed (`data.formats.shards`). Whether a
 row's image came from the cache or was just decoded, its view is cut from the same base, so a run is the
 same whichever worker read a shard first, and a resumed run trains on exactly what it would have.
 
