@@ -159,3 +159,25 @@ class WorkerContext:
             write_checkpoint(Path(tmp))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=name)
+
+
+def fit_on_workers(loop: Callable[[dict], None], config: dict, scaling_cfg, storage_path: str, name: str,
+                   read: Callable[[str], object]) -> tuple[object, dict]:
+    """A small model fitted by `loop` (Ray Train's per-worker function, handed `config`) on
+    scaling.num_workers CPU workers, its checkpoints under `storage_path`/`name` (local, or s3:// for workers on
+    other nodes); the last checkpoint the loop reports is read back with `read(folder)`. The jobs beside
+    training use it (the re-ranker's head, word vectors); a training run has a driver of its own (`training`).
+    -> (what `read` returns, the last reported metrics)"""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline import storage
+
+    fs, path = storage.arrow_filesystem(storage_path)
+    result = TorchTrainer(
+        loop, train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling_cfg.num_workers,
+                                               resources_per_worker={"CPU": scaling_cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(name=name, storage_path=path, storage_filesystem=fs)).fit()
+    with result.checkpoint.as_directory() as folder:
+        return read(folder), result.metrics

@@ -13,8 +13,7 @@ import torch
 
 from pipeline import checkpoint
 from pipeline.data.text.tokenizer import Tokenizer
-from pipeline.data.transforms import image_view, resize_image
-from pipeline.gallery import Gallery, GalleryBuilder, embed_gallery  # noqa: F401 (their names here before)
+from pipeline.data.transforms import image_view, pil_pixels
 from pipeline.models import TwoTower
 
 
@@ -41,9 +40,7 @@ class Encoder:
 
     def encode_image(self, images: list) -> torch.Tensor:
         """List of PIL images -> (N,D) L2-normalised float32."""
-        pixels = np.stack([resize_image(im.convert("RGB"), self.image_size, *self.view) for im in images]) if images else \
-            np.zeros((0, 3, self.image_size, self.image_size), np.uint8)
-        return self.encode_pixels(pixels)
+        return self.encode_pixels(pil_pixels(images, self.image_size, self.view))
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -3,6 +3,11 @@ torch or FAISS, so that loading a config (and `--help`) stays instant. The compo
 checks from here too (a unit test holds each registry against its component), so the two cannot drift."""
 from __future__ import annotations
 
+# Every vocabulary starts with these two ids (0 and 1): the tokenizers write them, the word-vector loader and the
+# bag-of-words features skip them.
+PAD, UNK = "[PAD]", "[UNK]"
+N_SPECIAL = 2
+
 IMAGE_ARCHS = ("small_cnn", "resnet18", "resnet50", "vit_b_16", "convnext_tiny")
 # Towers from other libraries are named by a prefix and the library's own name for the model.
 TIMM, HF, OPEN_CLIP = "timm:", "hf:", "open_clip:"

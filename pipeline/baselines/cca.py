@@ -36,9 +36,6 @@ class CCAStats:
             s.cxx, s.cyy, s.cxy = xc.T @ xc, yc.T @ yc, xc.T @ yc
         return s
 
-    def add(self, x: np.ndarray, y: np.ndarray) -> CCAStats:
-        return self.merge(CCAStats.of(x, y))
-
     def merge(self, other: CCAStats) -> CCAStats:
         """Fold `other` into these statistics (in place); -> self."""
         if other.n == 0:

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from pipeline.baselines.cca import LinearCCA, build_kernel_map
 from pipeline.data.text.tokenizer import Tokenizer, split_words
-from pipeline.data.transforms import resize_image
+from pipeline.data.transforms import pil_pixels
+from pipeline.registry import N_SPECIAL
 
-FIRST_WORD = 2  # ids 0, 1: [PAD], [UNK]
+FIRST_WORD = N_SPECIAL  # ids 0, 1: [PAD], [UNK]
 
 
 def describe(cca_cfg) -> str:
@@ -130,9 +131,7 @@ class BaselineEncoder:
         return self.map_image(self.features.image(pixels))
 
     def encode_image(self, images: list) -> torch.Tensor:
-        if not images:
-            return torch.zeros(0, self.embed_dim)
-        return self.encode_pixels(np.stack([resize_image(im.convert("RGB"), self.image_size) for im in images]))
+        return self.encode_pixels(pil_pixels(images, self.image_size))
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         if len(texts) == 0:

@@ -158,6 +158,14 @@ def resize_image(img: Image.Image, size: int, interpolation: str = "bilinear", r
     return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
 
 
+def pil_pixels(images: list, size: int, view: tuple = ("bilinear", "shortest")) -> np.ndarray:
+    """PIL images -> (N, 3, size, size) uint8 in the evaluation `view` (`resize_image`'s interpolation, resize
+    mode and crop_pct): what every encoder's `encode_image` embeds."""
+    if not images:
+        return np.zeros((0, 3, size, size), np.uint8)
+    return np.stack([resize_image(im.convert("RGB"), size, *view) for im in images])
+
+
 def crop_box(w: int, h: int, scale_min: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """Random resized crop box (area >= scale_min, aspect in RATIO); an image too narrow or too wide for
     any such crop falls back to its centred view of the nearest allowed aspect."""

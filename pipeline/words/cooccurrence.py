@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FIRST_WORD = 2  # ids 0, 1 are [PAD] and [UNK]
+from pipeline.registry import N_SPECIAL
+
+FIRST_WORD = N_SPECIAL  # ids 0, 1 are [PAD] and [UNK]
 DENSE_MAX_VOCAB = 3000  # above this the PPMI matrix stays sparse and the SVD is randomised
 
 

@@ -85,8 +85,8 @@ def train_vectors(counts: Counts, e, seed: int, scaling_cfg, run_cfg) -> np.ndar
     share of a seeded permutation of the co-occurring pairs, in the same number of steps as the others, and DDP
     averages the gradients. -> (V, e.dim) vectors, from rank 0's checkpoint (under run.storage_path)."""
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
+
+    from pipeline.distributed import fit_on_workers
 
     shared = ray.put({"rows": counts.rows, "cols": counts.cols, "values": counts.values, "vocab": counts.vocab_size})
 
@@ -124,16 +124,12 @@ def train_vectors(counts: Counts, e, seed: int, scaling_cfg, run_cfg) -> np.ndar
 
     # Checkpoints where the recipe keeps its runs (local, or s3:// for workers on other nodes)
     root = run_cfg.storage_path if storage.is_remote(run_cfg.storage_path) else str(Path(run_cfg.storage_path).resolve())
-    fs, path = storage.arrow_filesystem(storage.join(root, f"{run_cfg.name}-embeddings-{e.method}"))
-    result = TorchTrainer(
-        loop, train_loop_config={"counts": shared, "method": e.method, "e": e, "seed": seed},
-        scaling_config=ray.train.ScalingConfig(num_workers=scaling_cfg.num_workers,
-                                               resources_per_worker={"CPU": scaling_cfg.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name="checkpoints", storage_path=path, storage_filesystem=fs)).fit()
-    print(f"[embeddings] {e.method}: loss {result.metrics['loss']:.4f} after {e.epochs} epochs on "
+    vectors, metrics = fit_on_workers(loop, {"counts": shared, "method": e.method, "e": e, "seed": seed},
+                                      scaling_cfg, storage.join(root, f"{run_cfg.name}-embeddings-{e.method}"),
+                                      "checkpoints", lambda d: np.load(f"{d}/vectors.npy"))
+    print(f"[embeddings] {e.method}: loss {metrics['loss']:.4f} after {e.epochs} epochs on "
           f"{scaling_cfg.num_workers} workers")
-    with result.checkpoint.as_directory() as d:
-        return np.load(f"{d}/vectors.npy")
+    return vectors
 
 
 def run(e, data_cfg, out: str, seed: int = 0, scaling_cfg=None, run_cfg=None) -> EmbeddingsSummary:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pipeline import evaluate, report
-from pipeline.encoder import Gallery
+from pipeline.gallery import Gallery
 from pipeline.index.faiss_indexes import IndexSpec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

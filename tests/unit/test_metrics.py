@@ -95,7 +95,7 @@ def test_zero_shot_hand_worked():
 
 
 def test_zero_shot_runs_only_for_labelled_galleries():
-    from pipeline.encoder import Gallery
+    from pipeline.gallery import Gallery
     from pipeline.evaluate import zero_shot
 
     prompts = {"a photo of a cat": [1.0, 0.0], "a photo of a dog": [0.0, 1.0]}

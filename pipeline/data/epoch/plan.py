@@ -217,10 +217,6 @@ class RowFilter:
             return pos not in self.done
         return pos in self.pending
 
-    @property
-    def trivial(self) -> bool:
-        return self.stride == 1 and self.next == 0 and not self.pending and not self.done
-
 
 def sample_shards(paths: list[str], counts: dict[str, int], cap: int, seed: int) -> list[str]:
     """The shards whose captions teach the vocabulary: a seeded permutation's prefix holding at least `cap`

@@ -16,8 +16,8 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.data.epoch.decoded_cache import ShardDecoder
-from pipeline.data.formats.shards import (arrow_paths, permute_windows, rows_to_batch, rows_to_table, shard_format, shard_names,
-                                   shard_rows, shard_seed)
+from pipeline.data.formats.shards import (arrow_paths, chunked, permute_windows, rows_to_batch, rows_to_table,
+                                          shard_format, shard_names, shard_rows, shard_seed)
 
 BLOCK_ROWS = 256
 
@@ -63,8 +63,8 @@ def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed:
     interpolation) where data.cache_decoded is on: the shard's rows come decoded from the cache, or are
     decoded here (all of them, by the reader that claims the shard) and put there."""
     bare = arrow_paths([path])[0]
-    # The first time a shard appears its seed is the one the whole-pass reader uses; a repeat gets its own
-    # order, crops and caption choices.
+    # A shard's seed is a function of (seed, epoch, shard); a repeat in a resampled list gets its own order,
+    # crops and caption choices.
     base = shard_seed(shuffle_seed, epoch, shard if not repeat else f"{shard}#{repeat}")
     with ExitStack() as stack:
         source, builder = _cached_rows(cache, path), None
@@ -81,14 +81,7 @@ def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed:
             out = lambda chunk: rows_to_table(chunk, path)  # noqa: E731
         else:  # straight to a numpy batch: no Arrow round trip, and rows may hold decoded arrays (the cache)
             out = lambda chunk: _prepared(prepare, chunk, path)  # noqa: E731
-        chunk: list[dict] = []
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) == chunk_rows:
-                yield out(chunk)
-                chunk = []
-        if chunk:
-            yield out(chunk)
+        yield from (out(chunk) for chunk in chunked(rows, chunk_rows))
 
 
 def _cached_rows(cache, path: str):

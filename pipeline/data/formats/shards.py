@@ -10,8 +10,8 @@ Every shard becomes rows {key, image, txt, json, problem, seed}:
   `duplicate_key` (a key met again in its tar, or two members of one kind for a key) or `empty_key`;
 - seed is a per-sample seed for this epoch, so augmentation and caption choice are reproducible whatever
   the block boundaries and whichever worker gets the sample.
-Shuffling is seeded and reshuffled every epoch (Ray Data's execution index): file order, then rows inside
-windows of `shuffle_block` samples with a window offset that moves each epoch.
+A training epoch's seeded order (rows shuffled inside windows of `shuffle_block` samples, `permute_windows`)
+is the epoch source's (`data.epoch.source`); this module's datasource reads whole passes in file order.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import posixpath
 import tarfile
 import zlib
 from pathlib import PurePosixPath
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -270,11 +270,22 @@ def permute_windows(rows: Iterator[dict], window: int, rng: np.random.Generator)
     yield from (buf[j] for j in rng.permutation(len(buf)))
 
 
-def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_block: int = 0,
-                with_images: bool = True, block_rows: int = 256):
+def chunked(rows: Iterable, size: int) -> Iterator[list]:
+    """`rows` in lists of `size` (the last one shorter): the tables a read task yields."""
+    chunk: list = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def make_source(paths: list[str], *, with_images: bool = True, block_rows: int = 256):
     """A Ray Data datasource over `paths` (all local or all s3://): validation, galleries, passes over the
     captions. A training worker's own epoch reads through `epoch_source.EpochSource` instead."""
-    from ray.data.datasource import FileBasedDatasource, FileShuffleConfig
+    from ray.data.datasource import FileBasedDatasource
 
     from pipeline import storage
 
@@ -287,8 +298,7 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
 
         def __init__(self):
             fs, _ = storage.arrow_filesystem(paths[0])
-            shuffle = FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None else None
-            super().__init__(list(names), filesystem=fs, shuffle=shuffle)
+            super().__init__(list(names), filesystem=fs)
             self.epoch = 0
             self.shard_fs = fs
 
@@ -305,19 +315,10 @@ def make_source(paths: list[str], *, shuffle_seed: int | None = None, shuffle_bl
         def _read_stream(self, f, path):
             shard = names[path]  # Ray Data hands back the path it was given
             source = f"s3://{path}" if remote else path  # the shard each row came from, for the embeddings
-            base = shard_seed(shuffle_seed or 0, self.epoch, shard)
+            base = shard_seed(0, self.epoch, shard)
             rows = (dict(row, seed=base + i) for i, row in enumerate(shard_rows(self.shard_fs, f, path, shard,
                                                                                  with_images)))
-            if shuffle_seed is not None:
-                rows = permute_windows(rows, shuffle_block, np.random.default_rng(base))
-            chunk: list[dict] = []
-            for row in rows:
-                chunk.append(row)
-                if len(chunk) == block_rows:
-                    yield rows_to_table(chunk, source)
-                    chunk = []
-            if chunk:
-                yield rows_to_table(chunk, source)
+            yield from (rows_to_table(chunk, source) for chunk in chunked(rows, block_rows))
 
     return ShardSource()
 

@@ -6,15 +6,13 @@ unseen word still reaches the text tower as the characters it shares with the wo
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 
-PAD, UNK = "[PAD]", "[UNK]"
+from pipeline.registry import PAD, UNK
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
 
@@ -68,13 +66,6 @@ class Tokenizer:
     @classmethod
     def from_dict(cls, d: dict) -> Tokenizer:
         return cls(d["vocab"], d["max_tokens"])
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 class CharTokenizer(Tokenizer):
