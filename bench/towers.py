@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config.sections import TextTowerConfig  # noqa: E402
+from pipeline.config import TextTowerConfig  # noqa: E402
 from pipeline.models.image import IMAGE_ARCHS, build_image_tower  # noqa: E402
 from pipeline.models.text import TEXT_ARCHS, build_text_tower  # noqa: E402
 

@@ -10,7 +10,6 @@ from pipeline import storage
 from pipeline.gallery import Gallery
 from pipeline.index.faiss_indexes import IndexSpec
 from pipeline.metrics import fold_metrics, i2t_ranks, metrics_from_ranks, t2i_ranks, zero_shot_accuracy
-from pipeline.report import example_keys  # noqa: F401 (evaluate.example_keys: its name before)
 
 
 def examples(gallery: Gallery, n: int = 5, k: int = 5) -> list[dict]:

@@ -86,9 +86,10 @@ def publish(out: str, metrics: dict, index_meta: dict, checkpoint: str, config: 
     show (read by key from the `gallery` shards), then `write_report` into `out`[/`subdir`] (s3:// outputs are
     written locally, then uploaded); `extra(local_dir)` writes any other file beside it. -> report dict"""
     from pipeline import storage
-    from pipeline.data.by_key import collect_thumbnails
+    from pipeline.data.by_key import images_by_key
+    from pipeline.report_html import thumbnails
 
-    thumbs = collect_thumbnails(gallery, example_keys(metrics), max_in_driver=in_driver_images)
+    thumbs = thumbnails(images_by_key(gallery, example_keys(metrics), max_in_driver=in_driver_images))
     # the checkpoint as the report's folder reaches it: relative inside the run directory, so it survives a move
     where = storage.relative_ref(str(checkpoint), storage.join(out, subdir) if subdir else out)
     with storage.staging_dir(out) as local:

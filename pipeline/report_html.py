@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from pathlib import Path
 
 
@@ -67,6 +68,30 @@ def plot_rank_histogram(ranks: dict, path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def thumbnail(data: bytes, side: int = 96) -> str:
+    """Image bytes -> a JPEG data URI of at most side x side pixels."""
+    from PIL import Image
+
+    from pipeline.data.transforms import decode_image
+
+    img = decode_image(data)
+    img.thumbnail((side, side), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def thumbnails(images: dict[str, bytes], side: int = 96) -> dict[str, str]:
+    """key -> thumbnail data URI of each image that decodes (one the gallery skipped gets a placeholder)."""
+    out = {}
+    for key, data in images.items():
+        try:
+            out[key] = thumbnail(data, side)
+        except (ValueError, OverflowError, TypeError):
+            continue
+    return out
 
 
 def _png(path: Path) -> str:

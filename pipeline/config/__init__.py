@@ -3,9 +3,10 @@ dotted-override loading with errors that say what to change (`loading`). No Ray 
 from pipeline.config.jobs import EvalJobConfig, RunJobConfig, TrainJobConfig
 from pipeline.config.loading import (ConfigError, apply_overrides, build, describe_keys, flat_config, flatten,
                                      load_config, narrow, parse_override, to_dict, valid_keys)
-from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, ImageTowerConfig,
-                                      IndexConfig, LossConfig, ModelConfig, RerankConfig, RunConfig, ScalingConfig,
-                                      StorageConfig, SweepConfig, SynthConfig, TextTowerConfig, TrainConfig)
+from pipeline.config.model_sections import ImageTowerConfig, ModelConfig, TextTowerConfig
+from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
+                                      RerankConfig, RunConfig, ScalingConfig, StorageConfig, SweepConfig, SynthConfig,
+                                      TrainConfig)
 
 __all__ = [
     "CCAConfig", "ConfigError", "DataConfig", "EmbeddingsConfig", "EvalConfig", "EvalJobConfig", "ImageTowerConfig",

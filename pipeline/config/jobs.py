@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pipeline.config.loading import _check, _f
+from pipeline.config.model_sections import ModelConfig
 from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
-                                      ModelConfig, RerankConfig, RunConfig, ScalingConfig, StorageConfig, SweepConfig,
-                                      TrainConfig)
+                                      RerankConfig, RunConfig, ScalingConfig, StorageConfig, SweepConfig, TrainConfig)
 
 
 @dataclass(frozen=True)

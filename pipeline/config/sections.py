@@ -10,9 +10,6 @@ from pipeline.config.loading import ConfigError, _check, _f
 from pipeline.registry import (INDEX_TYPES, INTERPOLATIONS, LOSS_PARAMS, RERANK_FUSIONS, RESIZE_MODES,
                                       TOKENIZERS, check_loss_params)
 from pipeline.config.sources import SAMPLINGS, parse_source
-# The towers' sections live in model_sections; they stay importable from here.
-from pipeline.config.model_sections import (ImageTowerConfig, ModelConfig, TextTowerConfig,  # noqa: F401
-                                            WordEmbeddingsConfig)
 
 @dataclass(frozen=True)
 class SynthConfig:

@@ -7,5 +7,5 @@
 - transforms.py   decode, crop, resize, caption choice and tokenising of a batch of rows (pure)
 - skips.py        unusable samples: tallied and counted, never lost silently
 - local_passes.py small evaluation passes in the driver, without Ray Data
-- by_key.py       a report's images fetched by sample key
+- by_key.py       a report's images fetched by sample key (the report makes the thumbnails)
 """

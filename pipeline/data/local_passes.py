@@ -64,16 +64,7 @@ def eval_batches(paths: list[str], image_size: int, skip_log=None, split: str = 
         yield from chunks(prepare_eval(rows, image_size, skip_log, split, view), batch_size)
 
 
-def thumbnails(paths: list[str], keys: set[str], side: int) -> dict[str, str]:
-    """key -> thumbnail data URI of the wanted images, as `by_key.collect_thumbnails` makes them."""
-    from pipeline.data.transforms import thumbnail
-
-    out = {}
-    for rows in shard_batches(paths):
-        for key, image in zip(rows["key"], rows["image"]):
-            if key in keys:
-                try:
-                    out[key] = thumbnail(image, side)
-                except (ValueError, OverflowError, TypeError):
-                    continue  # an image the gallery skipped: the report shows a placeholder
-    return out
+def images_by_key(paths: list[str], keys: set[str]) -> dict[str, bytes]:
+    """key -> image bytes of the wanted samples, as `by_key.images_by_key` reads them with Ray."""
+    return {key: image for rows in shard_batches(paths) for key, image in zip(rows["key"], rows["image"])
+            if key in keys and image is not None}

@@ -10,7 +10,6 @@ left/right, above/below), no hue changes (captions name colours); only mild crop
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
 import math
@@ -103,17 +102,6 @@ def decode_image(data: bytes, min_side: int = 0) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"unreadable image: {e}") from None
     return _to_rgb(img)
-
-
-def thumbnail(data: bytes, side: int = 96) -> str:
-    """Image bytes -> a JPEG data URI of at most side x side pixels."""
-    from PIL import Image
-
-    img = decode_image(data)
-    img.thumbnail((side, side), Image.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def center_box(w: int, h: int, ratio: float = 1.0) -> tuple[int, int, int, int]:

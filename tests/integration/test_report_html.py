@@ -47,11 +47,11 @@ def test_report_html_renders_without_errors(tmp_path):
     if CHROMIUM is None:
         pytest.fail("chromium is not installed: `make test` installs Debian's chromium (apt-get install chromium)")
 
-    from pipeline.data.transforms import thumbnail
+    from pipeline.report_html import thumbnail
 
     gallery = _gallery()
     metrics = evaluate.evaluate_gallery(gallery, spec=IndexSpec(type="hnsw"))
-    thumbs = {k: thumbnail(_jpeg(i)) for i, k in enumerate(evaluate.example_keys(metrics))}
+    thumbs = {k: thumbnail(_jpeg(i)) for i, k in enumerate(report.example_keys(metrics))}
     history = [{"epoch": 0, "val/rsum": 5.0}, {"epoch": 1, "train/loss": 2.0, "val/rsum": 300.0}]
     index_meta = {"type": "hnsw", "recall@10_vs_exact": 0.99, "build_s": 0.01, "qps": 1000.0}
     report.write_report(tmp_path, metrics, index_meta, "ckpt", {}, history, {"skipped": {"val": {"corrupt_image": 1}}},

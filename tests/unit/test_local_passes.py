@@ -44,11 +44,15 @@ def test_eval_batches_are_the_prepared_rows_in_order_in_bounded_batches(tmp_path
     assert {str(s) for b in batches for s in b["shard"]} == set(val)  # the shard column the Ray read gives
 
 
-def test_thumbnails_of_the_wanted_keys_only(tmp_path):
+def test_images_of_the_wanted_keys_only_and_their_thumbnails(tmp_path):
+    from pipeline.report_html import thumbnails
+
     val = _val(tmp_path)
-    first = next(iter(local_passes.shard_batches(val)))["key"][0]
-    thumbs = local_passes.thumbnails(val, {first, "no/such-key"}, 32)
-    assert list(thumbs) == [first] and thumbs[first].startswith("data:image/")
+    first = next(iter(local_passes.shard_batches(val)))
+    images = local_passes.images_by_key(val, {first["key"][0], "no/such-key"})
+    assert images == {first["key"][0]: first["image"][0]}
+    thumbs = thumbnails({**images, "broken": b"not an image"}, 32)
+    assert list(thumbs) == [first["key"][0]] and thumbs[first["key"][0]].startswith("data:image/jpeg")
 
 
 def test_a_pass_in_the_driver_records_its_skips_without_an_actor(tmp_path):
