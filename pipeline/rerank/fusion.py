@@ -110,38 +110,6 @@ def rerank(scorer: FusionScorer, queries: torch.Tensor, gallery: torch.Tensor, c
     return candidates.gather(1, order)
 
 
-def listwise_loss(scorer: FusionScorer, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each query's true pair against its mined hard negatives: `images` (n, 1 + m, da) with the
-    true image first for caption queries (or the reverse roles), `captions` likewise. -> the mean over queries."""
-    n, c = images.shape[:2]
-    scores = scorer(images.reshape(n * c, -1), captions.reshape(n * c, -1)).view(n, c)
-    return F.cross_entropy(scores, torch.zeros(n, dtype=torch.long, device=scores.device))
-
-
-def in_batch_loss(scorer: FusionScorer, img: torch.Tensor, txt: torch.Tensor, img_all: torch.Tensor,
-                  txt_all: torch.Tensor, offset: int, m: int) -> torch.Tensor:
-    """The head trained with the towers (rerank.enabled): each local caption's true image against the `m`
-    images of the global batch the towers rank highest for it, and each local image's caption against its `m`
-    hardest captions, a listwise cross-entropy in both directions. `img`, `txt` (b, D) are this worker's pairs,
-    `img_all`, `txt_all` (B, D) the all-gathered batch with this worker's rows at `offset`. The negatives are
-    picked without a graph; the loss flows into every embedding it scores, other workers' rows included (their
-    share of the gradient goes back through the all-gather). -> scalar"""
-    b = img.shape[0]
-    own = torch.arange(b, device=img.device) + offset  # (b,) each local pair's row in the global batch
-    m = min(m, img_all.shape[0] - 1)
-    with torch.no_grad():
-        def hardest(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # (b, D), (B, D) -> (b, 1 + m), true first
-            sims = q @ g.T  # (b, B)
-            sims[torch.arange(b, device=q.device), own] = float("-inf")
-            return torch.cat([own[:, None], sims.topk(m, dim=1).indices], dim=1)
-        for_captions, for_images = hardest(txt, img_all), hardest(img, txt_all)
-    images = img_all[for_captions]  # (b, 1 + m, D)
-    by_caption = listwise_loss(scorer, images, txt.unsqueeze(1).expand_as(images))
-    captions = txt_all[for_images]  # (b, 1 + m, D)
-    by_image = listwise_loss(scorer, img.unsqueeze(1).expand_as(captions), captions)
-    return 0.5 * (by_caption + by_image)
-
-
 def _recalls(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict:
     # float64, as `metrics` counts: a float32 mean rounds 14/320 = 4.375 % down to 4.37 where metrics says 4.38
     return {f"R@{k}": round(100.0 * float((ranks <= k).double().mean()), 2) for k in ks}

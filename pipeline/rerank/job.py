@@ -85,7 +85,8 @@ def fit_on_workers(data: dict, r, scaling_cfg) -> tuple[dict, float]:
         import torch
 
         from pipeline.distributed import WorkerContext
-        from pipeline.rerank.fusion import FusionScorer, listwise_loss
+        from pipeline.losses import listwise_loss
+        from pipeline.rerank.fusion import FusionScorer
 
         ctx, r = WorkerContext.from_ray(), c["r"]
         d = {k: torch.from_numpy(v) for k, v in ray.get(c["data"]).items()}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.distributed import all_gather_with_grad, average_gradients
-from pipeline.rerank.fusion import in_batch_loss
+from pipeline.losses import in_batch_loss
 
 
 class ContrastiveObjective(nn.Module):

@@ -3,8 +3,8 @@ product (so its inner products estimate the outer products', better as the sketc
 fusion with a rank-1 weight is the low-rank form, and re-ranking permutes each query's candidates."""
 import torch
 
-from pipeline.rerank.fusion import (FUSIONS, CountSketch, FusionScorer, compact_bilinear, in_batch_loss,
-                                    listwise_loss, rerank, rerank_recalls)
+from pipeline.losses import in_batch_loss, listwise_loss
+from pipeline.rerank.fusion import FUSIONS, CountSketch, FusionScorer, compact_bilinear, rerank, rerank_recalls
 
 
 def _unit(n, d, seed):
