@@ -6,9 +6,10 @@
 Ray Data does the passes: every (image, caption) pair of data.train is featurised in `map_batches` by a pool
 of actors, each batch reduced to its CCA statistics (`cca.CCAStats`: n, means, centred co-moments), merged
 on the driver as they stream in; memory is O(d^2) whatever the dataset size. The closed-form fit is
-`cca.fit_linear_cca`; data.val is embedded by the same actors through the fitted projection and scored by
-`evaluate.evaluate_gallery`. Data small enough (eval.in_driver_images) is read and featurised in the driver
-instead (`data.local_passes`), by the same classes.
+`cca.fit_linear_cca`. data.val is embedded through the fitted projection by the passes a checkpoint's gallery
+takes (`index.embedding_passes.embed_to_parquet`, into <out>/gallery) and scored by `evaluate.evaluate_gallery`.
+Data small enough (eval.in_driver_images) is read and featurised in the driver instead (`data.local_passes`),
+by the same classes.
 """
 from __future__ import annotations
 
@@ -90,21 +91,6 @@ class PairFeatures:
     def __call__(self, batch: dict) -> dict:
         x, y = self.features.pairs(batch["image"], [json.loads(c) for c in batch["captions"]])
         return {"x": x.astype(np.float32), "y": y.astype(np.float32)}
-
-
-class EmbedCCA:
-    """Ray Data actor: eval rows -> image and caption vectors through a fitted baseline."""
-
-    def __init__(self, encoder: CCAEncoder):
-        self.encoder = encoder
-
-    def __call__(self, batch: dict) -> dict:
-        caps = [json.loads(c) for c in batch["captions"]]
-        txt = self.encoder.encode_text([c for cs in caps for c in cs]).numpy()
-        splits = np.cumsum([len(c) for c in caps])[:-1]
-        return {"key": batch["key"], "captions": batch["captions"], "label": batch["label"],
-                "image_emb": self.encoder.encode_pixels(batch["image"]).numpy(),  # (n, k)
-                "text_emb": np.array(np.split(txt, splits) + [None], dtype=object)[:-1]}  # n x (k_i, k)
 
 
 def mapped_batches(paths: list[str], image_size: int, fn_class, fn_args: dict, batch_size: int, passes: Passes,
@@ -216,28 +202,27 @@ def fit_autoencoder(c, data_cfg, model_cfg, passes: Passes, tokenizer: Tokenizer
     return Fitted("autoencoder", describe(c), encoder, stats.n, time.time() - t0)
 
 
-def embed_gallery(encoder: CCAEncoder | AutoencoderEncoder, paths: list[str], image_size: int, passes: Passes = Passes()):
-    """data.val through the fitted baseline -> the evaluation's Gallery."""
-    from pipeline.gallery import GalleryBuilder
+def embed_gallery(encoder: CCAEncoder | AutoencoderEncoder, paths: list[str], image_size: int, out: str,
+                  passes: Passes = Passes()):
+    """data.val through the fitted baseline into `out` (the passes a checkpoint's gallery takes, Parquet of
+    images and captions) -> the evaluation's Gallery."""
+    from pipeline.index.embedding_passes import embed_to_parquet, read_gallery
 
-    g = GalleryBuilder()
-    for batch in mapped_batches(paths, image_size, EmbedCCA, {"encoder": encoder}, 256, passes, "gallery"):
-        g.img.append(batch["image_emb"])
-        lists = g.add_rows(batch["key"], batch["captions"], batch.get("label"))
-        g.txt += [np.asarray(t, dtype=np.float32).reshape(len(caps), -1)
-                  for caps, t in zip(lists, batch["text_emb"])]
-    return g.build()
+    embed_to_parquet(None, paths, image_size, out, passes.num_actors, skip_log=passes.skip_log,
+                     in_driver_images=passes.max_in_driver, encoder=encoder)
+    return read_gallery(out)[0]
 
 
-def score(fitted: Fitted, data_cfg, eval_cfg, index_cfg, passes: Passes) -> tuple[dict, dict]:
-    """Embed and score data.val. -> (the evaluation's metrics, the index block of the report)."""
+def score(fitted: Fitted, data_cfg, eval_cfg, index_cfg, passes: Passes, out: str) -> tuple[dict, dict]:
+    """Embed data.val into `out`/gallery and score it. -> (the evaluation's metrics, the index block of the
+    report)."""
     from pipeline import evaluate
     from pipeline.data.ingest import expand_paths
     from pipeline.index.faiss_indexes import IndexSpec, train_sample
     from pipeline.index.sharded import build_measured
 
     paths = expand_paths(data_cfg.val, "data.val")
-    gallery = embed_gallery(fitted.encoder, paths, data_cfg.image_size, passes)
+    gallery = embed_gallery(fitted.encoder, paths, data_cfg.image_size, storage.join(out, "gallery"), passes)
     spec = IndexSpec.of(index_cfg)
     queries = train_sample(gallery.text_emb.numpy(), 1000)  # held-out queries of the other modality
     index, index_meta = build_measured(gallery.image_emb.numpy(), queries, spec)
@@ -256,7 +241,8 @@ def run_baseline(cfg, tokenizer: Tokenizer | None = None) -> dict:
     """`pipeline run` with cca.enabled: fit and score, no report of its own. -> {name: summary_row}"""
     passes = Passes.of(cfg.scaling, cfg.eval)
     fitted = fit(cfg.cca, cfg.data, cfg.model, passes, tokenizer)
-    metrics, _ = score(fitted, cfg.data, cfg.eval, cfg.index, passes)
+    metrics, _ = score(fitted, cfg.data, cfg.eval, cfg.index, passes,
+                       storage.join(cfg.run.run_dir(), "baselines", fitted.name))
     return {fitted.name: summary_row(fitted, metrics)}
 
 
@@ -272,8 +258,8 @@ def run(cfg, out: str | None = None) -> tuple[dict, str]:
     skip_log = SkipLog.start()
     passes = Passes.of(cfg.scaling, cfg.eval, skip_log)
     fitted = fit(cfg.cca, cfg.data, cfg.model, passes)
-    metrics, index_meta = score(fitted, cfg.data, cfg.eval, cfg.index, passes)
     out = out or storage.join(cfg.run.run_dir(), "baselines", fitted.name)
+    metrics, index_meta = score(fitted, cfg.data, cfg.eval, cfg.index, passes, out)
     saved, arrays = fitted.encoder.saved()
     by_split = skip_log.read()
     skipped = {split: {reason: len(keys) for reason, keys in by.items()} for split, by in by_split.items()}

@@ -40,12 +40,13 @@ def vectors_of(table) -> np.ndarray:
 
 
 class _EmbedActor:
-    def __init__(self, checkpoint: str, device: str = "cpu", storage_options: dict | None = None, encoder=None):
-        from pipeline.encoder import load
-
-        if encoder is not None:  # in the driver: the model the image pass loaded
+    def __init__(self, checkpoint: str | None, device: str = "cpu", storage_options: dict | None = None,
+                 encoder=None):
+        if encoder is not None:  # handed over: the model the image pass loaded, or a fitted baseline
             self.encoder = encoder
             return
+        from pipeline.encoder import load
+
         storage.configure(**(storage_options or {}))  # a checkpoint on s3:// is read from this process
         self.encoder = load(checkpoint, device)
 
@@ -83,12 +84,13 @@ class Embedded:
     dim: int
 
 
-def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int = 1,
-                     use_gpu: bool = False, batch_size: int = 256, skip_log=None, in_driver_images: int = 0
-                     ) -> Embedded:
+def embed_to_parquet(checkpoint: str | None, paths: list[str], image_size: int, out: str, num_actors: int = 1,
+                     use_gpu: bool = False, batch_size: int = 256, skip_log=None, in_driver_images: int = 0,
+                     encoder=None) -> Embedded:
     """Embed every image and every caption of the eval shards into `out` (local or s3://): in this process
     where the gallery has at most `in_driver_images` images and no GPU is asked for, else by Ray Data actor
-    pools."""
+    pools. The encoder is the `checkpoint`'s, loaded in each actor, or `encoder` itself (a fitted baseline:
+    anything with `encode_pixels` and `encode_text`), handed to each."""
     from pipeline.checkpoint import read_config
     from pipeline.data.local_passes import fits_in_driver
     from pipeline.data.transforms import image_view
@@ -96,19 +98,21 @@ def embed_to_parquet(checkpoint: str, paths: list[str], image_size: int, out: st
     for name in (IMAGES, CAPTIONS):  # a rerun into the same directory replaces, never appends
         if storage.exists(storage.join(out, name)):
             storage.remove_tree(storage.join(out, name))
-    view = image_view(read_config(checkpoint)["data"])  # resampled as the checkpoint's model expects
+    # resampled as the checkpoint's model expects (a baseline: the default view it was fitted on)
+    view = image_view(read_config(checkpoint)["data"]) if encoder is None else ("bilinear", "shortest")
     if not use_gpu and fits_in_driver(paths, in_driver_images):
-        n_images, n_captions = embed_here(checkpoint, paths, image_size, out, batch_size, skip_log, view)
+        n_images, n_captions = embed_here(checkpoint, paths, image_size, out, batch_size, skip_log, view, encoder)
     else:
-        embed_with_actors(checkpoint, paths, image_size, out, num_actors, use_gpu, batch_size, skip_log, view)
+        embed_with_actors(checkpoint, paths, image_size, out, num_actors, use_gpu, batch_size, skip_log, view,
+                          encoder)
         n_images, n_captions = number_rows(storage.join(out, IMAGES)), number_rows(storage.join(out, CAPTIONS))
     if n_images == 0:
         raise ValueError(f"the gallery {paths[0]}{' ...' if len(paths) > 1 else ''} has no readable samples")
     return Embedded(out, n_images, n_captions, parquet_dim(storage.join(out, IMAGES)))
 
 
-def embed_with_actors(checkpoint: str, paths: list[str], image_size: int, out: str, num_actors: int,
-                      use_gpu: bool, batch_size: int, skip_log, view: tuple[str, str]) -> None:
+def embed_with_actors(checkpoint: str | None, paths: list[str], image_size: int, out: str, num_actors: int,
+                      use_gpu: bool, batch_size: int, skip_log, view: tuple[str, str], encoder=None) -> None:
     """The two Ray Data passes, each file of rows then numbered by `number_rows`."""
     from ray.data import ActorPoolStrategy
 
@@ -116,7 +120,7 @@ def embed_with_actors(checkpoint: str, paths: list[str], image_size: int, out: s
     from pipeline.data.transforms import caption_rows
 
     actors = dict(fn_constructor_kwargs={"checkpoint": checkpoint, "device": "cuda" if use_gpu else "cpu",
-                                         "storage_options": storage.options()},
+                                         "storage_options": storage.options(), "encoder": encoder},
                   batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=num_actors),
                   num_gpus=1 if use_gpu else 0)
     fs, root = storage.arrow_filesystem(out)
@@ -126,8 +130,8 @@ def embed_with_actors(checkpoint: str, paths: list[str], image_size: int, out: s
     captions.map_batches(EmbedCaptions, **actors).write_parquet(f"{root}/{CAPTIONS}", filesystem=fs)
 
 
-def embed_here(checkpoint: str, paths: list[str], image_size: int, out: str, batch_size: int, skip_log,
-               view: tuple[str, str]) -> tuple[int, int]:
+def embed_here(checkpoint: str | None, paths: list[str], image_size: int, out: str, batch_size: int, skip_log,
+               view: tuple[str, str], encoder=None) -> tuple[int, int]:
     """Both passes in this process, shard by shard: the rows `eval_dataset` and the caption pass would give
     (same reader, same preparation, same skips counted), one numbered Parquet file per shard and pass.
     -> (images, captions)"""
@@ -137,7 +141,7 @@ def embed_here(checkpoint: str, paths: list[str], image_size: int, out: str, bat
     from pipeline.data.local_passes import chunks, prepare_eval, shard_batches
     from pipeline.data.transforms import caption_rows
 
-    images = EmbedImages(checkpoint, storage_options=storage.options())
+    images = EmbedImages(checkpoint, storage_options=storage.options(), encoder=encoder)
     captions = EmbedCaptions(checkpoint, encoder=images.encoder)
     fs, root = storage.arrow_filesystem(out)
     counts = {IMAGES: 0, CAPTIONS: 0}
