@@ -119,10 +119,10 @@ def cmd_embeddings(args) -> None:
                                                        ("method", args.method)) if v is not None)
     out_dir = args.out.rsplit("/", 1)[0] if storage.is_remote(args.out) else str(Path(args.out).resolve().parent)
     cfg, _ = _start_job(args, extra=flags, splits=("train",), writes=[(out_dir, "--out")])
-    from pipeline.words import job as word_embeddings
+    from pipeline.words import job as words_job
 
-    print(word_embeddings.format_summary(word_embeddings.run(cfg.embeddings, cfg.data, args.out, cfg.train.seed,
-                                                             cfg.scaling, cfg.run)))
+    print(words_job.format_summary(words_job.run(cfg.embeddings, cfg.data, args.out, cfg.train.seed,
+                                                 cfg.scaling, cfg.run)))
 
 
 def cmd_index(args) -> None:

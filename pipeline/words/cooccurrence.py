@@ -1,6 +1,6 @@
 """Word vectors from the caption corpus: windowed co-occurrence counts (sparse, mergeable), PPMI with
 context-distribution smoothing, truncated SVD, and the GloVe text format. Pure NumPy/PyTorch, no Ray; the
-Ray Data pass that feeds it is `pipeline.word_embeddings`.
+Ray Data pass that feeds it is `words.job`.
 
 Counts are symmetric: a pair of words d <= window positions apart adds weight w(d) to (a, b) and to (b, a);
 w(d) = 1/d ("harmonic", GloVe's weighting: near words count more) or 1 ("uniform"). Ids below 2 ([PAD],

@@ -6,8 +6,8 @@
 
 Two Ray Data passes over the captions, image bytes never read: the vocabulary (the same tokenizer a training
 run on the recipe builds, so the file's words are the model's), then co-occurrence counts per block in
-`map_batches`, sparse, merged on the driver. PPMI and the truncated SVD are `pipeline.ppmi`; GloVe and skip-gram
-with negative sampling (`pipeline.word_objectives`) train on Ray Train workers, the counts shared through the
+`map_batches`, sparse, merged on the driver. PPMI and the truncated SVD are `words.cooccurrence`; GloVe and skip-gram
+with negative sampling (`words.glove_sgns`) train on Ray Train workers, the counts shared through the
 object store and each worker taking a seeded share of the word pairs every epoch.
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def train_vectors(counts: Counts, e, seed: int, scaling_cfg, run_cfg) -> np.ndar
     def loop(c: dict) -> None:
         import torch
 
-        from pipeline.words import objectives as word_objectives
+        from pipeline.words import glove_sgns
         from pipeline.distributed import WorkerContext, all_reduce_mean
 
         ctx = WorkerContext.from_ray()
@@ -101,8 +101,8 @@ def train_vectors(counts: Counts, e, seed: int, scaling_cfg, run_cfg) -> np.ndar
         d = ray.get(c["counts"])
         rows, cols = torch.from_numpy(d["rows"]).long(), torch.from_numpy(d["cols"]).long()
         values = torch.from_numpy(d["values"]).float()
-        noise = torch.from_numpy(word_objectives.noise_distribution(d["rows"], d["values"], d["vocab"])).float()
-        model = word_objectives.build(c["method"], d["vocab"], c["e"].dim, c["e"], c["seed"])
+        noise = torch.from_numpy(glove_sgns.noise_distribution(d["rows"], d["values"], d["vocab"])).float()
+        model = glove_sgns.build(c["method"], d["vocab"], c["e"].dim, c["e"], c["seed"])
         ddp = ctx.prepare_model(model)  # DDP over the workers: gradients averaged
         opt = torch.optim.Adagrad(model.parameters(), lr=c["e"].lr)
         steps = max(1, -(-len(rows) // (world * c["e"].batch)))  # the same on every worker
@@ -111,9 +111,9 @@ def train_vectors(counts: Counts, e, seed: int, scaling_cfg, run_cfg) -> np.ndar
             order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(c["seed"] * 1009 + epoch))
             total, parts = 0.0, order[rank::world].tensor_split(steps)
             # each step's global normaliser, as the mean of the workers' (one collective an epoch)
-            norms = all_reduce_mean(torch.stack([word_objectives.normaliser(model, values[p]) for p in parts]))
+            norms = all_reduce_mean(torch.stack([glove_sgns.normaliser(model, values[p]) for p in parts]))
             for part, norm in zip(parts, norms):
-                loss = word_objectives.entry_loss(ddp, rows[part], cols[part], values[part], noise, g, norm)
+                loss = glove_sgns.entry_loss(ddp, rows[part], cols[part], values[part], noise, g, norm)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

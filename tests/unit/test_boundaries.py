@@ -13,7 +13,7 @@ PURE = ["pipeline.config", "pipeline.models", "pipeline.losses", "pipeline.metri
         "pipeline.config.spaces", "pipeline.tune.results", "pipeline.storage", "pipeline.data.transforms",
         "pipeline.data.formats.karpathy", "pipeline.baselines.cca", "pipeline.baselines.features", "pipeline.words.cooccurrence",
         "pipeline.index.faiss_indexes", "pipeline.training.optimisation", "pipeline.rerank.fusion", "pipeline.rerank.mining",
-        "pipeline.words.objectives", "pipeline.baselines.autoencoder",
+        "pipeline.words.glove_sgns", "pipeline.baselines.autoencoder",
         "pipeline.data.epoch.plan", "pipeline.data.epoch.batcher", "pipeline.data.local_passes", "pipeline.gallery"]
 # Modules at Ray's edge that import it only inside the functions that drive Ray Data: importable without it.
 EDGE = ["pipeline.baselines.fitting", "pipeline.words.job", "pipeline.index.embedding_passes",
@@ -61,7 +61,7 @@ ppmi.word_vectors(counts, 2)
 checkpoint.find_latest(out)
 from pipeline.rerank.fusion import FusionScorer, rerank
 from pipeline.rerank.mining import hardest_images
-from pipeline.words.objectives import GloVe
+from pipeline.words.glove_sgns import GloVe
 cand = hardest_images(g.text_emb, g.image_emb, g.text_to_image, 3)
 rerank(FusionScorer("compact_bilinear", 8, 8, sketch_dim=16), g.text_emb, g.image_emb, cand, query_is_image=False)
 GloVe(5, 4)(torch.tensor([2, 3]), torch.tensor([3, 4]), torch.tensor([2.0, 5.0])).backward()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.words.cooccurrence import cosine, count_cooccurrences
-from pipeline.words.objectives import GloVe, SkipGramNS, build, entry_loss, noise_distribution
+from pipeline.words.glove_sgns import GloVe, SkipGramNS, build, entry_loss, noise_distribution
 
 
 def _entries(seed=0, vocab=9, n=40):
@@ -90,7 +90,7 @@ def _sharded_grad(rank, world, init_file, out):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from pipeline.distributed import all_reduce_mean
-    from pipeline.words.objectives import normaliser
+    from pipeline.words.glove_sgns import normaliser
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     rows, cols, counts, noise = _skewed_entries()

@@ -1,5 +1,5 @@
-"""GloVe and skip-gram with negative sampling, trained on the caption corpus's co-occurrence counts (`ppmi.Counts`):
-plain PyTorch, no Ray (`word_embeddings` runs them on Ray Train workers).
+"""GloVe and skip-gram with negative sampling, trained on the caption corpus's co-occurrence counts
+(`cooccurrence.Counts`): plain PyTorch, no Ray (`words.job` runs them on Ray Train workers).
 
 GloVe (Pennington et al.), over the non-zero counts X_ij:
 
