@@ -61,7 +61,7 @@ def train(ckpt: str, paths: list[str], out: str, cfg) -> dict:
     data = {"img": img.numpy(), "txt": txt.numpy(), "t2i": t2i.numpy(), "neg_img": neg_img.numpy(),
             "pos_cap": pos_cap.numpy(), "neg_cap": neg_cap.numpy()}
     with phase(f"train the {r.fusion} head ({r.epochs} epochs)"):
-        state, loss = fit_on_workers(data, r, cfg.scaling)
+        state, loss = train_head(data, r, cfg.scaling)
     meta = {"fusion": asdict(r), "description": describe(r), "dim": int(img.shape[1]),
             "two_tower": {"checkpoint": str(ckpt), "model_sha256": fingerprint(ckpt)},
             "trained_on": {"data": paths[0] if len(paths) == 1 else f"{paths[0]} ... ({len(paths)} shards)",
@@ -73,7 +73,7 @@ def train(ckpt: str, paths: list[str], out: str, cfg) -> dict:
     return meta
 
 
-def fit_on_workers(data: dict, r, scaling_cfg) -> tuple[dict, float]:
+def train_head(data: dict, r, scaling_cfg) -> tuple[dict, float]:
     """The head trained on Ray Train workers from `data` (shared through the object store). -> (state, loss)"""
     import ray
 
