@@ -19,9 +19,12 @@ from pathlib import Path
 
 TAGS = ("[train]", "[data]", "[tune]", "[run]", "[index]", "[eval]", "[cca]", "[embeddings]")
 STEP = re.compile(r"^\[train\] epoch (\d+)/(\d+) step (\d+)/(\d+) loss (\S+) .*?(\d+) samples/s")
+# A sweep's trial puts its id before each of its lines: "[a1b2c_00001] [train] epoch 1/2 ..."
+PREFIXED = re.compile(r"^(\[[\w.-]+\] )(?=\[(?:" + "|".join(t[1:-1] for t in TAGS) + r")\])")
 QUIET_STEP_EVERY_S = 60.0  # without a terminal, a step line at most this often (an epoch can last hours)
 
-_STATE: dict = {"log": None, "path": None, "bar": None, "epoch": None, "last_step_line": 0.0}
+_STATE: dict = {"log": None, "path": None, "bar": None, "epoch": None, "last_step_line": 0.0, "prefix": "",
+                "trial_step_lines": {}}
 
 
 def say(line: str) -> None:
@@ -29,6 +32,37 @@ def say(line: str) -> None:
     twice; writing to stdout directly echoes it once."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+class _Prefixed:
+    """A stream that puts `prefix` before every project line written to it (`prefix_lines`)."""
+
+    def __init__(self, stream, prefix: str):
+        self.stream, self.prefix, self.at_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        out = []
+        for piece in text.splitlines(keepends=True):
+            out.append(self.prefix + piece if self.at_start and piece.startswith(TAGS) else piece)
+            self.at_start = piece.endswith("\n")
+        self.stream.write("".join(out))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def prefix_lines(prefix: str) -> None:
+    """From now on this process's project lines on stdout start with `prefix` (a sweep's trial: its id in
+    brackets), so the lines of trials that run at once can be told apart on the sweep's console."""
+    if prefix and not isinstance(sys.stdout, _Prefixed):
+        sys.stdout = _Prefixed(sys.stdout, prefix)
+    _STATE["prefix"] = prefix
+
+
+def line_prefix() -> str:
+    """What `prefix_lines` set in this process ('' outside a sweep's trial), for the processes it starts."""
+    return _STATE["prefix"]
 
 
 def verbose() -> bool:
@@ -98,13 +132,18 @@ def _on_worker_output(data: dict) -> None:
     who = data.get("actor_name") or data.get("task_name") or f"pid={data.get('pid')}"
     for line in data.get("lines", []):
         _STATE["log"].write(f"({who}) {line}\n")
-        if line.startswith(TAGS):
+        if line.startswith(TAGS) or PREFIXED.match(line):
             show(line)
 
 
 def show(line: str) -> None:
     """A project line on the console: a step line moves the epoch bar (on a terminal) or is printed at most
-    once a minute (otherwise); any other line closes the bar and is printed."""
+    once a minute (otherwise); any other line closes the bar and is printed. A trial's step lines (sweeps run
+    several at once, and one bar cannot show them) are printed at most once a minute per trial, and at each
+    epoch's last step."""
+    prefixed = PREFIXED.match(line)
+    if prefixed:
+        return _show_trial_line(prefixed.group(1), line)
     m = STEP.match(line)
     if m is None:
         _close_bar()
@@ -127,6 +166,17 @@ def show(line: str) -> None:
     bar = _STATE["bar"]
     bar.n = int(step)
     bar.set_postfix_str(f"loss {loss}, {rate} samples/s", refresh=True)
+
+
+def _show_trial_line(prefix: str, line: str) -> None:
+    m = STEP.match(line[len(prefix):])
+    if m is not None:
+        now, last = time.monotonic(), _STATE["trial_step_lines"].get(prefix, -QUIET_STEP_EVERY_S)
+        if now - last < QUIET_STEP_EVERY_S and m.group(3) != m.group(4):
+            return
+        _STATE["trial_step_lines"][prefix] = now
+    _close_bar()
+    say(line)
 
 
 def _width() -> int:

@@ -35,7 +35,8 @@ def run(cfg: RunJobConfig) -> RunSummary:
         print(tune.format_summary(swept, cfg.tune.metric))
         if swept.best_checkpoint is None:
             raise RuntimeError(f"no trial of the sweep finished with a checkpoint; see {swept.results_dir}")
-        result = train.TrainResult(swept.sweep_dir, swept.best_checkpoint, {}, swept.history, {})
+        result = train.TrainResult(swept.sweep_dir, swept.best_checkpoint, {}, swept.history, {},
+                                   tracking=swept.tracking)  # the evaluation goes to the sweep's parent run
     else:
         result = train.run(cfg)
     val_paths = expand_paths(cfg.data.val, "data.val")
@@ -69,7 +70,18 @@ def run(cfg: RunJobConfig) -> RunSummary:
                   **({"captions_of_skipped_images": orphans} if orphans else {})}
     rep = report.publish(report_dir, metrics, meta, result.checkpoint, to_dict(cfg), result.history, data_block,
                          val_paths, cfg.eval.in_driver_images)
+    _track_result(result, metrics, report_dir)
     return RunSummary(result.run_dir, result.checkpoint, index_dir, report_dir, rep, data)
+
+
+def _track_result(result, metrics: dict, report_dir: str) -> None:
+    """The evaluation's table and the report's files to the run's trackers (run.report_to), at its last step."""
+    if result.tracking is None:
+        return
+    from pipeline.metrics import flat_metrics
+    from pipeline.tracking.writers import log_result
+
+    log_result(result.tracking, flat_metrics(metrics, "eval"), int(result.metrics.get("step", 0)), report_dir)
 
 
 def format_summary(s: RunSummary) -> str:

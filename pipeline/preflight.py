@@ -15,6 +15,8 @@ def check_job(cfg, splits=("train", "val"), writes=None) -> None:
     from pipeline.data.formats.synthetic import ensure_data
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    if hasattr(cfg, "run") and cfg.run.report_to:
+        check_trackers(cfg.run)
     specs = {f"data.{s}": getattr(cfg.data, s) for s in splits if s != "train" or not isinstance(cfg.data.train, list)}
     if "train" in splits and isinstance(cfg.data.train, list):  # each source checked under its own name
         specs = {f"data.train[{i}] ({s['name']})": s["path"] for i, s in enumerate(cfg.data.train)} | specs
@@ -33,6 +35,24 @@ def check_job(cfg, splits=("train", "val"), writes=None) -> None:
             check_model(cfg)  # weights that do not fit, an image size a ViT cannot take: here, not in a worker
         except (WeightsError, ValueError) as e:
             raise ConfigError(str(e)) from None
+
+
+def check_trackers(run) -> None:
+    """run.report_to: each tracker installed, and an MLflow server answering, before any Ray work."""
+    from pipeline.tracking.plan import check_installed
+
+    check_installed(run.report_to)
+    uri = run.tracking_uri()
+    if "mlflow" in run.report_to and uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConfigError(f"run.mlflow_uri={uri}: no MLflow tracking server answers there ({reason}); start "
+                              "one (mlflow server --port 5000) or point run.mlflow_uri at one") from None
 
 
 def check_eval_job(cfg, data: str, out: str, checkpoints: list[str]) -> None:

@@ -12,6 +12,9 @@ os.environ["AWS_SECRET_ACCESS_KEY"] = "testing-secret-access-key-never-logged"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ.pop("AWS_SESSION_TOKEN", None)
 os.environ.pop("AWS_PROFILE", None)
+# W&B never leaves the machine in tests: offline runs only, whatever login this machine has.
+os.environ["WANDB_MODE"] = "offline"
+os.environ.pop("WANDB_API_KEY", None)
 
 
 def pytest_itemcollected(item):

@@ -10,6 +10,7 @@ from pipeline.config.loading import ConfigError, _check, _f
 from pipeline.registry import (INDEX_TYPES, INTERPOLATIONS, LOSS_PARAMS, RERANK_FUSIONS, RESIZE_MODES,
                                       TOKENIZERS, check_loss_params)
 from pipeline.config.sources import SAMPLINGS, parse_source
+from pipeline.tracking.plan import TRACKERS
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -217,6 +218,12 @@ class RunConfig:
                                   "(local run directories; to audit that a resumed epoch lost and repeated nothing)")
     checkpoint_every_steps: int = _f(0, "also checkpoint every this many training steps, mid-epoch; a resumed "
                                         "run continues the epoch where the checkpoint left it; 0: epoch ends only")
+    report_to: str | list = _f([], "experiment trackers rank 0 writes to beside metrics.jsonl: a list of tensorboard "
+                                   "(<run_dir>/tensorboard), mlflow, wandb (or one string, comma-separated)")
+    mlflow_uri: str = _f("", "MLflow tracking URI (http://host:5000, sqlite:///path/mlflow.db, databricks); "
+                             "empty: sqlite:///<run.storage_path>/mlflow.db, a database beside the runs")
+    experiment: str = _f("", "MLflow experiment and W&B project the run is logged under; empty: run.name (a "
+                             "sweep's trials: the sweep's run.name)")
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()) and "/" not in self.name and "\\" not in self.name
@@ -226,6 +233,21 @@ class RunConfig:
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints must be at least 1")
         _check(self.max_failures >= -1, "run.max_failures must be >= -1 (-1: no limit)")
         _check(self.checkpoint_every_steps >= 0, "run.checkpoint_every_steps must be >= 0 (0: at epoch ends only)")
+        trackers = self.report_to.split(",") if isinstance(self.report_to, str) else self.report_to
+        trackers = [str(t).strip().lower() for t in trackers if str(t).strip()]
+        unknown = [t for t in trackers if t not in TRACKERS]
+        _check(not unknown, f"run.report_to: {', '.join(map(repr, unknown))} is not a tracker; choose from "
+                            f"{', '.join(TRACKERS)}")
+        object.__setattr__(self, "report_to", list(dict.fromkeys(trackers)))
+        _check(not ("mlflow" in trackers and not self.mlflow_uri and self.storage_path.startswith("s3://")),
+               "run.mlflow_uri is needed with run.report_to=mlflow and an s3:// run.storage_path: MLflow keeps "
+               "runs in a database or a tracking server, not in S3; give http://host:5000 or sqlite:///path")
+
+    def tracking_uri(self) -> str:
+        """Where MLflow runs go: run.mlflow_uri, or a SQLite database beside the runs."""
+        from pipeline.tracking.plan import default_mlflow_uri
+
+        return self.mlflow_uri or default_mlflow_uri(self.storage_path)
 
     def run_dir(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"

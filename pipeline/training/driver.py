@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import checkpoint, storage
-from pipeline.config import TrainJobConfig, narrow, to_dict
-from pipeline.console import mark_start, start_marks
+from pipeline.config import TrainJobConfig, flatten, narrow, to_dict
+from pipeline.console import line_prefix, mark_start, start_marks
 from pipeline.data import transforms
 from pipeline.data.text import vocabulary
 from pipeline.training import training_set
 from pipeline.data.formats.shards import shard_names
 from pipeline.data.skips import SkipLog, SkipTally
 from pipeline.training import warm_start
+from pipeline.tracking import plan as tracking
 from pipeline.training.attempts import (check_resume_config, check_resume_data, count_attempts, explain_failure,
                                         newest_checkpoint, state_layout)
 from pipeline.training.plan import TrainShards, WorkerPlan
@@ -37,6 +38,7 @@ class TrainResult:
     history: list = field(default_factory=list)
     data: dict = field(default_factory=dict)  # skipped samples by split and reason
     resumed_from: str | None = None
+    tracking: object = None  # the run's `tracking.plan.TrackingPlan`, where run.report_to asks for trackers
     attempts: int = 0  # worker-group starts in this launch: 1 plus the worker failures recovered from
     examples: dict = field(default_factory=dict)  # a few skipped keys by split and reason
 
@@ -51,22 +53,24 @@ class ValidationData:
     skips: SkipTally = field(default_factory=SkipTally)
 
 
-def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None, lock_wait_s: float = 0.0
-        ) -> TrainResult:
+def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None, lock_wait_s: float = 0.0,
+        parent: tracking.Parent | None = None) -> TrainResult:
     """Train `cfg` on the connected Ray cluster; resumes when the run directory already has a checkpoint.
     `callbacks` go to Ray Train's RunConfig (a Tune trial passes its TuneReportCallback); `shared_scan`: a
     sweep's vocabulary scan (`training_set.VocabularyScan`), which its trials share. The run directory is this
     launch's alone while it trains (`run_lock`): a second launch on the same run.name refuses (`lock_wait_s`: or
-    waits that long for an S3 lock's lease to lapse)."""
+    waits that long for an S3 lock's lease to lapse). `parent`: a sweep's side of the trackers (its trial's
+    runs go under it)."""
     from pipeline.training.run_lock import RunLock
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
     with RunLock(run_dir, wait_s=lock_wait_s):
-        return _train(cfg, callbacks, shared_scan, run_dir)
+        return _train(cfg, callbacks, shared_scan, run_dir, parent)
 
 
-def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: str) -> TrainResult:
+def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: str,
+           parent: tracking.Parent | None = None) -> TrainResult:
     from pipeline.cluster import check_resources, settle_one_node_train_env
     from pipeline.data.epoch import decoded_cache
 
@@ -87,6 +91,9 @@ def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: st
     data = training_set.prepare(cfg, latest, init, shared_scan)
     mark_start("data")
     plan = _plan(cfg, data, run_dir, latest, init, changes)
+    track = tracking.start(cfg.run.report_to, run_dir, cfg.run.name, cfg.run.experiment or cfg.run.name,
+                           cfg.run.tracking_uri(), flatten(full), parent)
+    plan.tracking = track.to_dict() if track else None
     _describe(cfg, data, latest, init)
     why = checkpoint.set_aside_damaged_ray_snapshot(run_dir)
     if why:
@@ -101,11 +108,15 @@ def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: st
     try:
         _trainer(cfg, plan, val.datasets, callbacks).fit()
     except Exception as e:  # Ray wraps the worker's exception; surface its message, not Ray's stack
+        tracking.finish(track, "FAILED")
         sc = cfg.scaling
         need = f"{sc.num_workers} workers of {sc.cpus_per_worker:g} CPU" + (" and 1 GPU" if sc.use_gpu else "")
         raise RuntimeError(explain_failure(e, count_attempts(run_dir, plan.launch), cfg.run.max_failures,
                                            checkpoint.find_latest(run_dir), need)) from e
-    return _result(cfg, plan, data.train.missing, val)
+    tracking.finish(track, "FINISHED")
+    result = _result(cfg, plan, data.train.missing, val)
+    result.tracking = track
+    return result
 
 
 def _already_trained(cfg: TrainJobConfig, latest: str | None, run_dir: str) -> TrainResult | None:
@@ -139,7 +150,8 @@ def _plan(cfg: TrainJobConfig, data, run_dir: str, latest: str | None, init: str
         resampling=data.resampling.to_dict() if data.resampling else None)
     return WorkerPlan(config=to_dict(cfg), tokenizer=data.tokenizer.to_dict(), n_train=data.n_train,
                       samples=data.samples, shards=shards, run_dir=run_dir, launch=uuid.uuid4().hex,
-                      resume_from=latest, drop_cursors=drop_cursors, config_changes=changes, init_from=init)
+                      resume_from=latest, drop_cursors=drop_cursors, config_changes=changes, init_from=init,
+                      console_prefix=line_prefix())
 
 
 def _describe(cfg: TrainJobConfig, data, latest: str | None, init: str | None) -> None:

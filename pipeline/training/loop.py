@@ -22,6 +22,8 @@ from pipeline.training.optimisation import check_finite, logit_scale_record, pea
 from pipeline.training.phases import PhaseClock, describe_phases, phase_metrics
 from pipeline.training.plan import TrainState, WorkerPlan
 from pipeline.training.validation import ValidationSet
+from pipeline.tracking.plan import TrackingPlan
+from pipeline.tracking.writers import Trackers
 from pipeline.training.worker_data import KeyRecord, epoch_batches, skip_check, to_device
 
 
@@ -79,10 +81,13 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
                 skips()
             if ctx.is_main:
                 elapsed = time.perf_counter() - t_start
-                log({"epoch": epoch, "step": step, "train/loss": global_loss,
-                     **logit_scale_record(bare.loss),
+                rate = (n - n0) * cfg.train.batch_size / elapsed
+                norm = getattr(bare, "grad_norm", None)
+                log({"epoch": epoch, "step": step, "samples_seen": step * cfg.train.batch_size,
+                     "train/loss": global_loss, **logit_scale_record(bare.loss),
                      "train/lr": sched.get_last_lr()[0],
-                     "train/samples_per_s": (n - n0) * cfg.train.batch_size / elapsed,
+                     "train/grad_norm": float(norm) if norm is not None else None,
+                     "train/samples_per_second": rate, "train/samples_per_second_per_worker": rate / ctx.world_size,
                      "train/data_wait_share": (clock.seconds["epoch_start"] + clock.seconds["data_wait"]
                                                - waited0) / elapsed,
                      "train/peak_mem_mb": peak_memory_mb(ctx.device)}, f"{n}/{steps_per_epoch}")
@@ -126,11 +131,13 @@ class TrainLoop:
                                   device=ctx.device)
         self.source_names = [src["name"] for src in cfg.data.sources()]
         self.targets = mix_targets(cfg.data.sources(), cfg.data.sampling, plan.shards.source_samples)
+        self.trackers = Trackers.open(TrackingPlan.from_dict(plan.tracking) if plan.tracking else None, ctx.is_main)
 
     def run(self) -> None:
         cfg, first = self.cfg, self.state.epoch + 1
         # The first epoch's reads start before the untrained model is validated, and run beside it.
         upcoming = self.batches_of(first, self._worker_saved(first), prime=True) if first <= cfg.train.epochs else None
+        self.track_backlog()
         self.validate_untrained()
         last_checkpoint_s = 0.0
         for epoch in range(first, cfg.train.epochs + 1):
@@ -145,9 +152,12 @@ class TrainLoop:
             metrics, skips = self.epoch_metrics(epoch, step, mean_loss, n, batches)
             self.state = replace(self.state, epoch=epoch, step=step, metrics=metrics, skips=skips.to_dict(),
                                  history=self.state.history + [metrics], steps=self._take_steps())
+            self.track(metrics, step, flush=True, epoch_level=True)
             t0 = time.perf_counter()
             self.ctx.report(metrics, self.saver(self.state), name=checkpoint.epoch_dir_name(epoch))
             last_checkpoint_s = time.perf_counter() - t0
+        if self.trackers is not None:
+            self.trackers.close()
 
     def _saved(self, epoch: int) -> dict | None:
         return self.in_epoch if self.in_epoch and self.in_epoch["epoch"] == epoch else None
@@ -178,6 +188,7 @@ class TrainLoop:
         untrained = self.val_set.run(self.parts.model, self.parts.tokenizer, self.ctx.device)
         if untrained is not None:
             self.state = replace(self.state, history=[{"epoch": 0, **flat_metrics(untrained, "val")}])
+            self.track(self.state.history[0], 0)
             say(f"[train] untrained model: val rsum {untrained['rsum']:.1f}")
         mark_start("untrained", self.started)
 
@@ -234,6 +245,7 @@ class TrainLoop:
         history = self.state.history + ([{**mid, "epoch": round(epoch - 1 + progress, 4)}]
                                         if val and ctx.is_main else [])
         self.state = replace(self.state, step=step, history=history, steps=self._take_steps())
+        self.track(mid, step, flush=ck, epoch_level=True)
         report = {**self.state.metrics, **mid}  # the last epoch's metrics too: Tune's metric stays there
         stood = replace(self.state, in_epoch={"epoch": epoch, "steps": n, "loss_sum": mean * n, "workers": workers})
         with clock("checkpoint", ck):
@@ -245,9 +257,33 @@ class TrainLoop:
             self.said_start = True
             say(f"[train] {describe_start(self.started)}")
         say(f"[train] epoch {record['epoch']}/{self.cfg.train.epochs} step {progress} loss {record['train/loss']:.4f} "
-            f"scale {record['train/logit_scale'] or 0:.1f} {record['train/samples_per_s']:.0f} samples/s "
+            f"scale {record['train/logit_scale'] or 0:.1f} {record['train/samples_per_second']:.0f} samples/s "
             f"data-wait {100 * record['train/data_wait_share']:.0f}% peak-mem {record['train/peak_mem_mb']:.0f} MB")
         self.steps_log.append(record)
+        self.track(record, record["step"])
+
+    def track_backlog(self) -> None:
+        """A resumed run's checkpointed records that a tracker lacks (lost with a killed process's unflushed
+        buffer) go to it first, in step order; what it already holds is skipped, as always."""
+        if self.trackers is None:
+            return
+        epoch_level = [(h.get("step", 0), 1, h) for h in self.state.history]
+        for step, kind, record in sorted([(r["step"], 0, r) for r in self.state.steps] + epoch_level,
+                                         key=lambda t: t[:2]):
+            self.track(record, step, epoch_level=bool(kind))
+        self.trackers.flush_now()
+
+    def track(self, record: dict, step: int, flush: bool = False, epoch_level: bool = False) -> None:
+        """`record` to the run's trackers at optimizer step `step` (rank 0; `flush`: before a checkpoint, so
+        what the checkpoint covers is in the trackers' files too). An epoch's (or a mid-epoch checkpoint's)
+        mean loss is `train/epoch_loss` there, beside the logged steps' `train/loss`."""
+        if self.trackers is None:
+            return
+        if epoch_level and "train/loss" in record:
+            record = {**{k: v for k, v in record.items() if k != "train/loss"}, "train/epoch_loss": record["train/loss"]}
+        self.trackers.log({"samples_seen": step * self.cfg.train.batch_size, **record}, step)
+        if flush:
+            self.trackers.flush_now()
 
     def saver(self, state: TrainState):
         """Ray Train's checkpoint writer for `state`: the weights as they are now, when it is called."""

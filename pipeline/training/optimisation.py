@@ -58,14 +58,18 @@ def logit_scale_record(loss: nn.Module) -> dict:
     if not hasattr(loss, "scale"):
         return {"train/logit_scale": None}
     with torch.no_grad():
-        return {"train/logit_scale": loss.scale().item(), "train/logit_scale_param": loss.logit_scale.item()}
+        record = {"train/logit_scale": loss.scale().item(), "train/logit_scale_param": loss.logit_scale.item()}
+        if hasattr(loss, "logit_bias"):  # SigLIP's learned bias
+            record["train/logit_bias"] = loss.logit_bias.item()
+        return record
 
 
 def train_step(objective, opt, sched, batch: dict, rank: int, cfg, clock=None, timed: bool = False
                ) -> torch.Tensor:
     """One optimisation step on this worker's share of the global batch (`cfg`: the train section).
     `clock`: a phases.PhaseClock, told the step's phases when `timed`. -> the loss on the device, detached;
-    no host sync (except the clock's, on timed steps)."""
+    no host sync (except the clock's, on timed steps). The gradients' norm is left in `grad_norm` on the
+    unwrapped objective."""
     bare = unwrap(objective)
     phase = clock if clock is not None else _untimed
     bare.clock, bare.timed = clock, timed
@@ -73,8 +77,14 @@ def train_step(objective, opt, sched, batch: dict, rank: int, cfg, clock=None, t
     with phase("forward_backward", timed):
         loss = backward_step(objective, batch["image"], batch["tokens"], rank, cfg.micro_batch_size)
     with phase("optimizer", timed):
+        # The gradients' global norm (DDP has all-reduced them): clipping measures it anyway; otherwise it is
+        # measured on timed steps only, which include every logging step (train/grad_norm).
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+            bare.grad_norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        elif timed:
+            grads = [p.grad.detach() for p in objective.parameters() if p.grad is not None]
+            bare.grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \
+                if grads else None
         opt.step()
         sched.step()
         if hasattr(bare.loss, "clamp_parameters_"):  # the logit-scale cap, after the step (losses._LearnedScale)

@@ -43,6 +43,8 @@ class WorkerPlan:
     init_from: str | None = None  # a warm start: the weights come from this checkpoint, not the files
     val_blocks: list | None = None  # object refs of the validation set, where the workers keep it in memory
     start_marks: dict[str, float] = field(default_factory=dict)  # the driver's start milestones (console)
+    tracking: dict | None = None  # `tracking.plan.TrackingPlan.to_dict()`: the trackers rank 0 writes to
+    console_prefix: str = ""  # put before every console line (a sweep's trial id)
 
 
 # state.json's manifest, which every write computes afresh

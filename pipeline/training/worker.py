@@ -9,7 +9,7 @@ import torch
 
 from pipeline import checkpoint, storage
 from pipeline.config import TrainJobConfig, build
-from pipeline.console import mark_start, say
+from pipeline.console import mark_start, prefix_lines, say
 from pipeline.data.text.subword import tokenizer_from_dict
 from pipeline.distributed import WorkerContext
 from pipeline.losses import build_loss
@@ -27,6 +27,7 @@ def train_loop_per_worker(config: dict) -> None:
     plan: WorkerPlan = config["plan"]
     cfg = build(TrainJobConfig, plan.config)
     started = mark_start("worker", dict(plan.start_marks))  # this launch's start, to the first step
+    prefix_lines(plan.console_prefix)
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     ctx = WorkerContext.from_ray()
     torch.manual_seed(cfg.train.seed)

@@ -6,7 +6,9 @@ plots, the best config as YAML and the best checkpoint.
     pipeline tune --config configs/lecture_tables.yaml
 
 The sweep directory is `<run.storage_path>/<run.name>/`: Tune's state (a restarted sweep of the same name
-resumes it), `trials/<trial id>/` (a complete run directory per trial) and `sweep/` (the results).
+resumes it), `<trial id>/` per trial (a complete run directory, beside Tune's own record of the trial:
+params.json, result.json, progress.csv) and `sweep/` (the results). Every trial's console lines start with its
+id; Tune's own console output is off (it goes to the log file, as Ray's does).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pipeline import checkpoint, storage
 from pipeline.training.attempts import root_cause
 from pipeline.config import RunJobConfig, TrainJobConfig, apply_overrides, build, flatten, narrow, to_dict
 from pipeline.config import spaces
+from pipeline.tracking import sweep as sweep_tracking
 from pipeline.tune.results import fmt, is_score, plot_curves, plot_metric_vs, rank_rows, results_table, write_csv
 
 
@@ -35,6 +38,7 @@ class SweepResult:
     results_dir: str = ""
     history: list = field(default_factory=list)
     data: dict = field(default_factory=dict)
+    tracking: object = None  # the MLflow parent run's `tracking.plan.TrackingPlan`, where run.report_to has mlflow
 
 
 def trial_concurrency(cfg: RunJobConfig, resources: dict) -> int:
@@ -61,9 +65,17 @@ def _search_space(studies: list[spaces.Study], points: list[tuple[str, dict]]) -
     return space
 
 
-def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None):
+def trials_root(sweep_dir: str) -> str:
+    """Where the trials' run directories are: in the sweep folder, each in Tune's own folder for the trial; a
+    sweep begun by a version that kept them in `trials/` goes on there."""
+    old = storage.join(sweep_dir, "trials")
+    return old if storage.exists(old) else sweep_dir
+
+
+def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None, parent=None):
     """The function trainable: one trial = its overrides on the recipe -> `train.run` with Tune reporting.
-    `shared_scan`: an object ref to the sweep's vocabulary scan (`training_set.scan_for_sweep`)."""
+    `shared_scan`: an object ref to the sweep's vocabulary scan (`training_set.scan_for_sweep`); `parent`: the
+    sweep's side of the trackers (`tracking.sweep.start`)."""
     from pipeline.data.ingest import absolute_spec, absolute_train
 
     base_raw = to_dict(narrow(cfg, TrainJobConfig))
@@ -79,13 +91,16 @@ def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None):
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
+        from pipeline.console import prefix_lines
         from pipeline.training import driver as train
 
+        trial_id = tune.get_context().get_trial_id()
+        prefix_lines(f"[{trial_id}] ")  # the trial's lines, and its workers', carry its id on the sweep's console
         study, point = config["point"]["study"], config["point"]["overrides"]
         sampled = {k.split("::", 1)[1]: v for k, v in config.items() if k.startswith(f"{study}::")}
         over, _dropped = spaces.resolve_trial(point, sampled, base_flat, lr_scaling)
         # A trial's run directory is named after its id: a resumed sweep finds the trial's checkpoints.
-        over |= {"run.storage_path": trials_root, "run.name": tune.get_context().get_trial_id()}
+        over |= {"run.storage_path": trials_root, "run.name": trial_id}
         trial_cfg = build(TrainJobConfig, apply_overrides(base_raw, over, TrainJobConfig))
         import ray
 
@@ -93,7 +108,8 @@ def make_trainable(cfg: RunJobConfig, trials_root: str, shared_scan=None):
 
         # a trial restarted after its node was lost waits out the dead attempt's lease (S3 run directories)
         train.run(trial_cfg, callbacks=[TuneReportCallback()],
-                  shared_scan=ray.get(shared_scan) if shared_scan is not None else None, lock_wait_s=LEASE_S + 10)
+                  shared_scan=ray.get(shared_scan) if shared_scan is not None else None, lock_wait_s=LEASE_S + 10,
+                  parent=parent)
 
     return trial
 
@@ -118,9 +134,13 @@ def run(cfg: RunJobConfig) -> SweepResult:
 
     scan = scan_for_sweep(cfg)  # once for every trial: the captions are read once per sweep, not per trial
     shared = ray.put(scan) if scan is not None else None
-    trainable = tune.with_resources(make_trainable(cfg, storage.join(sweep_dir, "trials"), shared), {"cpu": 0.01})
+    parent, parent_plan = sweep_tracking.start(
+        cfg.run.report_to, sweep_dir, cfg.run.name, cfg.run.experiment or cfg.run.name, cfg.run.tracking_uri(),
+        flatten(to_dict(cfg)), sorted({k for st in studies for k in st.swept_keys()}))
+    trainable = tune.with_resources(make_trainable(cfg, trials_root(sweep_dir), shared, parent), {"cpu": 0.01})
     fs, path = storage.arrow_filesystem(sweep_dir)
     tune_root, tune_name = path.rsplit("/", 1)
+    loggers = _loggers()
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         print(f"[tune] resuming the sweep in {sweep_dir}" + (" (failed trials too: tune.resume_failed)"
                                                                if cfg.tune.resume_failed else ""))
@@ -138,16 +158,37 @@ def run(cfg: RunJobConfig) -> SweepResult:
                                         num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrency,
                                         trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(name=tune_name, storage_path=tune_root, storage_filesystem=fs,
-                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0))
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                                      callbacks=loggers))
     t0 = time.time()
     grid = tuner.fit()
     print(f"[tune] {len(grid)} trials finished in {time.time() - t0:.0f} s, {grid.num_errors} failed")
-    return collect(cfg, grid, studies, sweep_dir)
+    result = collect(cfg, grid, studies, sweep_dir)
+    root = trials_root(sweep_dir)
+    best = (cfg.tune.metric, next(r[cfg.tune.metric] for r in result.rows if r["trial"] == result.best_trial)) \
+        if result.best_trial else None
+    sweep_tracking.finish(parent_plan, {r["trial"]: storage.join(root, r["trial"]) for r in result.rows},
+                          result.rows, best, result.results_dir)
+    result.tracking = parent_plan
+    return result
+
+
+def _loggers() -> list:
+    """Tune's own record of each trial (params.json, result.json, progress.csv), and no console: its boxed
+    configuration table and its TensorBoard hint (into Ray's temporary session folder) are off, the
+    TensorBoard files being the trials' own (run.report_to)."""
+    import os
+
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new output prints its box and hint at any verbosity
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # no TensorBoard logger of Tune's own
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def _row(cfg: RunJobConfig, result, sweep_dir: str, base_flat: dict) -> tuple[dict, list]:
     """One results row and the trial's learning curve from Tune's result and the trial's run directory."""
-    trials_root, tune_dir = storage.join(sweep_dir, "trials"), str(result.path).rstrip("/").rsplit("/", 1)[-1]
+    root, tune_dir = trials_root(sweep_dir), str(result.path).rstrip("/").rsplit("/", 1)[-1]
     config = result.config
     if config is None:  # a failed trial a resumed sweep left alone: Tune keeps its parameters beside it
         config = json.loads(storage.read_text(storage.join(sweep_dir, tune_dir, "params.json")))
@@ -156,7 +197,7 @@ def _row(cfg: RunJobConfig, result, sweep_dir: str, base_flat: dict) -> tuple[di
     over, _ = spaces.resolve_trial(point["overrides"], sampled, base_flat, cfg.tune.lr_scaling)
     metrics = result.metrics or {}
     trial_id = metrics.get("trial_id") or tune_dir  # dirs are trial ids
-    ckpt = checkpoint.find_latest(storage.join(trials_root, trial_id))
+    ckpt = checkpoint.find_latest(storage.join(root, trial_id))
     history = checkpoint.read_state(ckpt).get("history", []) if ckpt else []
     row = {"trial": trial_id, "study": point["study"], **{k: v for k, v in over.items() if v is not None},
            cfg.tune.metric: metrics.get(cfg.tune.metric),

@@ -1,6 +1,8 @@
 """One local Ray per test session, shared by every integration test (a start costs ~10 s)."""
+import contextlib
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from pipeline.data.formats.synthetic import write_dataset
 from tests import faults
 
 ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the venv's commands (mlflow, tensorboard)
 
 
 def pytest_collection_modifyitems(items):
@@ -56,6 +59,54 @@ def s3_endpoint():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def service(args: list[str], url: str, log: Path, timeout: float = 60):
+    """A server process (MLflow's, TensorBoard's) on 127.0.0.1, up once `url` answers; stopped after."""
+    import subprocess
+    import time
+    import urllib.request
+
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"{args[0]} never answered on {url}:\n{log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 (SQLite behind it, artifacts served through it). -> its URI."""
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with service([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                  "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                  "--artifacts-destination", str(folder / "artifacts")], f"{uri}/health", folder / "server.log"):
+        yield uri
 
 
 # Lines of Ray's own (its loggers, raylets, workers), FAISS's loader, warnings and tracebacks: none may reach the

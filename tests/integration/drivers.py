@@ -7,13 +7,14 @@ import time
 from .conftest import ROOT
 
 
-def train(args: list[str], address: str, log, verbose: bool = True) -> subprocess.Popen:
-    """`pipeline train` as its own driver process on the cluster at `address`, output to `log`. --verbose keeps
-    Ray's '(RayTrainWorker pid=N)' prefixes; without it the console is what a user sees."""
+def train(args: list[str], address: str, log, verbose: bool = True, command: str = "train", cwd=ROOT
+          ) -> subprocess.Popen:
+    """`pipeline train` (or `command`) as its own driver process on the cluster at `address`, output to `log`.
+    --verbose keeps Ray's '(RayTrainWorker pid=N)' prefixes; without it the console is what a user sees."""
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, "--address", address,
+        return subprocess.Popen([sys.executable, "-m", "pipeline", command, *args, "--address", address,
                                  *(["--verbose"] if verbose else [])],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def train_workers() -> dict[int, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import checkpoint
-from tests import faults
+from tests import faults, trackers
 
 from . import drivers
 from .conftest import RAY_CHATTER, smoke_args
@@ -110,6 +110,30 @@ def _check_exactly_once(run_dir: Path, usable: set[str]) -> list[str]:
     return starts
 
 
+TRACKED = ("--set", "run.report_to=[tensorboard,mlflow,wandb]")
+
+
+def _check_trackers(run_dir: Path, first_after: set[int]) -> None:
+    """Each tracker's train/loss is one curve (every step once, in order, across the attempts' files) over the
+    steps metrics.jsonl holds, the resumed attempt's own first step aside (the dead attempt had logged past it),
+    with the values metrics.jsonl has (the steps the dead attempt logged after its checkpoint were trained again
+    on the same batches)."""
+    jsonl = {r["step"]: r["train/loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    curves = {"tensorboard": trackers.tensorboard_points(run_dir, "train/loss"),
+              "mlflow": trackers.mlflow_points(run_dir, "train/loss"),
+              "wandb": trackers.wandb_points(run_dir, "train/loss")}
+    for name, points in curves.items():
+        steps = trackers.assert_one_curve(points, name)
+        assert set(steps) <= set(jsonl) and set(jsonl) - set(steps) <= first_after, (name, steps, sorted(jsonl))
+        assert steps[-1] == STEPS
+        for step, value in points:
+            assert abs(value - jsonl[step]) <= TOL_LOSS * jsonl[step], (name, step, value, jsonl[step])
+    assert [s for s, _ in trackers.tensorboard_curve(run_dir, "train/loss")] == [s for s, _ in curves["tensorboard"]]
+    assert {s for s, _ in trackers.tensorboard_points(run_dir, "val/rsum")} >= {0, STEPS // EPOCHS, STEPS}
+    _, run = trackers.mlflow_run(run_dir)
+    assert run.info.status == "FINISHED" and run.data.params["train.batch_size"] == str(BATCH)
+
+
 def _ray_listed(run_dir: Path) -> list[str]:
     """The complete mid-epoch checkpoints of epoch 1 that Ray Train's own checkpoint list names, oldest first."""
     try:
@@ -123,7 +147,7 @@ def _ray_listed(run_dir: Path) -> list[str]:
 
 def test_a_killed_driver_resumes_mid_epoch_exactly_past_a_deleted_checkpoint(ray_cluster, even_data, tmp_path):
     data, usable = even_data
-    args = _args(data, tmp_path, "driver")
+    args = _args(data, tmp_path, "driver", *TRACKED)
     log = tmp_path / "driver.log"
     proc = drivers.train(args, ray_cluster, log)
     run_dir, ckpts = tmp_path / "driver", tmp_path / "driver" / "checkpoints"
@@ -160,6 +184,7 @@ def test_a_killed_driver_resumes_mid_epoch_exactly_past_a_deleted_checkpoint(ray
     assert starts and {Path(s).name for s in starts} == {Path(expected).name}, starts  # resumed inside epoch 1
     final = json.loads((ckpts / f"epoch_{EPOCHS:04d}" / "state.json").read_text())
     assert [h["epoch"] for h in final["history"]] == list(range(EPOCHS + 1))  # every epoch once
+    _check_trackers(run_dir, {json.loads((Path(s) / "state.json").read_text())["step"] + 1 for s in starts})
 
 
 def _steps(run_dir: Path) -> list[tuple[int, int]]:
@@ -173,7 +198,7 @@ def test_a_killed_worker_resumes_mid_epoch_exactly_and_lands_on_an_uninterrupted
     seed, trained beside it, ends. (A resume at an epoch's end: test_node_loss.py.)"""
     data, usable = even_data
     log, steady_log = tmp_path / "worker.log", tmp_path / "steady.log"
-    proc = drivers.train(_args(data, tmp_path, "worker", "--set", "run.max_failures=1"), ray_cluster, log)
+    proc = drivers.train(_args(data, tmp_path, "worker", "--set", "run.max_failures=1", *TRACKED), ray_cluster, log)
     run_dir, steady = tmp_path / "worker", None
     try:
         workers = drivers.wait_for_workers(2, proc, log)  # known to be this run's: the steady one starts after
@@ -207,6 +232,7 @@ def test_a_killed_worker_resumes_mid_epoch_exactly_and_lands_on_an_uninterrupted
     first_after = {json.loads((Path(s) / "state.json").read_text())["step"] + 1 for s in starts}
     assert len(logged) == len(set(logged)) and set(steady_logged) <= set(logged), (logged, steady_logged)
     assert {step for _, step in set(logged) - set(steady_logged)} <= first_after, (logged, steady_logged)
+    _check_trackers(run_dir, first_after)
     assert final["step"] == base["step"]
     a, b = final["metrics"], base["metrics"]
     trace = lambda s: [(h["epoch"], round(h.get("train/loss", 0), 4), round(h["val/rsum"], 1))  # noqa: E731

@@ -14,15 +14,16 @@ import pipeline
 from pipeline import storage
 from pipeline.cli import main
 
-from tests import faults
+from tests import faults, trackers
 
 from .conftest import smoke_args
 
 
 @pytest.fixture(scope="module")
-def e2e_run(ray_cluster, smoke_data, tmp_path_factory):
+def e2e_run(ray_cluster, smoke_data, tmp_path_factory, mlflow_server):
     """-> (run directory, what `pipeline run` printed): 3 epochs, with the linear CCA baseline fitted beside the
-    model and the fusion re-ranker trained with the towers (one run covers all three; a second costs ~40 s)."""
+    model and the fusion re-ranker trained with the towers, logged to TensorBoard and to a real MLflow server
+    (one run covers all of it; a second costs ~40 s)."""
     storage = tmp_path_factory.mktemp("e2e")
     # The validation set gains a shard with one corrupt image: skipped and counted, both by the training's
     # validation (the tasks that prepare it in memory) and by the evaluation's gallery pass.
@@ -34,7 +35,9 @@ def e2e_run(ray_cluster, smoke_data, tmp_path_factory):
         rc = main(["run", *smoke_args(smoke_data, storage, "e2e", "--set", f"data.val={val}",
                                       "--set", "cca.enabled=true",
                                       "--set", "rerank.enabled=true", "--set", "rerank.fusion=product",
-                                      "--set", "rerank.dim=32", "--set", "rerank.hidden=32", "--set", "rerank.k=10")])
+                                      "--set", "rerank.dim=32", "--set", "rerank.hidden=32", "--set", "rerank.k=10",
+                                      "--set", "run.report_to=[tensorboard,mlflow]",
+                                      "--set", f"run.mlflow_uri={mlflow_server}")])
     assert rc == 0, printed.getvalue()[-3000:]
     return storage / "e2e", printed.getvalue()
 
@@ -84,7 +87,9 @@ def test_run_end_to_end(e2e_run, capsys):
     assert "{" not in table and re.search(r"train\s+corrupt_image\s+2\n", table)
     # Per-step metrics were logged.
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert {"train/loss", "train/logit_scale", "train/samples_per_s", "train/data_wait_share"} <= set(steps[0])
+    assert {"samples_seen", "train/loss", "train/logit_scale", "train/lr", "train/grad_norm", "train/samples_per_second",
+            "train/samples_per_second_per_worker", "train/data_wait_share"} <= set(steps[0])
+    _check_trackers(run_dir, steps, rep)
 
     # The Python API: unit vectors from PIL images and strings.
     enc = pipeline.load(run_dir)
@@ -103,6 +108,24 @@ def test_run_end_to_end(e2e_run, capsys):
     out = capsys.readouterr().out
     hits = json.loads(out[out.index("[\n"):])
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["rerank_score"] >= hits[-1]["rerank_score"]
+
+
+def _check_trackers(run_dir, steps: list[dict], rep: dict) -> None:
+    """The curves TensorBoard and the MLflow server hold are metrics.jsonl's, step for step; MLflow's run also
+    has the config, the final evaluation and the report."""
+    loss = [(r["step"], pytest.approx(r["train/loss"])) for r in steps]
+    assert trackers.tensorboard_curve(run_dir, "train/loss") == loss
+    assert trackers.mlflow_points(run_dir, "train/loss") == loss
+    client, run = trackers.mlflow_run(run_dir)
+    assert client.get_experiment(run.info.experiment_id).name == "e2e" and run.info.status == "FINISHED"
+    assert run.data.params["loss.name"] == "infonce" and run.data.params["rerank.k"] == "10"
+    last = steps[-1]["step"]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/rsum")] == \
+        [(last, pytest.approx(rep["rsum"]))]
+    val = [(h.get("step", 0), pytest.approx(h["val/rsum"])) for h in rep["history"]]  # the untrained model's at 0
+    assert trackers.mlflow_points(run_dir, "val/rsum") == val and val[-1][0] == last
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} >= {"report/report.html",
+                                                                                 "report/report.json"}
 
 
 def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):

@@ -110,7 +110,8 @@ def test_index_shard_tasks_and_actors_do_not_import_torch():
 # The package's rooms (a subpackage, or a top-level module) in layers, lowest first: a room imports rooms of its
 # own layer or lower ones, never higher, and the rooms' graph has no circle. A new room must be given a layer.
 LAYERS = [
-    ("foundations", {"errors", "registry", "console", "storage", "distributed", "metrics", "ray_watchdog"}),
+    ("foundations", {"errors", "registry", "console", "storage", "distributed", "metrics", "ray_watchdog",
+                     "tracking"}),
     ("components", {"models", "losses"}),
     ("config", {"config"}),
     ("data", {"data"}),
