@@ -5,8 +5,8 @@ from pipeline.config.loading import (ConfigError, apply_overrides, build, descri
                                      load_config, narrow, parse_override, to_dict, valid_keys)
 from pipeline.config.model_sections import ImageTowerConfig, ModelConfig, TextTowerConfig
 from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
-                                      RerankConfig, RunConfig, ScalingConfig, StorageConfig, SweepConfig, SynthConfig,
-                                      TrainConfig)
+                                      RerankConfig, ScalingConfig, SweepConfig, SynthConfig, TrainConfig)
+from pipeline.config.run_sections import RunConfig, StorageConfig
 
 __all__ = [
     "CCAConfig", "ConfigError", "DataConfig", "EmbeddingsConfig", "EvalConfig", "EvalJobConfig", "ImageTowerConfig",

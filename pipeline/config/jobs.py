@@ -7,7 +7,8 @@ from typing import ClassVar
 from pipeline.config.loading import _check, _f
 from pipeline.config.model_sections import ModelConfig
 from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
-                                      RerankConfig, RunConfig, ScalingConfig, StorageConfig, SweepConfig, TrainConfig)
+                                      RerankConfig, ScalingConfig, SweepConfig, TrainConfig)
+from pipeline.config.run_sections import RunConfig, StorageConfig
 
 
 @dataclass(frozen=True)
