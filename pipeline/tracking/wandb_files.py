@@ -62,12 +62,10 @@ def run_files(folder: Path, run_id: str) -> list[Path]:
     return sorted(Path(folder).glob(f"*-{run_id}/run-{run_id}.wandb"))
 
 
-def offline_steps(folder: Path, run_id: str, skip: str | None = None) -> dict[str, int]:
-    """{metric: the last step any earlier attempt of `run_id` wrote of it}; `skip`: this attempt's own folder."""
+def offline_steps(folder: Path, run_id: str) -> dict[str, int]:
+    """{metric: the last step any attempt of `run_id` so far wrote of it}."""
     steps: dict[str, int] = {}
     for path in run_files(folder, run_id):
-        if skip and Path(skip).resolve().parent == path.parent.resolve():
-            continue
         for row in history(path):
             step = int(row.get("_step", -1))
             for key in row:
