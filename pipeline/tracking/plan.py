@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import storage
@@ -71,13 +71,6 @@ class TrackingPlan:
         if storage.is_remote(self.run_dir):
             return str(Path(os.environ.get("WANDB_DIR", Path.home() / ".cache" / "pipeline" / "wandb")))
         return self.run_dir
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrackingPlan":
-        return cls(**d)
 
 
 def quiet_libraries() -> None:

@@ -93,7 +93,7 @@ def _train(cfg: TrainJobConfig, callbacks: list | None, shared_scan, run_dir: st
     plan = _plan(cfg, data, run_dir, latest, init, changes)
     track = tracking.start(cfg.run.report_to, run_dir, cfg.run.name, cfg.run.experiment or cfg.run.name,
                            cfg.run.tracking_uri(), flatten(full), parent)
-    plan.tracking = track.to_dict() if track else None
+    plan.tracking = track
     _describe(cfg, data, latest, init)
     why = checkpoint.set_aside_damaged_ray_snapshot(run_dir)
     if why:

@@ -22,7 +22,6 @@ from pipeline.training.optimisation import check_finite, logit_scale_record, pea
 from pipeline.training.phases import PhaseClock, describe_phases, phase_metrics
 from pipeline.training.plan import TrainState, WorkerPlan
 from pipeline.training.validation import ValidationSet
-from pipeline.tracking.plan import TrackingPlan
 from pipeline.tracking.writers import Trackers
 from pipeline.training.worker_data import KeyRecord, epoch_batches, skip_check, to_device
 
@@ -60,8 +59,9 @@ def train_epoch(objective, opt, sched, ctx: WorkerContext, cfg: TrainJobConfig, 
         clock.milestone("batch")
         if all_reduce_min(int(batch is not None), ctx.device) == 0:
             break
-        timed = every_step or (n + 1) % cfg.train.log_every == 0 or n == n0
-        loss = train_step(objective, opt, sched, batch, ctx.rank, cfg.train, clock, timed)
+        logs = (n + 1) % cfg.train.log_every == 0 or n == n0  # this step's record is logged (below)
+        timed = every_step or logs
+        loss = train_step(objective, opt, sched, batch, ctx.rank, cfg.train, clock, timed, measure_norm=logs)
         clock.count_step(timed)
         clock.milestone("step")
         step, n = step + 1, n + 1
@@ -131,7 +131,7 @@ class TrainLoop:
                                   device=ctx.device)
         self.source_names = [src["name"] for src in cfg.data.sources()]
         self.targets = mix_targets(cfg.data.sources(), cfg.data.sampling, plan.shards.source_samples)
-        self.trackers = Trackers.open(TrackingPlan.from_dict(plan.tracking) if plan.tracking else None, ctx.is_main)
+        self.trackers = Trackers.open(plan.tracking, ctx.is_main)
 
     def run(self) -> None:
         cfg, first = self.cfg, self.state.epoch + 1

@@ -64,12 +64,12 @@ def logit_scale_record(loss: nn.Module) -> dict:
         return record
 
 
-def train_step(objective, opt, sched, batch: dict, rank: int, cfg, clock=None, timed: bool = False
-               ) -> torch.Tensor:
+def train_step(objective, opt, sched, batch: dict, rank: int, cfg, clock=None, timed: bool = False,
+               measure_norm: bool = False) -> torch.Tensor:
     """One optimisation step on this worker's share of the global batch (`cfg`: the train section).
     `clock`: a phases.PhaseClock, told the step's phases when `timed`. -> the loss on the device, detached;
     no host sync (except the clock's, on timed steps). The gradients' norm is left in `grad_norm` on the
-    unwrapped objective."""
+    unwrapped objective where clipping measures it, or where `measure_norm` (a logging step) asks for it."""
     bare = unwrap(objective)
     phase = clock if clock is not None else _untimed
     bare.clock, bare.timed = clock, timed
@@ -78,10 +78,10 @@ def train_step(objective, opt, sched, batch: dict, rank: int, cfg, clock=None, t
         loss = backward_step(objective, batch["image"], batch["tokens"], rank, cfg.micro_batch_size)
     with phase("optimizer", timed):
         # The gradients' global norm (DDP has all-reduced them): clipping measures it anyway; otherwise it is
-        # measured on timed steps only, which include every logging step (train/grad_norm).
+        # measured on logging steps only (train/grad_norm), off the hot path.
         if cfg.grad_clip > 0:
             bare.grad_norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
-        elif timed:
+        elif measure_norm:
             grads = [p.grad.detach() for p in objective.parameters() if p.grad is not None]
             bare.grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \
                 if grads else None

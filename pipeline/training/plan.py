@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 
 from pipeline import storage
+from pipeline.tracking.plan import TrackingPlan
 
 
 @dataclass
@@ -43,7 +44,7 @@ class WorkerPlan:
     init_from: str | None = None  # a warm start: the weights come from this checkpoint, not the files
     val_blocks: list | None = None  # object refs of the validation set, where the workers keep it in memory
     start_marks: dict[str, float] = field(default_factory=dict)  # the driver's start milestones (console)
-    tracking: dict | None = None  # `tracking.plan.TrackingPlan.to_dict()`: the trackers rank 0 writes to
+    tracking: TrackingPlan | None = None  # the trackers rank 0 writes to (run.report_to)
     console_prefix: str = ""  # put before every console line (a sweep's trial id)
 
 
