@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/$(PIP) 'uv>=0.5' 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(call UV,$(VENV)) -e '.[test]'
-	# LAION's clip_benchmark is the reference the retrieval-metric tests compare against; its metric module needs
-	# only torch, so its heavy requirements (open_clip, pycocoevalcap, transformers) are not installed.
-	$(call UV,$(VENV)) --no-deps 'clip-benchmark==1.6.2'
+	# LAION's clip_benchmark is the reference the retrieval-metric and zero-shot tests compare against; its metric
+	# modules need only torch and scikit-learn, so its heavy requirements (pycocoevalcap, ...) are not installed.
+	# embedding-reader reads back `pipeline export --format clip-retrieval` as autofaiss does; it pins pandas<3 and
+	# would downgrade the pandas 3 the rest installs, while its code runs on pandas 3 (the export test reads with it).
+	$(call UV,$(VENV)) --no-deps 'clip-benchmark==1.6.2' 'embedding-reader==1.8.1'
 	$(BIN)/python -c "import torch, torchvision, ray, faiss, pipeline"
 	touch $(STAMP)
 

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _training_commands(command)
     _word_vector_command(command)
     _gallery_commands(command)
+    _zeroshot_and_export_commands(command)
     _import_model_command(command)
     _search_command(command)
     _data_commands(command, common)
@@ -102,6 +103,29 @@ def _gallery_commands(command) -> None:
         p.add_argument("--address", default=None, help="Ray cluster address")
 
 
+def _zeroshot_and_export_commands(command) -> None:
+    """zeroshot (clip_benchmark's classification on an image folder) and export (embeddings for clip-retrieval)."""
+    p = command("zeroshot", help="zero-shot classification of an ImageFolder-style dataset (one subfolder per "
+                "class), as clip_benchmark scores it: top-1, top-5, mean per-class recall")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a run dir (its newest checkpoint)")
+    p.add_argument("--data", required=True, help="image folder with one subfolder per class (local or s3://)")
+    p.add_argument("--classes", default="", help="class names for the prompts: one per line in the folders' sorted "
+                   "order, a JSON list, or a JSON {folder: name} map (default: the folder names)")
+    p.add_argument("--templates", default="openai", help="openai (OpenAI's 80 ImageNet templates, the default), "
+                   "simple ('a photo of a {c}.'), or a file with one template per line holding {c}")
+    p.add_argument("--out", required=True, help="output folder (an evaluation's report folder gains the block)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override eval.* / scaling.* keys (`pipeline keys evaluate`)")
+    p.add_argument("--address", default=None, help="Ray cluster address")
+    p = command("export", help="write an index folder's embeddings in another tool's layout")
+    p.add_argument("--index", required=True, help="index folder written by `pipeline index` or `pipeline run`")
+    p.add_argument("--out", required=True, help="output folder (local or s3://)")
+    p.add_argument("--format", default="clip-retrieval", choices=["clip-retrieval"],
+                   help="clip-retrieval: img_emb/, text_emb/ (.npy) and metadata/ (.parquet), as its inference "
+                        "writes them and embedding-reader and autofaiss read them")
+    p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint for s3:// folders")
+
+
 def _import_model_command(command) -> None:
     """`pipeline import-model`: a pretrained pair as a checkpoint."""
     p = command("import-model", help="write a checkpoint from pretrained weights (OpenCLIP, or a timm image and a "
@@ -159,6 +183,17 @@ def _data_commands(command, common) -> None:
                    "test (default test)")
     p.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"], help="shard format")
     p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
+    p = data_command("convert-csv", help="write a CSV/TSV of image paths and captions as img2dataset-layout shards")
+    p.add_argument("--csv", required=True, help="the CSV/TSV file (local or s3://); image paths relative to its folder, "
+                   "absolute or s3://")
+    p.add_argument("--out", required=True, help="output folder for the shards")
+    p.add_argument("--csv-img-key", default="filepath", help="image path column (data.csv_image_key; default filepath)")
+    p.add_argument("--csv-caption-key", default="title", help="caption column (data.csv_caption_key; default title)")
+    p.add_argument("--csv-separator", default="auto", help="auto (tab for .tsv, else whichever splits the header "
+                   "into the image column), ',' or '\\t'")
+    p.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"], help="shard format")
+    p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
+    p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint for an s3:// CSV")
     p = data_command("inspect", help="count samples, show the schema, caption lengths, unreadable samples")
     p.add_argument("path", help="shards: path, folder, glob or brace list (.tar or .parquet, local or s3://)")
     p.add_argument("--show", type=int, default=20, help="unreadable samples listed by key (default 20)")

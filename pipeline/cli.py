@@ -9,6 +9,9 @@
     pipeline index --checkpoint DIR --data PATH --out DIR
     pipeline evaluate --checkpoint DIR --data PATH --out DIR
     pipeline search --index DIR (--text STR | --image FILE) [--k 10]
+    pipeline zeroshot --checkpoint DIR --data FOLDER [--classes FILE] [--templates openai|simple|FILE] --out DIR
+    pipeline export --index DIR --out DIR --format clip-retrieval
+    pipeline data convert-csv --csv FILE --out DIR [--csv-img-key filepath] [--csv-caption-key title]
     pipeline data synth --out DIR [--train N] [--val N] [--seed S]
     pipeline data convert-karpathy --json FILE --images DIR --out DIR [--split test] [--format webdataset]
     pipeline data inspect PATH
@@ -134,7 +137,7 @@ def cmd_index(args) -> None:
 
     image_size = checkpoint.read_config(ckpt)["data"]["image_size"]
     emb = embed_to_parquet(ckpt, paths, image_size, args.out, cfg.scaling.num_workers, cfg.scaling.use_gpu,
-                           cfg.eval.batch_size, in_driver_images=cfg.eval.in_driver_images)
+                           cfg.eval.batch_size, in_driver_images=cfg.eval.in_driver_images, captionless=True)
     spec = IndexSpec.of(cfg.index)
     built = build_gallery_indexes(args.out, spec, cfg.index.shard_rows)
     meta = write_index(args.out, built, ckpt, spec, emb.n_images, emb.n_captions, emb.dim)
@@ -170,6 +173,34 @@ def cmd_evaluate(args) -> None:
     table = comparison_table(rep["comparison"]) if rep.get("comparison") else recall_table(rep)
     print(table + f"\n\nreport: {storage.join(args.out, 'report.html')} (+ report.md, report.json); "
                   f"embeddings and index: {storage.join(args.out, 'index')}")
+
+
+def cmd_zeroshot(args) -> None:
+    from pipeline import zeroshot
+
+    planned = []
+
+    def check(cfg, ckpts) -> None:  # the folder's classes and the templates, before any Ray work
+        try:
+            planned.append(zeroshot.plan(args.data, args.classes, args.templates))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    cfg, (ckpt,), _ = _start_eval(args, [args.checkpoint], check)
+    block = zeroshot.run(ckpt, planned[0], args.out, cfg.eval, cfg.scaling)
+    print(zeroshot.format_summary(block, args.out))
+
+
+def cmd_export(args) -> None:
+    from pipeline.index.export import export_clip_retrieval, format_summary
+
+    storage.configure(args.endpoint_url)
+    storage.check_access(args.index, "--index")
+    storage.check_access(args.out, "--out", write=True)
+    if not storage.exists(storage.join(args.index, "images.parquet")):
+        raise ConfigError(f"--index {args.index}: no images.parquet/ there; point it at a folder `pipeline index` "
+                          "or `pipeline run` wrote")
+    print(format_summary(export_clip_retrieval(args.index, args.out), args.out))
 
 
 def cmd_rerank(args) -> None:
@@ -229,6 +260,23 @@ def cmd_data(args) -> None:
         print(f"wrote {args.train} train samples in {len(paths['train'])} shards to {Path(args.out) / 'train'}\n"
               f"wrote {args.val} val samples in {len(paths['val'])} shards to {Path(args.out) / 'val'}")
         return
+    if args.data_command == "convert-csv":
+        from pipeline.config import CsvColumnsConfig, build
+        from pipeline.data.formats import files
+        from pipeline.data.formats.csv_shards import convert_csv, format_summary as csv_summary
+
+        storage.configure(args.endpoint_url)
+        storage.check_access(args.csv, "--csv")
+        if not storage.exists(args.csv):
+            raise ConfigError(f"--csv {args.csv} does not exist")
+        files.configure(build(CsvColumnsConfig, {"csv_image_key": args.csv_img_key,
+                                                 "csv_caption_key": args.csv_caption_key,
+                                                 "csv_separator": args.csv_separator}, "data."))
+        from pipeline.data.ingest import check_shards
+
+        check_shards([args.csv], "--csv")
+        print(csv_summary(convert_csv(args.csv, args.out, args.format, args.shard_size)))
+        return
     if args.data_command == "convert-karpathy":
         from pipeline.data.formats.karpathy import convert_karpathy, format_summary
 
@@ -275,7 +323,7 @@ def cmd_import_model(args) -> None:
 
 COMMANDS = {"run": cmd_run, "import-model": cmd_import_model, "train": cmd_train, "tune": cmd_tune, "cca": cmd_cca,
             "baseline": cmd_cca, "embeddings": cmd_embeddings, "rerank": cmd_rerank,
-            "index": cmd_index, "evaluate": cmd_evaluate,
+            "index": cmd_index, "evaluate": cmd_evaluate, "zeroshot": cmd_zeroshot, "export": cmd_export,
             "search": cmd_search, "data": cmd_data, "keys": cmd_keys}
 
 

@@ -113,3 +113,15 @@ def zero_shot_accuracy(image_emb: torch.Tensor, class_emb: torch.Tensor, labels:
     sims = image_emb @ class_emb.T  # (N, C)
     rank = _rank(sims, sims.gather(1, labels[:, None])[:, 0], _one_hot(labels, sims.shape[1]))  # (N,)
     return {f"top{k}": float(100.0 * (rank <= k).float().mean()) for k in ks if k <= class_emb.shape[0]}
+
+
+def mean_per_class_recall(pred: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict:
+    """Predicted and true class indices (N,) -> {'mean': %, 'per_class': [% or 0.0 per class]}: the mean runs over
+    the classes that have images (scikit-learn's balanced_accuracy_score, which clip_benchmark reports)."""
+    per_class, present = [], []
+    for c in range(n_classes):
+        mine = labels == c
+        present.append(bool(mine.any()))
+        per_class.append(float(100.0 * (pred[mine] == c).float().mean()) if mine.any() else 0.0)
+    mean = float(np.mean([r for r, p in zip(per_class, present) if p])) if any(present) else 0.0
+    return {"mean": mean, "per_class": per_class}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import storage
+from pipeline.data.formats import files
 from pipeline.config import ConfigError
 
 
@@ -15,6 +16,7 @@ def check_job(cfg, splits=("train", "val"), writes=None) -> None:
     from pipeline.data.formats.synthetic import ensure_data
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    files.configure(cfg.data)  # a CSV's columns (data.csv_*), for every read in this process
     if hasattr(cfg, "run") and cfg.run.report_to:
         check_trackers(cfg.run)
     specs = {f"data.{s}": getattr(cfg.data, s) for s in splits if s != "train" or not isinstance(cfg.data.train, list)}
@@ -58,6 +60,7 @@ def check_trackers(run) -> None:
 def check_eval_job(cfg, data: str, out: str, checkpoints: list[str]) -> None:
     """index / evaluate: the S3 paths reachable, the output folder writable, before any Ray work."""
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    files.configure(cfg.data)  # a CSV's columns (data.csv_*), for every read in this process
     for part in remote_parts(data):
         storage.check_access(part, "--data")
     for c in checkpoints:

@@ -260,3 +260,47 @@ def write_html(out: Path, report: dict, plots: list[Path], thumbs: dict[str, str
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+ZEROSHOT_BARS = 40  # classes drawn in the per-class plot: the 20 lowest and 20 highest recalls beyond this
+
+
+def plot_class_recall(classes: list[dict], path: Path) -> bool:
+    """Per-class recall as horizontal bars, lowest first (a large label set: its lowest and highest 20)."""
+    if not classes:
+        return False
+    ranked = sorted(classes, key=lambda c: c["recall"])
+    if len(ranked) > ZEROSHOT_BARS:
+        ranked = ranked[:ZEROSHOT_BARS // 2] + ranked[-ZEROSHOT_BARS // 2:]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.25 * len(ranked)))
+    ax.barh(range(len(ranked)), [c["recall"] for c in ranked], color="#4477aa")
+    ax.set_yticks(range(len(ranked)), [c["name"] for c in ranked], fontsize=8)
+    ax.set(xlabel="recall (%)", xlim=(0, 100), title="zero-shot recall per class")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_zeroshot_html(out: Path, block: dict, plot: Path | None) -> Path:
+    """zeroshot.html in `out`: the scores, the per-class plot and the per-class table, from the zeroshot block."""
+    heads = [k for k in ("top1", "top5", "mean_per_class_recall") if k in block]
+    parts = [f"<h1>Zero-shot classification</h1><p>Checkpoint <code>{html.escape(block['checkpoint'])}</code> on "
+             f"<code>{html.escape(block['data'])}</code>: {block['images']} images, {block['classes']} classes, "
+             f"{block['n_templates']} prompt templates ({html.escape(block['templates'])})</p>",
+             _table([h.replace("_", " ") + " %" for h in heads], [[f"{block[h]:.2f}" for h in heads]])]
+    if plot is not None:
+        parts.append(f'<div class="plots"><img src="{_png(plot)}" alt="per-class recall"></div>')
+    parts += ["<h2>Per class</h2>", _table(["folder", "class name", "images", "recall %"], [
+        [html.escape(c["folder"]), html.escape(c["name"]), c["images"], f"{c['recall']:.1f}"]
+        for c in block["per_class"]])]
+    skipped = block.get("skipped") or {}
+    parts.append("<p>" + (", ".join(f"{html.escape(r)} ×{n}" for r, n in skipped.items()) + " skipped"
+                          if skipped else "No image was skipped.") + "</p>")
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Zero-shot classification</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    path = out / "zeroshot.html"
+    path.write_text(page, encoding="utf-8")
+    return path

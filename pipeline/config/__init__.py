@@ -7,9 +7,10 @@ from pipeline.config.model_sections import ImageTowerConfig, ModelConfig, TextTo
 from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
                                       RerankConfig, ScalingConfig, SweepConfig, SynthConfig, TrainConfig)
 from pipeline.config.run_sections import RunConfig, StorageConfig
+from pipeline.config.sources import CsvColumnsConfig
 
 __all__ = [
-    "CCAConfig", "ConfigError", "DataConfig", "EmbeddingsConfig", "EvalConfig", "EvalJobConfig", "ImageTowerConfig",
+    "CCAConfig", "ConfigError", "CsvColumnsConfig", "DataConfig", "EmbeddingsConfig", "EvalConfig", "EvalJobConfig", "ImageTowerConfig",
     "IndexConfig", "LossConfig", "ModelConfig", "RerankConfig",
     "RunConfig", "RunJobConfig", "ScalingConfig", "StorageConfig", "SweepConfig", "SynthConfig",
     "TextTowerConfig", "TrainConfig", "TrainJobConfig", "apply_overrides", "build", "describe_keys",

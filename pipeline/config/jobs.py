@@ -9,6 +9,7 @@ from pipeline.config.model_sections import ModelConfig
 from pipeline.config.sections import (CCAConfig, DataConfig, EmbeddingsConfig, EvalConfig, IndexConfig, LossConfig,
                                       RerankConfig, ScalingConfig, SweepConfig, TrainConfig)
 from pipeline.config.run_sections import RunConfig, StorageConfig
+from pipeline.config.sources import CsvColumnsConfig
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class RunJobConfig(TrainJobConfig):
 
 @dataclass(frozen=True)
 class EvalJobConfig:
+    data: CsvColumnsConfig = _f(CsvColumnsConfig(), "how --data is read: a CSV/TSV's columns")
     eval: EvalConfig = _f(EvalConfig(), "evaluation and report")
     index: IndexConfig = _f(IndexConfig(), "FAISS index over the gallery")
     scaling: ScalingConfig = _f(ScalingConfig(), "embedding actors (num_workers) and GPU use")

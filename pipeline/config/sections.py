@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pipeline.config.loading import ConfigError, _check, _f
 from pipeline.registry import (INDEX_TYPES, INTERPOLATIONS, LOSS_PARAMS, RERANK_FUSIONS, RESIZE_MODES,
                                       TOKENIZERS, check_loss_params)
-from pipeline.config.sources import SAMPLINGS, parse_source
+from pipeline.config.sources import SAMPLINGS, CsvColumnsConfig, parse_source
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -24,11 +24,13 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    train: str | list = _f("", "training shards: a path, directory, glob or brace list (local or s3://); or a list "
+class DataConfig(CsvColumnsConfig):
+    train: str | list = _f("", "training data: shards (.tar, .parquet) or CSV/TSV files (data.csv_*), as a path, "
+                               "directory, glob or brace list (local or s3://); or a list "
                                "of sources [{path: P, weight: W, name: N}, ...], weight being a source's share of "
                                "the samples drawn (data.sampling=resampled)")
-    val: str = _f("", "validation shards, same forms as data.train; every caption of an image is ground truth")
+    val: str = _f("", "validation data, same forms as data.train, or a folder of images with NAME.txt captions; "
+                      "every caption of an image is ground truth")
     image_size: int = _f(64, "side of the square image fed to the image tower, in pixels")
     augment: bool = _f(True, "random resized crop + brightness jitter on training images (never flips)")
     crop_scale_min: float = _f(0.8, "smallest crop area kept by the random resized crop, as a fraction")
@@ -72,6 +74,7 @@ class DataConfig:
     synth: SynthConfig = _f(SynthConfig(), "synthetic demo data")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.num_samples >= 0 and self.vocab_scan_samples >= 0,
                "data.num_samples and data.vocab_scan_samples must be >= 0")
         _check(self.readers_per_worker >= 1, "data.readers_per_worker must be at least 1")

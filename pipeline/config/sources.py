@@ -1,9 +1,31 @@
-"""data.train as a list of sources: each entry's keys checked, in one line naming the entry at fault."""
+"""What the data files are: data.train as a list of sources (each entry's keys checked, in one line naming the
+entry at fault), and the columns of a CSV/TSV input."""
 from __future__ import annotations
 
-from pipeline.config.loading import _check
+from dataclasses import dataclass
+
+from pipeline.config.loading import _check, _f
 
 SAMPLINGS = ("epoch", "resampled")
+
+
+@dataclass(frozen=True)
+class CsvColumnsConfig:
+    """The data.csv_* keys: in every job that reads data (the evaluation jobs' data section holds only these)."""
+    csv_image_key: str = _f("filepath", "CSV/TSV inputs: the column holding each image's path (relative to the file's "
+                                        "folder, absolute, or s3://); OpenCLIP's --csv-img-key")
+    csv_caption_key: str = _f("title", "CSV/TSV inputs: the column holding each image's caption; OpenCLIP's "
+                                       "--csv-caption-key")
+    csv_separator: str = _f("auto", "CSV/TSV inputs: auto (tab for .tsv; for .csv tab or comma, whichever splits the "
+                                    "header into a data.csv_image_key column) | , | \\t")
+
+    def __post_init__(self) -> None:
+        if self.csv_separator in ("\\t", "tab"):
+            object.__setattr__(self, "csv_separator", "\t")
+        _check(self.csv_separator in ("auto", ",", "\t", ";", "|"),
+               f"data.csv_separator={self.csv_separator!r}; choose auto, ',', '\\t', ';' or '|'")
+        _check(bool(self.csv_image_key) and bool(self.csv_caption_key) and self.csv_image_key != self.csv_caption_key,
+               "data.csv_image_key and data.csv_caption_key must name two different columns")
 
 
 def parse_source(raw, i: int) -> dict:

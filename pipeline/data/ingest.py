@@ -65,18 +65,27 @@ def _listing(path: str) -> tuple[list[str], bool]:
         if any(c in path for c in "*?["):
             return sorted("s3://" + p for p in fs.glob(path) if _is_shard(p)), True
         if fs.isdir(path):
-            return sorted("s3://" + p for p in fs.find(path) if _is_shard(p)), True
+            return _shards_or_folders(["s3://" + p for p in fs.find(path)]), True
         return ([path], True) if fs.exists(path) else ([], False)
     if any(c in path for c in "*?["):
         return sorted(p for p in glob.glob(path) if _is_shard(p)), True
     p = Path(path)
     if p.is_dir():
-        return sorted(str(q) for q in p.rglob("*") if _is_shard(str(q))), True
+        return _shards_or_folders([str(q) for q in p.rglob("*")]), True
     return ([str(p)], True) if p.exists() else ([], False)
 
 
 def _is_shard(path: str) -> bool:
-    return path.lower().endswith((".tar", ".parquet"))
+    return path.lower().endswith((".tar", ".parquet", ".csv", ".tsv"))
+
+
+def _shards_or_folders(found: list[str]) -> list[str]:
+    """A directory's shards; where it holds none, its image folders (each directory with images of its own, as
+    a folder shard `DIR/`): clip-retrieval's `--input_format files`, and ImageFolder's class folders."""
+    from pipeline.data.formats.files import is_image_file
+
+    shards = sorted(p for p in found if _is_shard(p))
+    return shards or sorted({p.rsplit("/", 1)[0] + "/" for p in found if is_image_file(p)})
 
 
 @dataclass
@@ -159,7 +168,12 @@ def check_shards(paths: list[str], key: str) -> None:
 
     from pipeline import storage
 
-    if shard_format(paths[0]) == "parquet":
+    kind = shard_format(paths[0])
+    if kind == "csv":
+        return _check_csv_header(paths[0], key)
+    if kind == "folder":
+        return  # listed because it holds images
+    if kind == "parquet":
         readable = first_readable_schema(paths)  # an unreadable shard is skipped and counted, not fatal
         if readable is None:
             raise ConfigError(f"{key}: none of the {len(paths)} Parquet shard(s) it matches is readable "
@@ -181,6 +195,20 @@ def check_shards(paths: list[str], key: str) -> None:
             continue  # unreadable shards are the data checks' business; keep looking for a usable one
     raise ConfigError(f"{key}: the {len(paths)} shard(s) it matches hold no samples; point it at non-empty "
                       "WebDataset .tar or Parquet shards")
+
+
+def _check_csv_header(path: str, key: str) -> None:
+    """The first CSV's header names the image and caption columns (data.csv_*), before any Ray work."""
+    from pipeline import storage
+    from pipeline.data.formats import files
+
+    fs, bare = storage.arrow_filesystem(path)
+    try:
+        with fs.open_input_stream(bare) as f:
+            _, header, _ = files.read_header(f, path, files.current())
+        files.check_header(header, path, files.current())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------ Ray Data
@@ -275,15 +303,17 @@ def _with_blank_row(name: str, column: np.ndarray) -> np.ndarray:
 
 
 def eval_dataset(paths: list[str], image_size: int, skip_log=None, split: str = "val",
-                 view: tuple[str, str] = ("bilinear", "shortest")):
-    """-> Dataset of {'key', 'image' (3,S,S) uint8, 'captions' JSON list}, unaugmented, in shard order.
-    view: (interpolation, resize mode), `transforms.image_view` of the model's data config."""
+                 view: tuple[str, str] = ("bilinear", "shortest"), captionless: bool = False):
+    """-> Dataset of {'key', 'image' (3,S,S) uint8, 'captions' JSON list, ...}, unaugmented, in shard order.
+    view: (interpolation, resize mode), `transforms.image_view` of the model's data config; captionless: keep
+    images without a caption (`transforms.prepare_eval_batch`)."""
 
     from pipeline.data.local_passes import prepare_eval
 
     skip_log = skip_log.shared() if skip_log is not None else None  # its copies go into Ray Data's tasks
-    return read_shards(paths).map_batches(lambda batch: prepare_eval(batch, image_size, skip_log, split, view),
-                                          batch_size=128, batch_format="numpy")
+    return read_shards(paths).map_batches(
+        lambda batch: prepare_eval(batch, image_size, skip_log, split, view, captionless),
+        batch_size=128, batch_format="numpy")
 
 
 def eval_shard_tasks(paths: list[str], image_size: int, view: tuple[str, str] = ("bilinear", "shortest")
@@ -296,14 +326,16 @@ def eval_shard_tasks(paths: list[str], image_size: int, view: tuple[str, str] = 
     import ray
 
     from pipeline import storage
+    from pipeline.data.formats import files
     from pipeline.data.local_passes import shard_batch
     from pipeline.data.formats.shards import shard_names
     from pipeline.data.transforms import prepare_eval_batch
 
-    names, options = shard_names(paths), storage.options()
+    names, options, layout = shard_names(paths), storage.options(), files.current()
 
     def prepare_shard(path: str) -> tuple[dict, dict]:
         storage.configure(**options)  # a task's process knows no S3 endpoint the driver was given
+        files.use(layout)  # nor the CSV columns
         out, skips = prepare_eval_batch(shard_batch(path, names[path]), image_size, view)
         return {k: out[k] for k in ("key", "image", "captions")}, skips
 

@@ -40,11 +40,11 @@ def shard_batches(paths: list[str]) -> Iterator[dict]:
 
 
 def prepare_eval(rows: dict, image_size: int, skip_log=None, split: str = "val",
-                 view: tuple[str, str] = ("bilinear", "shortest")) -> dict:
+                 view: tuple[str, str] = ("bilinear", "shortest"), captionless: bool = False) -> dict:
     """A batch of rows -> their evaluation rows (`transforms.prepare_eval_batch`), skips recorded in
     `skip_log` (a `skips.SkipLog`) under `split`: the one preparation of `ingest.eval_dataset` and the passes here
     (`ingest.eval_shard_tasks` returns its skips instead)."""
-    out, skips = transforms.prepare_eval_batch(rows, image_size, view)
+    out, skips = transforms.prepare_eval_batch(rows, image_size, view, captionless)
     if skip_log is not None and skips:
         skip_log.record(split, skips)
     return out

@@ -57,14 +57,20 @@ def parse_captions(txt: Any, meta: Any) -> tuple[list[str], str]:
 
 def parse_label(meta: Any) -> str:
     """The sample's class name from its json ("label", else "class"), or '' when it has none."""
+    label = parse_field(meta, "label", "class")
+    return " ".join(label.split())
+
+
+def parse_field(meta: Any, *names: str) -> str:
+    """The first of `names` the sample's json holds, as a string (a string or an integer), or ''."""
     if not isinstance(meta, (bytes, str)) or not meta:
         return ""
     try:
         d = json.loads(meta)
     except (ValueError, UnicodeDecodeError):
         return ""
-    label = d.get("label", d.get("class")) if isinstance(d, dict) else None
-    return " ".join(str(label).split()) if isinstance(label, (str, int)) and not isinstance(label, bool) else ""
+    value = next((d[n] for n in names if d.get(n) is not None), None) if isinstance(d, dict) else None
+    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -264,13 +270,17 @@ def prepare_train_batch(
     return out, skips
 
 
-def prepare_eval_batch(batch: dict[str, Any], size: int, view: tuple[str, str] = ("bilinear", "shortest")
-                       ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """Rows -> {'key', 'label', 'image' (n,3,S,S) uint8, 'captions' (JSON list per image), 'shard'} for
-    evaluation, where every caption of an image is ground truth."""
-    keys, images, captions, labels, shards, skips = [], [], [], [], [], {}
+def prepare_eval_batch(batch: dict[str, Any], size: int, view: tuple[str, str] = ("bilinear", "shortest"),
+                       captionless: bool = False) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Rows -> {'key', 'label', 'image' (n,3,S,S) uint8, 'captions' (JSON list per image), 'shard', 'path'} for
+    evaluation, where every caption of an image is ground truth. `captionless`: an image without a caption is
+    kept (with none), as a search gallery wants it; else it is skipped. 'path': the image's own file or URL,
+    where the row's json names one."""
+    keys, images, captions, labels, shards, paths, skips = [], [], [], [], [], [], {}
     for i, (key, raw, txt, meta, problem, _seed) in enumerate(iter_samples(batch)):
         caps, why = parse_captions(txt, meta)
+        if captionless and why in ("missing_caption", "empty_caption"):
+            why = ""
         # decoded at full scale (no `draft`): the view is then the pixels open_clip's and timm's transforms give,
         # and the pixels a worker decoding on its device (data.decode=gpu) trained on
         img = decode_or_skip(key, raw, problem, why, skips)
@@ -281,12 +291,14 @@ def prepare_eval_batch(batch: dict[str, Any], size: int, view: tuple[str, str] =
         images.append(resize_image(img, size, *view))
         captions.append(json.dumps(caps))
         labels.append(parse_label(meta))
+        paths.append(parse_field(meta, "image_path", "url"))
     out = {
         "key": np.array(keys, dtype=object),
         "label": np.array(labels, dtype=object),
         "image": np.stack(images) if images else np.zeros((0, 3, size, size), np.uint8),
         "captions": np.array(captions, dtype=object),
         "shard": np.array(shards, dtype=object),
+        "path": np.array(paths, dtype=object),
     }
     return out, skips
 

@@ -3,7 +3,8 @@ model-holding actors and streamed to Parquet, so no vector passes through the dr
 (eval.in_driver_images) is embedded in the driver instead, shard by shard, into the same files; and reading
 them back.
 
-    <out>/images.parquet/    id, key, label, shard, vector     (a Parquet dataset: one file per write task)
+    <out>/images.parquet/    id, key, label, shard, path, vector  (a Parquet dataset: one file per write task;
+                                                                path: the image's file or URL, where known)
     <out>/captions.parquet/  id, key (of its image), caption, vector
 
 Ids are dense (0..n-1, in file-name order) and are the FAISS ids of the indexes built over these files.
@@ -52,7 +53,8 @@ class _EmbedActor:
 
 
 class EmbedImages(_EmbedActor):
-    """Ray Data actor: eval rows {'key', 'label', 'image', 'shard', ...} -> {key, label, shard, vector}."""
+    """Ray Data actor: eval rows {'key', 'label', 'image', 'shard', 'path', ...} -> {key, label, shard, path,
+    vector}."""
 
     def __call__(self, batch: dict):
         import pyarrow as pa
@@ -61,6 +63,7 @@ class EmbedImages(_EmbedActor):
         return pa.table({"key": pa.array(batch["key"].tolist(), pa.string()),
                          "label": pa.array([str(x) for x in batch["label"]], pa.string()),
                          "shard": pa.array([str(x) for x in batch["shard"]], pa.string()),
+                         "path": pa.array([str(x) for x in batch["path"]], pa.string()),
                          "vector": vector_column(vectors)})
 
 
@@ -86,11 +89,12 @@ class Embedded:
 
 def embed_to_parquet(checkpoint: str | None, paths: list[str], image_size: int, out: str, num_actors: int = 1,
                      use_gpu: bool = False, batch_size: int = 256, skip_log=None, in_driver_images: int = 0,
-                     encoder=None) -> Embedded:
+                     encoder=None, captionless: bool = False) -> Embedded:
     """Embed every image and every caption of the eval shards into `out` (local or s3://): in this process
     where the gallery has at most `in_driver_images` images and no GPU is asked for, else by Ray Data actor
     pools. The encoder is the `checkpoint`'s, loaded in each actor, or `encoder` itself (a fitted baseline:
-    anything with `encode_pixels` and `encode_text`), handed to each."""
+    anything with `encode_pixels` and `encode_text`), handed to each. `captionless`: images without a caption
+    are embedded too (a search gallery, a zero-shot set); an evaluation's gallery skips them."""
     from pipeline.checkpoint import read_config
     from pipeline.data.local_passes import fits_in_driver
     from pipeline.data.transforms import image_view
@@ -101,10 +105,11 @@ def embed_to_parquet(checkpoint: str | None, paths: list[str], image_size: int, 
     # resampled as the checkpoint's model expects (a baseline: the default view it was fitted on)
     view = image_view(read_config(checkpoint)["data"]) if encoder is None else ("bilinear", "shortest")
     if not use_gpu and fits_in_driver(paths, in_driver_images):
-        n_images, n_captions = embed_here(checkpoint, paths, image_size, out, batch_size, skip_log, view, encoder)
+        n_images, n_captions = embed_here(checkpoint, paths, image_size, out, batch_size, skip_log, view, encoder,
+                                          captionless)
     else:
         embed_with_actors(checkpoint, paths, image_size, out, num_actors, use_gpu, batch_size, skip_log, view,
-                          encoder)
+                          encoder, captionless)
         n_images, n_captions = number_rows(storage.join(out, IMAGES)), number_rows(storage.join(out, CAPTIONS))
     if n_images == 0:
         raise ValueError(f"the gallery {paths[0]}{' ...' if len(paths) > 1 else ''} has no readable samples")
@@ -112,7 +117,8 @@ def embed_to_parquet(checkpoint: str | None, paths: list[str], image_size: int, 
 
 
 def embed_with_actors(checkpoint: str | None, paths: list[str], image_size: int, out: str, num_actors: int,
-                      use_gpu: bool, batch_size: int, skip_log, view: tuple[str, str], encoder=None) -> None:
+                      use_gpu: bool, batch_size: int, skip_log, view: tuple[str, str], encoder=None,
+                      captionless: bool = False) -> None:
     """The two Ray Data passes, each file of rows then numbered by `number_rows`."""
     from ray.data import ActorPoolStrategy
 
@@ -124,14 +130,15 @@ def embed_with_actors(checkpoint: str | None, paths: list[str], image_size: int,
                   batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=num_actors),
                   num_gpus=1 if use_gpu else 0)
     fs, root = storage.arrow_filesystem(out)
-    images = eval_dataset(paths, image_size, skip_log, "gallery", view).map_batches(EmbedImages, **actors)
+    images = eval_dataset(paths, image_size, skip_log, "gallery", view, captionless).map_batches(EmbedImages,
+                                                                                                 **actors)
     images.write_parquet(f"{root}/{IMAGES}", filesystem=fs)
     captions = read_shards(paths, with_images=False).map_batches(caption_rows, batch_format="numpy")
     captions.map_batches(EmbedCaptions, **actors).write_parquet(f"{root}/{CAPTIONS}", filesystem=fs)
 
 
 def embed_here(checkpoint: str | None, paths: list[str], image_size: int, out: str, batch_size: int, skip_log,
-               view: tuple[str, str], encoder=None) -> tuple[int, int]:
+               view: tuple[str, str], encoder=None, captionless: bool = False) -> tuple[int, int]:
     """Both passes in this process, shard by shard: the rows `eval_dataset` and the caption pass would give
     (same reader, same preparation, same skips counted), one numbered Parquet file per shard and pass.
     -> (images, captions)"""
@@ -146,7 +153,7 @@ def embed_here(checkpoint: str | None, paths: list[str], image_size: int, out: s
     fs, root = storage.arrow_filesystem(out)
     counts = {IMAGES: 0, CAPTIONS: 0}
     for i, rows in enumerate(shard_batches(paths)):
-        prepared = prepare_eval(rows, image_size, skip_log, "gallery", view)
+        prepared = prepare_eval(rows, image_size, skip_log, "gallery", view, captionless)
         for name, fn, batch in ((IMAGES, images, prepared), (CAPTIONS, captions, caption_rows(rows))):
             parts = [fn(part) for part in chunks(batch, batch_size)]
             if not parts:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import checkpoint, storage
+from pipeline.data.formats import files
 from pipeline.config import TrainJobConfig, flatten, narrow, to_dict
 from pipeline.console import line_prefix, mark_start, start_marks
 from pipeline.data import transforms
@@ -64,6 +65,7 @@ def run(cfg: TrainJobConfig, callbacks: list | None = None, shared_scan=None, lo
     from pipeline.training.run_lock import RunLock
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    files.configure(cfg.data)  # a CSV's columns (data.csv_*), for every read in this process
     run_dir = cfg.run.run_dir() if storage.is_remote(cfg.run.run_dir()) else str(Path(cfg.run.run_dir()).resolve())
     with RunLock(run_dir, wait_s=lock_wait_s):
         return _train(cfg, callbacks, shared_scan, run_dir, parent)
@@ -255,5 +257,6 @@ def _result(cfg: TrainJobConfig, plan: WorkerPlan, train_missing: list, val: Val
                        {split: t.examples for split, t in skips.items() if t.counts})
 
 
-_SOURCES = {"stats": "img2dataset stats", "parquet": "Parquet footers", "num_samples": "data.num_samples",
+_SOURCES = {"stats": "img2dataset stats", "parquet": "Parquet footers", "listing": "CSV rows or image files",
+            "num_samples": "data.num_samples",
             "pass": "counted", "checkpoint": "as the checkpoint planned"}

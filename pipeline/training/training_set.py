@@ -99,7 +99,7 @@ def prepare(cfg, latest: str | None, init: str | None = None, shared: Vocabulary
     workers, readers = cfg.scaling.num_workers, cfg.data.readers_per_worker
     resampled = cfg.data.sampling == "resampled"
     kind = "resampled" if resampled else choose_layout(train.paths, counted.per_shard, workers, readers, cfg.train.seed)
-    known = counted.per_shard if counted.source in ("stats", "parquet") else {}
+    known = counted.per_shard if counted.source in ("stats", "parquet", "listing") else {}
     per_source = [sum(known.get(p, 0) for p, s in zip(train.paths, shard_sources) if s == i)
                   for i in range(len(cfg.data.sources()))] if known else []
     if resampled:

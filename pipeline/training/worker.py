@@ -8,6 +8,7 @@ from dataclasses import replace
 import torch
 
 from pipeline import checkpoint, storage
+from pipeline.data.formats import files
 from pipeline.config import TrainJobConfig, build
 from pipeline.console import mark_start, prefix_lines, say
 from pipeline.data.text.subword import tokenizer_from_dict
@@ -29,6 +30,7 @@ def train_loop_per_worker(config: dict) -> None:
     started = mark_start("worker", dict(plan.start_marks))  # this launch's start, to the first step
     prefix_lines(plan.console_prefix)
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    files.configure(cfg.data)  # a CSV's columns (data.csv_*), for every read in this process
     ctx = WorkerContext.from_ray()
     torch.manual_seed(cfg.train.seed)
     parts = build_parts(plan, cfg, ctx)

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import checkpoint, storage
+from pipeline.data.formats import files
 from pipeline.training.attempts import root_cause
 from pipeline.config import RunJobConfig, TrainJobConfig, apply_overrides, build, flatten, narrow, to_dict
 from pipeline.config import spaces
@@ -121,6 +122,7 @@ def run(cfg: RunJobConfig) -> SweepResult:
     from ray.tune.schedulers import ASHAScheduler
 
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    files.configure(cfg.data)  # a CSV's columns (data.csv_*), for every read in this process
     run_dir = cfg.run.run_dir()
     sweep_dir = run_dir if storage.is_remote(run_dir) else str(Path(run_dir).resolve())
     studies, points = spaces.plan(cfg)

@@ -117,7 +117,7 @@ LAYERS = [
     ("data", {"data"}),
     ("stored models", {"checkpoint", "gallery", "encoder", "report_html"}),
     ("indexes and cluster", {"index", "cluster"}),
-    ("jobs' parts", {"rerank", "report", "words", "evaluate"}),
+    ("jobs' parts", {"rerank", "report", "words", "evaluate", "zeroshot"}),
     ("training", {"training", "baselines"}),
     ("jobs", {"tune", "import_model", "preflight", "end_to_end", "bundled"}),
     ("entry points", {"arguments", "cli", "__main__", "pipeline"}),

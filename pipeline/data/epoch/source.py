@@ -16,8 +16,9 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.data.epoch.decoded_cache import ShardDecoder
+from pipeline.data.formats import files
 from pipeline.data.formats.shards import (arrow_paths, chunked, permute_windows, rows_to_batch, rows_to_table,
-                                          shard_format, shard_names, shard_rows, shard_seed)
+                                          open_shard, shard_names, shard_rows, shard_seed)
 
 BLOCK_ROWS = 256
 
@@ -36,7 +37,8 @@ class EpochSource(Datasource):
         self.names = shard_names(names_of)
         self.fs = storage.arrow_filesystem(shards[0])[0]
         self.args = dict(shuffle_seed=shuffle_seed, shuffle_block=shuffle_block, epoch=epoch, row_filter=row_filter,
-                         with_images=with_images, prepare=prepare, chunk_rows=chunk_rows, cache=cache)
+                         with_images=with_images, prepare=prepare, chunk_rows=chunk_rows, cache=cache,
+                         layout=files.current())  # the worker's CSV columns (data.csv_*), into each read task
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -56,7 +58,7 @@ class EpochSource(Datasource):
 
 def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed: int, shuffle_block: int,
                epoch: int, row_filter, with_images: bool, prepare=None, chunk_rows: int = BLOCK_ROWS,
-               cache=None) -> Iterator:
+               cache=None, layout=None) -> Iterator:
     """The rows of entry `at` of the epoch list (the `repeat`-th time its shard appears there): seeded,
     window-shuffled, positioned, filtered, in tables of `chunk_rows` rows; with `prepare` (numpy batch ->
     numpy batch), each table prepared in the task. `cache`: (`decoded_cache.CacheClient`, base side,
@@ -69,8 +71,8 @@ def read_entry(fs, path: str, shard: str, at: int, repeat: int, *, shuffle_seed:
     with ExitStack() as stack:
         source, builder = _cached_rows(cache, path), None
         if source is None:
-            f = stack.enter_context(_open(fs, bare))
-            source = shard_rows(fs, f, bare, shard, with_images)
+            f = stack.enter_context(open_shard(fs, bare))
+            source = shard_rows(fs, f, bare, shard, with_images, layout)
             if cache is not None and cache[0].claim(path):
                 builder = ShardDecoder(cache[1], cache[2])
                 source = _publishing(builder.decode(source), builder, cache[0], path)
@@ -109,8 +111,3 @@ def _prepared(prepare, rows: list[dict], shard: str):
 
     return BlockAccessor.batch_to_block(prepare(rows_to_batch(rows, shard)))
 
-
-def _open(fs, bare: str):
-    if shard_format(bare) == "parquet":
-        return fs.open_input_file(bare)  # Parquet needs random access to its footer
-    return fs.open_input_stream(bare, buffer_size=1 << 20)

@@ -19,7 +19,7 @@ from pipeline.data.formats.shards import shard_format
 class SampleCounts:
     per_shard: dict[str, int] = field(default_factory=dict)  # shard path -> its samples, where every one is known
     total: int = 0
-    source: str = ""  # stats | parquet | num_samples | "" (unknown: a pass must count)
+    source: str = ""  # stats | parquet | listing (CSV rows, folder images) | num_samples | "" (a pass must count)
     warning: str = ""  # data.num_samples disagreeing with the files: one line with both numbers
 
 
@@ -64,14 +64,17 @@ def _from_footer(fs, path: str) -> int | None:
 def count_samples(paths: list[str], num_samples: int = 0, tolerance: float = 0.03) -> SampleCounts:
     """Counts per shard and in all, and where they came from (see the module doc)."""
     try:
-        parquet = bool(paths) and shard_format(paths[0]) == "parquet"
+        kind = shard_format(paths[0]) if paths else ""
     except ValueError:  # not a shard name: nothing can be read from it
         paths = []
     if not paths:
         return SampleCounts(total=num_samples, source="num_samples") if num_samples else SampleCounts()
+    if kind in ("csv", "folder"):
+        return _listed(paths, num_samples, tolerance)
     from pipeline import storage
 
     fs, _ = storage.filesystem(paths[0])  # one client for every read: a new S3 client per file costs seconds
+    parquet = kind == "parquet"
     read = _from_footer if parquet else _from_stats
     with ThreadPoolExecutor(16) as pool:
         found = list(pool.map(lambda p: read(fs, p), paths))
@@ -83,6 +86,22 @@ def count_samples(paths: list[str], num_samples: int = 0, tolerance: float = 0.0
     if num_samples and abs(num_samples - total) > tolerance * num_samples:
         warning = disagreement(num_samples, total, source)
     return SampleCounts(per_shard, total, source, warning)
+
+
+def _listed(paths: list[str], num_samples: int, tolerance: float) -> SampleCounts:
+    """A CSV's data rows, a folder's images: the listing is the count (each row a sample or a counted skip)."""
+    from pipeline import storage
+    from pipeline.data.formats import files
+    from pipeline.data.formats.shards import arrow_paths
+
+    fs = storage.arrow_filesystem(paths[0])[0]
+    count = files.count_folder if shard_format(paths[0]) == "folder" else files.count_csv
+    with ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(lambda b: count(fs, b), arrow_paths(paths)))
+    total = sum(found)
+    warning = disagreement(num_samples, total, "listing") if num_samples and abs(
+        num_samples - total) > tolerance * num_samples else ""
+    return SampleCounts(dict(zip(paths, found)), total, "listing", warning)
 
 
 SMALL_SHARDS_BYTES = 64 * 2**20  # shards this small in all may be counted by reading them, when no file says
@@ -118,7 +137,7 @@ def count_or_read(paths: list[str], max_bytes: int | None = None) -> int:
 
 def disagreement(num_samples: int, total: int, source: str) -> str:
     """The one-line warning when data.num_samples and the files' counts differ (relative to num_samples)."""
-    what = {"stats": "img2dataset stats", "parquet": "Parquet footers"}[source]
+    what = {"stats": "img2dataset stats", "parquet": "Parquet footers", "listing": "CSV rows or image files"}[source]
     diff = 100 * abs(num_samples - total) / max(num_samples, 1)
     return (f"data.num_samples={num_samples} but the shards' {what} say {total} samples ({diff:.1f} % "
             f"{'fewer' if total < num_samples else 'more'}); using the {source} — fix or drop data.num_samples")

@@ -1,4 +1,5 @@
-"""One Ray Data datasource for img2dataset shards, WebDataset `.tar` or `.parquet`, local or s3://.
+"""One Ray Data datasource for img2dataset shards, WebDataset `.tar` or `.parquet`, and for the inputs whose
+images are files of their own (a `.csv`/`.tsv` listing, an image folder: `data.formats.files`), local or s3://.
 
 Every shard becomes rows {key, image, txt, json, problem, seed}:
 - key is `SHARD/KEY`: SHARD is the shard's path below the common folder of the dataset's shard list (so
@@ -25,29 +26,35 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from pipeline.data.formats import files
+
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "gif", "tif", "tiff", "bmp")
-FORMATS = {"tar": "webdataset", "parquet": "parquet"}
+FORMATS = {"tar": "webdataset", "parquet": "parquet", "csv": "csv", "tsv": "csv"}
 # Rows that are not samples: they are counted, but not in the share that data.max_skip_fraction bounds.
 NOT_SAMPLES = ("not_downloaded", "truncated_shard", "unreadable_shard", "missing_shard")
 
 
 def shard_format(path: str) -> str:
+    """webdataset | parquet | csv | folder (a path ending in `/`: one directory's images, `ingest` lists them)."""
+    if path.endswith("/"):
+        return "folder"
     ext = PurePosixPath(path).name.rsplit(".", 1)[-1].lower()
     if ext not in FORMATS:
-        raise ValueError(f"{path}: not a shard; use .tar (WebDataset) or .parquet")
+        raise ValueError(f"{path}: not a shard; use .tar (WebDataset), .parquet, .csv/.tsv or a folder of images")
     return FORMATS[ext]
 
 
 def arrow_paths(paths: list[str]) -> list[str]:
-    """Paths as Arrow's filesystems name them: s3:// dropped, local ones absolute."""
-    return [p[len("s3://"):] if p.startswith("s3://") else os.path.abspath(p) for p in paths]
+    """Paths as Arrow's filesystems name them: s3:// dropped, local ones absolute (a folder shard keeps its `/`)."""
+    return [p[len("s3://"):] if p.startswith("s3://") else os.path.abspath(p) + ("/" if p.endswith("/") else "")
+            for p in paths]
 
 
 def shard_names(paths: list[str]) -> dict[str, str]:
     """path -> the shard's name in its rows' keys: its path below the common folder of all `paths` (the
     dataset's shard list). A file name alone would give `a/00000.tar` and `b/00000.tar` the same keys, and
-    captions would be joined to the wrong image."""
-    bare = dict(zip(paths, arrow_paths(paths)))
+    captions would be joined to the wrong image. A folder shard is named like a file (`photos/cats/` -> `cats`)."""
+    bare = {p: b.rstrip("/") for p, b in zip(paths, arrow_paths(paths))}
     root = posixpath.commonpath([posixpath.dirname(b) for b in bare.values()])
     return {p: posixpath.relpath(b, root) if root else b for p, b in bare.items()}
 
@@ -294,11 +301,11 @@ def make_source(paths: list[str], *, with_images: bool = True, block_rows: int =
     names = {b: named[p] for p, b in zip(paths, arrow_paths(paths))}  # the path Arrow reads -> the name in keys
 
     class ShardSource(FileBasedDatasource):
-        _FILE_EXTENSIONS = ["tar", "parquet"]
+        _FILE_EXTENSIONS = ["tar", "parquet", "csv", "tsv", *files.IMAGE_FILES]
 
         def __init__(self):
             fs, _ = storage.arrow_filesystem(paths[0])
-            super().__init__(list(names), filesystem=fs)
+            super().__init__(inputs, filesystem=fs)
             self.epoch = 0
             self.shard_fs = fs
 
@@ -308,28 +315,49 @@ def make_source(paths: list[str], *, with_images: bool = True, block_rows: int =
             return super().get_read_tasks(parallelism, per_task_row_limit, data_context)
 
         def _open_input_source(self, filesystem, path, **open_args):
-            if shard_format(path) == "parquet":
-                return filesystem.open_input_file(path)  # Parquet needs random access to its footer
-            return super()._open_input_source(filesystem, path, **open_args)
+            if path in folder_of or shard_format(path) != "parquet":
+                return super()._open_input_source(filesystem, path, **open_args)
+            return filesystem.open_input_file(path)  # Parquet needs random access to its footer
 
         def _read_stream(self, f, path):
-            shard = names[path]  # Ray Data hands back the path it was given
+            if path in folder_of:  # one image of a folder shard: the task reads it (and its sidecar) alone
+                folder = folder_of[path]
+                row = files.folder_row(self.shard_fs, path, names[folder], False)
+                row.update(image=f.read() if with_images else None, has_image=True)
+                rows = iter([dict(row, seed=0)])
+                path = folder
+            else:
+                shard = names[path]  # Ray Data hands back the path it was given
+                base = shard_seed(0, self.epoch, shard)
+                rows = (dict(row, seed=base + i) for i, row in
+                        enumerate(shard_rows(self.shard_fs, f, path, shard, with_images, layout)))
             source = f"s3://{path}" if remote else path  # the shard each row came from, for the embeddings
-            base = shard_seed(0, self.epoch, shard)
-            rows = (dict(row, seed=base + i) for i, row in enumerate(shard_rows(self.shard_fs, f, path, shard,
-                                                                                 with_images)))
             yield from (rows_to_table(chunk, source) for chunk in chunked(rows, block_rows))
 
+    # A folder shard's images are the datasource's files: Ray Data spreads them over its read tasks.
+    fs = storage.arrow_filesystem(paths[0])[0]
+    listed = {b: files.list_folder(fs, b) if b.endswith("/") else [b] for b in names}
+    folder_of = {image: b for b, images in listed.items() if b.endswith("/") for image in images}
+    inputs = [p for b in names for p in listed[b]]
+    layout = files.current()  # the driver's CSV columns, into every read task
     return ShardSource()
 
 
-def shard_rows(fs, f, path: str, shard: str, with_images: bool = True) -> Iterator[dict]:
-    """The rows of one open shard `f` (`path` as the Arrow filesystem `fs` names it): a Parquet file's, or a
-    tar's followed by the failed downloads its img2dataset metadata Parquet lists."""
+def shard_rows(fs, f, path: str, shard: str, with_images: bool = True, layout=None) -> Iterator[dict]:
+    """The rows of one open shard `f` (`path` as the Arrow filesystem `fs` names it): a Parquet file's, a CSV's
+    (`layout`: its columns, default this process's `files.current()`), a folder's (`f` None), or a tar's
+    followed by the failed downloads its img2dataset metadata Parquet lists."""
     import pyarrow.fs as pafs
 
-    if shard_format(path) == "parquet":
+    kind = shard_format(path)
+    if kind == "parquet":
         yield from iter_parquet_samples(f, shard, with_images)
+        return
+    if kind == "csv":
+        yield from files.iter_csv_samples(fs, f, path, shard, with_images, layout)
+        return
+    if kind == "folder":
+        yield from files.iter_folder_samples(fs, path, shard, with_images)
         return
     yield from iter_tar_samples(f, shard, with_images)
     # img2dataset's WebDataset output lists every URL of a tar, failed ones too, in NNNNN.parquet
@@ -346,12 +374,20 @@ def iter_shard(path: str, shard: str, with_images: bool = True, fs=None) -> Iter
 
     fs = fs or storage.arrow_filesystem(path)[0]
     bare = arrow_paths([path])[0]
-    if shard_format(bare) == "parquet":
-        f = fs.open_input_file(bare)  # Parquet needs random access to its footer
-    else:
-        f = fs.open_input_stream(bare, buffer_size=1 << 20)
-    with f:
+    with open_shard(fs, bare) as f:
         yield from shard_rows(fs, f, bare, shard, with_images)
+
+
+def open_shard(fs, bare: str):
+    """An open shard (`bare`: as `fs` names it) for `shard_rows`; a folder opens as nothing."""
+    import contextlib
+
+    kind = shard_format(bare)
+    if kind == "folder":
+        return contextlib.nullcontext()
+    if kind == "parquet":
+        return fs.open_input_file(bare)  # Parquet needs random access to its footer
+    return fs.open_input_stream(bare, buffer_size=1 << 20)
 
 
 def rows_to_batch(rows: list[dict], shard: str = "") -> dict[str, np.ndarray]:
