@@ -187,15 +187,24 @@ def _data_commands(command, common) -> None:
     p.add_argument("--csv", required=True, help="the CSV/TSV file (local or s3://); image paths relative to its folder, "
                    "absolute or s3://")
     p.add_argument("--out", required=True, help="output folder for the shards")
-    p.add_argument("--csv-img-key", default="filepath", help="image path column (data.csv_image_key; default filepath)")
-    p.add_argument("--csv-caption-key", default="title", help="caption column (data.csv_caption_key; default title)")
-    p.add_argument("--csv-separator", default="auto", help="auto (tab for .tsv, else whichever splits the header "
-                   "into the image column), ',' or '\\t'")
+    _csv_flags(p)
     p.add_argument("--format", default="webdataset", choices=["webdataset", "parquet"], help="shard format")
     p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
     p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint for an s3:// CSV")
     p = data_command("inspect", help="count samples, show the schema, caption lengths, unreadable samples")
-    p.add_argument("path", help="shards: path, folder, glob or brace list (.tar or .parquet, local or s3://)")
+    p.add_argument("path", help="shards: path, folder, glob or brace list (.tar, .parquet, .csv/.tsv or a folder of "
+                   "images; local or s3://)")
     p.add_argument("--show", type=int, default=20, help="unreadable samples listed by key (default 20)")
+    _csv_flags(p)
     p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint for s3:// paths")
     p.add_argument("--address", default=None, help="Ray cluster address")
+
+
+def _csv_flags(p) -> None:
+    """A CSV/TSV input's columns, as OpenCLIP's flags name them (the data.csv_* keys of the other commands)."""
+    p.add_argument("--csv-img-key", default="filepath", help="CSV/TSV: the image path column (data.csv_image_key; "
+                   "default filepath)")
+    p.add_argument("--csv-caption-key", default="title", help="CSV/TSV: the caption column (data.csv_caption_key; "
+                   "default title)")
+    p.add_argument("--csv-separator", default="auto", help="CSV/TSV: auto (tab for .tsv, else whichever splits the "
+                   "header into the image column), ',' or '\\t'")

@@ -245,7 +245,7 @@ def cmd_search(args) -> None:
         print(json.dumps(hits, indent=2))
         return
     for h in hits:
-        what = h.get("key") or f"{h['caption']}  [{h['image']}]"
+        what = h.get("path") or h.get("key") or f"{h['caption']}  [{h['image']}]"
         head = f"  (re-ranked {h['rerank_score']:.3f})" if "rerank_score" in h else ""
         print(f"{h['rank']:>3}  {h['score']:.3f}{head}  {what}")
 
@@ -260,18 +260,14 @@ def cmd_data(args) -> None:
         print(f"wrote {args.train} train samples in {len(paths['train'])} shards to {Path(args.out) / 'train'}\n"
               f"wrote {args.val} val samples in {len(paths['val'])} shards to {Path(args.out) / 'val'}")
         return
+    storage.configure(getattr(args, "endpoint_url", ""))
+    _csv_columns(args)
     if args.data_command == "convert-csv":
-        from pipeline.config import CsvColumnsConfig, build
-        from pipeline.data.formats import files
         from pipeline.data.formats.csv_shards import convert_csv, format_summary as csv_summary
 
-        storage.configure(args.endpoint_url)
         storage.check_access(args.csv, "--csv")
         if not storage.exists(args.csv):
             raise ConfigError(f"--csv {args.csv} does not exist")
-        files.configure(build(CsvColumnsConfig, {"csv_image_key": args.csv_img_key,
-                                                 "csv_caption_key": args.csv_caption_key,
-                                                 "csv_separator": args.csv_separator}, "data."))
         from pipeline.data.ingest import check_shards
 
         check_shards([args.csv], "--csv")
@@ -285,15 +281,28 @@ def cmd_data(args) -> None:
         print(format_summary(summary))
         return
     from pipeline import cluster
-    from pipeline.data.ingest import resolve_shards, split_specs
+    from pipeline.data.formats.shards import shard_format
+    from pipeline.data.ingest import check_shards, resolve_shards, split_specs
     from pipeline.data.formats.inspect import inspect_shards
 
-    storage.configure(args.endpoint_url)
     for spec in split_specs(args.path):  # one line naming what to set, as train and evaluate give, not botocore's
         storage.check_access(spec, "PATH")
     shards = resolve_shards(args.path, "PATH")
+    if shard_format(shards.paths[0]) == "csv":
+        check_shards(shards.paths, "PATH")  # the header names its columns before Ray starts
     cluster.connect(args.address, args.command)
     print(inspect_shards(shards, show=args.show))
+
+
+def _csv_columns(args) -> None:
+    """`data` commands: the CSV columns of their --csv-* flags, for every read in this process."""
+    if not hasattr(args, "csv_img_key"):
+        return
+    from pipeline.config import CsvColumnsConfig, build
+    from pipeline.data.formats import files
+
+    files.configure(build(CsvColumnsConfig, {"csv_image_key": args.csv_img_key, "csv_caption_key": args.csv_caption_key,
+                                             "csv_separator": args.csv_separator}, "data."))
 
 
 def cmd_keys(args) -> None:

@@ -192,13 +192,22 @@ def row_counts(files: list[str]) -> list[int]:
     return counts
 
 
-def parquet_dim(directory: str) -> int:
+def parquet_schema(directory: str):
+    """The Arrow schema of a Parquet dataset directory, from its first file's footer."""
     import pyarrow.parquet as pq
 
     files = parquet_files(directory)
     fs, path = storage.arrow_filesystem(files[0])
     with fs.open_input_file(path) as fh:
-        return pq.ParquetFile(fh).schema_arrow.field("vector").type.list_size
+        return pq.ParquetFile(fh).schema_arrow
+
+
+def parquet_columns(directory: str) -> list[str]:
+    return parquet_schema(directory).names
+
+
+def parquet_dim(directory: str) -> int:
+    return parquet_schema(directory).field("vector").type.list_size
 
 
 def read_file(path: str, columns: list[str] | None = None):

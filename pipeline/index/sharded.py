@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import storage
-from pipeline.index.embedding_passes import (CAPTIONS, IMAGES, parquet_files, read_columns, read_file, row_counts,
-                                             sample_vectors)
+from pipeline.index.embedding_passes import (CAPTIONS, IMAGES, parquet_columns, parquet_files, read_columns,
+                                             read_file, row_counts, sample_vectors)
 from pipeline.index.faiss_indexes import (IndexSpec, ShardedIndex, build_index, deserialize, fill_shard, measure,
                                           merge_top_k, recall_vs_exact, serialize, train_template)
 
@@ -238,11 +238,13 @@ def search(index_dir: str | Path, text: str | None = None, image=None, k: int = 
     scores, idx = index.search(q, min(max(k, rerank_k) if reranker is not None else k, index.ntotal))
     found = [(float(s), int(i)) for s, i in zip(scores[0], idx[0]) if i >= 0]
     names = ["key"] if text is not None else ["key", "caption"]
+    if text is not None and "path" in parquet_columns(storage.join(index_dir, IMAGES)):
+        names.append("path")  # the image's own file or URL (an index written before it was kept has none)
     table = read_columns(storage.join(index_dir, IMAGES if text is not None else CAPTIONS),
                          names + (["vector"] if reranker is not None else []))
     table = table.take([i for _, i in found])  # ids are positions: rows are in id order
-    hits = [{"score": s, **({"key": row["key"]} if text is not None else
-                            {"caption": row["caption"], "image": row["key"]})}
+    hits = [{"score": s, **({"key": row["key"], **({"path": row["path"]} if row.get("path") else {})}
+                            if text is not None else {"caption": row["caption"], "image": row["key"]})}
             for (s, _), row in zip(found, table.select(names).to_pylist())]
     if reranker is not None and hits:
         import torch

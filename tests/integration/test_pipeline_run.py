@@ -158,7 +158,7 @@ def test_evaluate_and_index_commands(e2e_run, smoke_data, tmp_path, capsys):
     meta = json.loads((idx / "meta.json").read_text())
     assert meta["n_images"] == 64 and meta["type"] == "flat" and "shards" not in meta["indexes"]["images"]
     images, captions = (pq.read_table(idx / f"{n}.parquet") for n in ("images", "captions"))
-    assert set(images.column_names) == {"id", "key", "label", "shard", "vector"}
+    assert set(images.column_names) == {"id", "key", "label", "shard", "path", "vector"}
     assert sorted(images.column("id").to_pylist()) == list(range(64))
     assert sorted(captions.column("id").to_pylist()) == list(range(320))
     assert set(captions.column("key").to_pylist()) == set(images.column("key").to_pylist())

@@ -113,6 +113,7 @@ def test_real_photos_import_evaluate_finetune_search(ray_cluster, photos, photo_
     assert "## Checkpoints compared (same gallery)" in (report / "report.md").read_text()
 
     # the folder of photo files as a search gallery: every image indexed, captions where a NAME.txt is beside it
+    # (its Ray Data read tasks: tests/unit/test_file_inputs.py)
     assert main(["index", "--checkpoint", str(tmp_path / "photos"), "--data", str(files / "images"),
                  "--out", str(tmp_path / "index"), "--address", ray_cluster]) == 0
     assert f"({n} images, {n - 3} captions" in capsys.readouterr().out
@@ -134,6 +135,7 @@ def test_real_photos_import_evaluate_finetune_search(ray_cluster, photos, photo_
         assert main(["search", "--index", str(tmp_path / "index"), "--text", query, "--k", "3", "--json"]) == 0
         hits = json.loads(capsys.readouterr().out)
         assert hits[0]["key"] == f"images/{key}", (query, key, hits)  # keys: folder/file name
+        assert hits[0]["path"] == str(files / "images" / f"{key}.jpg")
         _, top = exported.search(model.encode_text([query]).numpy(), 1)  # the export finds what search finds
         assert meta.iloc[int(top[0, 0])]["image_path"] == str(files / "images" / f"{key}.jpg")
 
@@ -147,3 +149,22 @@ def test_real_photos_import_evaluate_finetune_search(ray_cluster, photos, photo_
     block = json.loads((report / "report.json").read_text())["zeroshot"]
     assert [c["name"] for c in block["per_class"]] == [CLASSES[c] for c in sorted(CLASSES)]
     assert block["top1"] >= 50, block  # fitted on these photos' captions, it tells a cat from a rocket
+
+
+def test_ray_data_reads_a_csv_and_a_folder_as_the_reader_does(ray_cluster, photo_files):
+    """The datasource every Ray Data pass reads through (`shards.make_source`): a CSV's rows, and a folder's
+    images spread over its read tasks one file each, the same rows as the one reader gives in this process."""
+    import ray
+
+    from pipeline.data.formats.shards import iter_shard, shard_names
+    from pipeline.data.ingest import read_shards, resolve_shards
+
+    files, _ = photo_files
+    ray.init(address=ray_cluster, ignore_reinit_error=True)
+    for spec in (files / "photos.csv", files / "images"):
+        paths = resolve_shards(str(spec)).paths
+        names = shard_names(paths)
+        want = sorted((r["key"], r["image"], r["txt"] if isinstance(r["txt"], (bytes, type(None))) else
+                       r["txt"].encode(), r["problem"]) for p in paths for r in iter_shard(p, names[p]))
+        got = sorted((r["key"], r["image"], r["txt"], r["problem"]) for r in read_shards(paths).take_all())
+        assert got == want and len(got) >= 19, spec

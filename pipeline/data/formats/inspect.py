@@ -41,8 +41,22 @@ def _failure(meta) -> str:
 
 
 def schema_lines(paths: list[str]) -> list[str]:
-    """The columns of a Parquet shard with their types; WebDataset shards are described by their members."""
-    if shard_format(paths[0]) != "parquet":
+    """The columns of a Parquet shard with their types, a CSV's header; WebDataset shards and image folders are
+    described by their members."""
+    kind = shard_format(paths[0])
+    if kind == "csv":
+        from pipeline.data.formats import files
+
+        layout = files.current()
+        fs, bare = storage.arrow_filesystem(paths[0])
+        with fs.open_input_stream(bare) as f:
+            _, header, sep = files.read_header(f, bare, layout)
+        return [f"format: csv ({'tab' if sep == chr(9) else repr(sep)}-separated)", "columns: " + ", ".join(header),
+                f"images: {layout.image_key} (data.csv_image_key), captions: {layout.caption_key} (data.csv_caption_key)"]
+    if kind == "folder":
+        return [f"format: image folder ({len(paths)} folder(s) of .jpg/.jpeg/.png/.webp; NAME.txt beside an image "
+                "is its caption)"]
+    if kind != "parquet":
         return ["format: webdataset (.tar)"]
     readable = first_readable_schema(paths)
     if readable is None:
