@@ -169,8 +169,10 @@ def check_shards(paths: list[str], key: str) -> None:
     from pipeline import storage
 
     kind = shard_format(paths[0])
-    if kind == "csv":
-        return _check_csv_header(paths[0], key)
+    if kind == "csv":  # every header (a CSV is a large shard: there are few), in parallel for S3's latency
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda p: _check_csv_header(p, key), paths))
+        return
     if kind == "folder":
         return  # listed because it holds images
     if kind == "parquet":
@@ -198,7 +200,7 @@ def check_shards(paths: list[str], key: str) -> None:
 
 
 def _check_csv_header(path: str, key: str) -> None:
-    """The first CSV's header names the image and caption columns (data.csv_*), before any Ray work."""
+    """A CSV's header names the image and caption columns (data.csv_*), before any Ray work."""
     from pipeline import storage
     from pipeline.data.formats import files
 
