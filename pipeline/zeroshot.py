@@ -48,11 +48,16 @@ def class_folders(data: str, shard_paths: list[str], classes_file: str = "") -> 
     if not folders or any(not p.endswith("/") for p in shard_paths):
         raise ValueError(f"--data {data}: zero-shot classification reads an image folder with one subfolder per "
                          "class (class/NAME.jpg), like torchvision's ImageFolder")
+    if root in bare:
+        raise ValueError(f"--data {data}: it holds images of its own, beside its class folders; move them into "
+                         "the folder of their class")
     # the folder names as they are, as clip_benchmark takes an ImageFolder's `classes`
     return ClassFolders(root, folders, _read_names(classes_file, folders) if classes_file else folders)
 
 
 def _read_names(path: str, folders: list[str]) -> list[str]:
+    if not storage.exists(path):
+        raise ValueError(f"--classes {path} does not exist")
     text = storage.read_text(path)
     try:
         parsed = json.loads(text)

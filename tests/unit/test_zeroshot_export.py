@@ -113,7 +113,7 @@ def test_zeroshot_classifier_rows_are_clip_benchmarks_columns(model):
     assert (ours - theirs.T).abs().max() < 1e-5
 
 
-def test_bad_class_names_and_templates_are_refused(tmp_path, model):
+def test_bad_class_names_and_templates_are_refused(tmp_path, model, capsys):
     from pipeline.cli import main
 
     _, ckpt = model
@@ -122,11 +122,18 @@ def test_bad_class_names_and_templates_are_refused(tmp_path, model):
     (tmp_path / "t.txt").write_text("no placeholder here\n")
     for extra, said in ((["--classes", str(tmp_path / "names.txt")], "1 names for 2 class folders"),
                         (["--templates", str(tmp_path / "t.txt")], "has no {c}"),
-                        (["--templates", "fancy"], "neither openai nor simple nor a file")):
+                        (["--templates", "fancy"], "neither openai nor simple nor a file"),
+                        (["--classes", str(tmp_path / "absent.txt")], "does not exist")):
         assert main(["zeroshot", "--checkpoint", ckpt, "--data", str(root), "--out", str(tmp_path / "o"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err  # one line
     flat = tmp_path / "flat"
     _image_folder(flat, ["moon"], per_class=1)
     assert main(["zeroshot", "--checkpoint", ckpt, "--data", str(flat / "moon"), "--out", str(tmp_path / "o")]) == 2
+    assert "one subfolder per class" in capsys.readouterr().err
+    (root / "stray.jpg").write_bytes((root / PHOTOS[0] / "0.jpg").read_bytes())  # an image in no class folder
+    assert main(["zeroshot", "--checkpoint", ckpt, "--data", str(root), "--out", str(tmp_path / "o")]) == 2
+    assert "holds images of its own" in capsys.readouterr().err
     assert not __import__("ray").is_initialized()  # every refusal came before any Ray work
 
 
