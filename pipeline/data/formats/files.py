@@ -167,9 +167,9 @@ def iter_folder_samples(fs, folder: str, shard: str, with_images: bool = True) -
     a `duplicate_key` row: which of them the caption belongs to is unknown."""
     import pyarrow.fs as pafs
 
-    infos = fs.get_file_info(pafs.FileSelector(folder.rstrip("/"), recursive=False))
+    infos = fs.get_file_info(pafs.FileSelector(folder.rstrip("/"), recursive=False))  # one listing for both
     captions = {i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".txt")}
-    images = list_folder(fs, folder)
+    images = sorted(i.path for i in infos if i.type == pafs.FileType.File and is_image_file(i.path))
     stems = [posixpath.basename(p).rsplit(".", 1)[0] for p in images]
     seen: set[str] = set()
     local = isinstance(fs, _local_types())  # read in turn; S3's objects in threads (see fetch_images)
