@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _zeroshot_and_export_commands(command)
     _import_model_command(command)
     _search_command(command)
+    _serve_command(command)
     _data_commands(command, common)
     p = command("keys", help="list every config key with its default and meaning")
     p.add_argument("job", nargs="?", default="run", choices=sorted(JOB_CONFIGS))
@@ -163,6 +164,26 @@ def _search_command(command) -> None:
                    "checkpoint, or that checkpoint (or its run dir) when its run had rerank.enabled: the top "
                    "--rerank-k hits are re-ordered by it")
     p.add_argument("--rerank-k", type=int, default=20, help="hits re-scored with --rerank (default 20)")
+    p.add_argument("--out", default=None, help="also write each hit's gallery image into this folder "
+                   "(RANK_KEY.jpg; for an image query, the image each caption belongs to), with hits.json")
+
+
+def _serve_command(command) -> None:
+    """`pipeline serve`: the index behind an HTTP search API and page, on Ray Serve."""
+    p = command("serve", help="serve a built index: POST /search, GET /image/<key>, GET /healthz and a search page "
+                "at / (Ray Serve)")
+    p.add_argument("--index", required=True, help="index folder written by `pipeline index` or `pipeline run`")
+    p.add_argument("--checkpoint", default=None, help="the model that encodes queries (default: the one the index "
+                   "was built with)")
+    p.add_argument("--rerank", default=None, help="a re-ranker for the index's checkpoint (as `pipeline search "
+                   "--rerank`): requests may ask for it")
+    p.add_argument("--rerank-k", type=int, default=20, help="hits re-scored when a request asks (default 20)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
+                   "every interface)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas of the search deployment (default 1)")
+    p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint when the index is on s3://")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 
 def _data_commands(command, common) -> None:

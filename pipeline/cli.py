@@ -8,7 +8,8 @@
     pipeline embeddings --config FILE --out FILE.txt [--dim 128] [--window 4] [--set ...]
     pipeline index --checkpoint DIR --data PATH --out DIR
     pipeline evaluate --checkpoint DIR --data PATH --out DIR
-    pipeline search --index DIR (--text STR | --image FILE) [--k 10]
+    pipeline search --index DIR (--text STR | --image FILE) [--k 10] [--out DIR]
+    pipeline serve --index DIR [--checkpoint DIR] [--port 8000] [--replicas N]
     pipeline zeroshot --checkpoint DIR --data FOLDER [--classes FILE] [--templates openai|simple|FILE] --out DIR
     pipeline export --index DIR --out DIR --format clip-retrieval
     pipeline data convert-csv --csv FILE --out DIR [--csv-img-key filepath] [--csv-caption-key title]
@@ -29,7 +30,7 @@ from pipeline import storage
 from pipeline.arguments import JOB_CONFIGS, build_parser, default_config
 from pipeline.config import (ConfigError, EvalJobConfig, RunJobConfig, TrainJobConfig, describe_keys, load_config,
                              narrow)
-from pipeline.preflight import check_eval_job, check_job, check_paths, query_image, require_checkpoint
+from pipeline.preflight import check_eval_job, check_job, check_paths, require_checkpoint
 
 
 def _start_job(args, config: str | None = None, extra: tuple = (), check=None, **preflight
@@ -215,39 +216,15 @@ def cmd_rerank(args) -> None:
 
 
 def cmd_search(args) -> None:
-    from pipeline.index.sharded import search
+    from pipeline.serve.commands import search
 
-    if args.k < 1:
-        raise ConfigError(f"--k {args.k}: ask for at least 1 result")
-    image = query_image(args.image) if args.image else None
-    storage.configure(args.endpoint_url)
-    reranker = None
-    if args.rerank:
-        from pipeline.rerank.job import load
+    search(args)
 
-        try:
-            from pipeline.index.sharded import index_checkpoint
 
-            meta = json.loads(storage.read_text(storage.join(args.index, "meta.json")))
-            reranker = load(args.rerank, index_checkpoint(args.index, meta))
-        except (ValueError, FileNotFoundError) as e:
-            raise ConfigError(f"--rerank {args.rerank}: {e}") from None
-    more = {"reranker": reranker, "rerank_k": args.rerank_k}
-    if args.distributed:
-        from pipeline import cluster
+def cmd_serve(args) -> None:
+    from pipeline.serve.commands import serve
 
-        cluster.connect(args.address, args.command)
-        hits = search(args.index, text=args.text, image=image, k=args.k, distributed=True, **more)
-    else:
-        with storage.local_copy(args.index) as index_dir:  # an s3:// index is fetched first
-            hits = search(index_dir, text=args.text, image=image, k=args.k, **more)
-    if args.json:
-        print(json.dumps(hits, indent=2))
-        return
-    for h in hits:
-        what = h.get("path") or h.get("key") or f"{h['caption']}  [{h['image']}]"
-        head = f"  (re-ranked {h['rerank_score']:.3f})" if "rerank_score" in h else ""
-        print(f"{h['rank']:>3}  {h['score']:.3f}{head}  {what}")
+    serve(args)
 
 
 def cmd_data(args) -> None:
@@ -333,7 +310,7 @@ def cmd_import_model(args) -> None:
 COMMANDS = {"run": cmd_run, "import-model": cmd_import_model, "train": cmd_train, "tune": cmd_tune, "cca": cmd_cca,
             "baseline": cmd_cca, "embeddings": cmd_embeddings, "rerank": cmd_rerank,
             "index": cmd_index, "evaluate": cmd_evaluate, "zeroshot": cmd_zeroshot, "export": cmd_export,
-            "search": cmd_search, "data": cmd_data, "keys": cmd_keys}
+            "search": cmd_search, "serve": cmd_serve, "data": cmd_data, "keys": cmd_keys}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(what Ray printed is in {console.log_path()})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.command == "serve":
+            print("\nstopped serving", file=sys.stderr)
+            return 0
         print(f"\ninterrupted: `pipeline {args.command}` stopped. Training runs resume from their newest checkpoint "
               "when the same command is run again", file=sys.stderr)
         return 130

@@ -101,6 +101,7 @@ def format_summary(s: RunSummary) -> str:
         lines += [f"re-ranked top {rr['k']} ({rr['description']}): {moved}; {rr['ms_per_query']:.3f} ms per query", ""]
     lines += [f"run directory : {s.run_dir}", f"checkpoint    : {s.checkpoint}", f"index         : {s.index_dir}",
               f"report        : {storage.join(s.report_dir, 'report.html')}  (+ report.md, report.json, plots/)",
+              f"search it     : pipeline serve --index {s.index_dir}  (a search page on http://127.0.0.1:8000/)",
               "", *skip_table(skipped), "=" * 72]
     return "\n".join(lines)
 

@@ -70,8 +70,8 @@ def plot_rank_histogram(ranks: dict, path: Path) -> bool:
     return True
 
 
-def thumbnail(data: bytes, side: int = 96) -> str:
-    """Image bytes -> a JPEG data URI of at most side x side pixels."""
+def thumbnail_jpeg(data: bytes, side: int = 96) -> bytes:
+    """Image bytes -> JPEG bytes of at most side x side pixels, upright (decoded as the pipeline decodes)."""
     from PIL import Image
 
     from pipeline.data.transforms import decode_image
@@ -80,7 +80,12 @@ def thumbnail(data: bytes, side: int = 96) -> str:
     img.thumbnail((side, side), Image.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def thumbnail(data: bytes, side: int = 96) -> str:
+    """Image bytes -> a JPEG data URI of at most side x side pixels."""
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(data, side)).decode()
 
 
 def thumbnails(images: dict[str, bytes], side: int = 96) -> dict[str, str]:

@@ -7,26 +7,21 @@ and searched (shard-parallel, merged top-K).
 An index directory holds the embeddings (images.parquet/, captions.parquet/: ids, keys, captions, vectors),
 images.faiss (text -> image search) and captions.faiss (image -> text), or their shards
 images.shard-00000.faiss ..., and meta.json (checkpoint, dimension, index types, shards, build figures), so
-`pipeline search` needs nothing else.
+`pipeline search` needs nothing else (`searcher` queries it).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import storage
-from pipeline.index.embedding_passes import (CAPTIONS, IMAGES, parquet_columns, parquet_files, read_columns,
-                                             read_file, row_counts, sample_vectors)
+from pipeline.index.embedding_passes import (CAPTIONS, IMAGES, parquet_files, read_file, row_counts,
+                                             sample_vectors)
 from pipeline.index.faiss_indexes import (IndexSpec, ShardedIndex, build_index, deserialize, fill_shard, measure,
                                           merge_top_k, recall_vs_exact, serialize, train_template)
-
-if TYPE_CHECKING:
-    from pipeline.encoder import Encoder
 
 N_QUERIES = 1000  # held-out queries of the other modality for recall and QPS
 
@@ -211,48 +206,3 @@ class RayShardedIndex:
         except GetTimeoutError:
             raise RuntimeError(f"the {len(self.servers)} shard actors did not answer within {self.timeout_s:.0f} s: "
                                "the cluster may lack the memory to hold every shard (see `ray status`)") from None
-
-
-def search(index_dir: str | Path, text: str | None = None, image=None, k: int = 10,
-           encoder: Encoder | None = None, distributed: bool = False, reranker=None, rerank_k: int = 20
-           ) -> list[dict]:
-    """Text query -> top-k images; image query (a PIL image) -> top-k captions. -> [{rank, score, ...}].
-    distributed: search a sharded index through one Ray actor per shard instead of in this process.
-    reranker: (fusion head, meta) from `rerank.job.load`: the top max(k, rerank_k) are re-ordered by it, each hit
-    with its `rerank_score`."""
-    index_dir = str(index_dir)
-    if not storage.exists(storage.join(index_dir, "meta.json")):
-        raise FileNotFoundError(f"{index_dir} holds no index (meta.json missing); build one with `pipeline index`")
-    meta = json.loads(storage.read_text(storage.join(index_dir, "meta.json")))
-    if (text is None) == (image is None):
-        raise ValueError("give exactly one of text or image")
-    if encoder is None:  # imported here: the shard tasks and shard actors of this module never load torch
-        from pipeline.encoder import load
-
-        encoder = load(index_checkpoint(index_dir, meta))
-    name = "images" if text is not None else "captions"
-    sharded = bool(meta.get("indexes", {}).get(name, {}).get("shards"))
-    index = RayShardedIndex(index_dir, name, meta) if distributed and sharded else \
-        load_gallery_index(index_dir, name, meta)
-    q = (encoder.encode_text([text]) if text is not None else encoder.encode_image([image])).numpy()  # (1, D)
-    scores, idx = index.search(q, min(max(k, rerank_k) if reranker is not None else k, index.ntotal))
-    found = [(float(s), int(i)) for s, i in zip(scores[0], idx[0]) if i >= 0]
-    names = ["key"] if text is not None else ["key", "caption"]
-    if text is not None and "path" in parquet_columns(storage.join(index_dir, IMAGES)):
-        names.append("path")  # the image's own file or URL (an index written before it was kept has none)
-    table = read_columns(storage.join(index_dir, IMAGES if text is not None else CAPTIONS),
-                         names + (["vector"] if reranker is not None else []))
-    table = table.take([i for _, i in found])  # ids are positions: rows are in id order
-    hits = [{"score": s, **({"key": row["key"], **({"path": row["path"]} if row.get("path") else {})}
-                            if text is not None else {"caption": row["caption"], "image": row["key"]})}
-            for (s, _), row in zip(found, table.select(names).to_pylist())]
-    if reranker is not None and hits:
-        import torch
-
-        from pipeline.index.embedding_passes import vectors_of
-
-        cand, query = torch.from_numpy(vectors_of(table)), torch.from_numpy(q).expand(len(hits), -1)  # (n, D)
-        with torch.no_grad():
-            head = reranker[0](query, cand) if text is None else reranker[0](cand, query)  # (n,) image first
-        hits = [{**hits[i], "rerank_score": float(head[i])} for i in head.argsort(descending=True, stable=True)]
-    return [{"rank": r + 1, **h} for r, h in enumerate(hits[:k])]

@@ -75,7 +75,7 @@ def test_pure_modules_stay_off_ray_when_their_functions_run():
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
-@pytest.mark.parametrize("argv", [[], ["run"], ["train"], ["tune"], ["cca"], ["baseline"], ["embeddings"], ["rerank"], ["index"], ["evaluate"], ["search"], ["data"],
+@pytest.mark.parametrize("argv", [[], ["run"], ["train"], ["tune"], ["cca"], ["baseline"], ["embeddings"], ["rerank"], ["index"], ["evaluate"], ["search"], ["serve"], ["data"],
                                   ["data", "synth"], ["data", "convert-karpathy"], ["data", "inspect"], ["keys"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:

@@ -119,7 +119,7 @@ LAYERS = [
     ("indexes and cluster", {"index", "cluster"}),
     ("jobs' parts", {"rerank", "report", "words", "evaluate", "zeroshot"}),
     ("training", {"training", "baselines"}),
-    ("jobs", {"tune", "import_model", "preflight", "end_to_end", "bundled"}),
+    ("jobs", {"tune", "import_model", "preflight", "end_to_end", "bundled", "serve"}),
     ("entry points", {"arguments", "cli", "__main__", "pipeline"}),
 ]
 

@@ -16,25 +16,14 @@ skimage = pytest.importorskip("skimage.data")
 zc = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
 
 from pipeline.config import EvalJobConfig, load_config  # noqa: E402
+from tests.models import CONFIG, NAME, tiny_open_clip  # noqa: E402
 
-NAME = "zs-tiny-vit"
-CONFIG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-          "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "moon")
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from pipeline.import_model import import_model
-
-    tmp = tmp_path_factory.mktemp("zs-model")
-    (tmp / f"{NAME}.json").write_text(json.dumps(CONFIG))
-    open_clip.add_model_config(str(tmp / f"{NAME}.json"))
-    torch.manual_seed(0)
-    ref = open_clip.create_model(NAME).eval()
-    torch.save(ref.state_dict(), tmp / "w.pt")
-    import_model(str(tmp / "ckpt"), source=f"open_clip:{tmp / f'{NAME}.json'}", weights=str(tmp / "w.pt"))
-    return ref, str(tmp / "ckpt")
+    return tiny_open_clip(tmp_path_factory.mktemp("zs-model"))
 
 
 def _image_folder(root, photos, per_class: int = 3):

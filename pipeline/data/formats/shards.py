@@ -63,7 +63,7 @@ def _row(key: str, problem: str = "") -> dict:
     return {"key": key, "image": None, "txt": None, "json": None, "problem": problem, "has_image": False}
 
 
-def _member(name: str) -> tuple[str, str | None] | None:
+def tar_member(name: str) -> tuple[str, str | None] | None:
     """A tar member name -> (its sample's key inside the shard, its column or None for an unknown kind), or
     None for a member that belongs to no sample: macOS tar's AppleDouble `._NAME` files (Finder metadata,
     not data) would otherwise split every sample of a shard in two."""
@@ -89,7 +89,7 @@ def iter_tar_samples(stream, shard: str, with_images: bool = True) -> Iterator[d
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for info in tar:
-                member = _member(info.name) if info.isreg() else None
+                member = tar_member(info.name) if info.isreg() else None
                 if member is None:
                     continue
                 key = f"{shard}/{member[0]}"

@@ -1,0 +1,26 @@
+"""A small OpenCLIP ViT initialised at random (seeded), saved and imported as a project checkpoint: nothing is
+downloaded, and the OpenCLIP model itself stays at hand as the reference."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+NAME = "zs-tiny-vit"
+CONFIG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+          "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+def tiny_open_clip(tmp: Path, seed: int = 0):
+    """-> (the OpenCLIP model in eval mode, the imported checkpoint's path)."""
+    import open_clip
+    import torch
+
+    from pipeline.import_model import import_model
+
+    (tmp / f"{NAME}.json").write_text(json.dumps(CONFIG))
+    open_clip.add_model_config(str(tmp / f"{NAME}.json"))
+    torch.manual_seed(seed)
+    ref = open_clip.create_model(NAME).eval()
+    torch.save(ref.state_dict(), tmp / "w.pt")
+    import_model(str(tmp / "ckpt"), source=f"open_clip:{tmp / f'{NAME}.json'}", weights=str(tmp / "w.pt"))
+    return ref, str(tmp / "ckpt")
