@@ -8,7 +8,8 @@ HTTP service costs a query, as ratios.
     (the batched rate: what a replica's `serve.batch` can reach at best); image queries the same from the
     stored JPEG bytes (decoded here, as the service decodes an upload).
 (B) served: one replica on a local Ray, `POST /search` JSON (text) or multipart (image) from N client threads,
-    each on its own keep-alive connection, `--requests` requests a concurrency.
+    each on its own keep-alive connection, `--requests` requests a concurrency;
+(C) Serve's floor: the same text requests at concurrency 1 to a deployment that only reads them and answers {}.
 A and B alternate, round by round. The client threads run on the same cores as the service, as a load
 generator on the machine would. Prints p50/p99 latency and QPS, the p50 overhead at concurrency 1 (B − A) and
 QPS at the highest concurrency over the in-process batched rate.
@@ -73,7 +74,7 @@ def _body(kind: str, query, k: int) -> tuple[bytes, str]:
         f"multipart/form-data; boundary={b}"
 
 
-def served(port: int, kind: str, queries, n: int, concurrency: int, k: int) -> dict:
+def served(port: int, kind: str, queries, n: int, concurrency: int, k: int, path: str = "/search") -> dict:
     """n requests from `concurrency` threads -> {"p50_ms", "p99_ms", "qps", "errors"}."""
     lat, errors, lock = [], [0], threading.Lock()
     bodies = [_body(kind, q, k) for q in queries]
@@ -83,7 +84,7 @@ def served(port: int, kind: str, queries, n: int, concurrency: int, k: int) -> d
         for i in range(share):
             body, ctype = bodies[(offset + i) % len(bodies)]
             t = time.perf_counter()
-            conn.request("POST", "/search", body=body, headers={"Content-Type": ctype})
+            conn.request("POST", path, body=body, headers={"Content-Type": ctype})
             r = conn.getresponse()
             r.read()
             with lock:
@@ -101,6 +102,20 @@ def served(port: int, kind: str, queries, n: int, concurrency: int, k: int) -> d
     wall = time.perf_counter() - t
     return {"p50_ms": 1e3 * percentile(lat, 50), "p99_ms": 1e3 * percentile(lat, 99), "qps": n / wall,
             "errors": errors[0]}
+
+
+def _deploy_floor() -> None:
+    """Serve's own cost on this machine: a deployment at /floor that reads the body and answers `{}`."""
+    from ray import serve
+    from starlette.responses import JSONResponse
+
+    @serve.deployment(ray_actor_options={"num_cpus": 1})
+    class Floor:
+        async def __call__(self, request):
+            await request.body()
+            return JSONResponse({})
+
+    serve.run(Floor.bind(), name="floor", route_prefix="/floor", logging_config={"enable_access_log": False})
 
 
 def main() -> None:
@@ -131,10 +146,12 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve_index(ServeArgs(index=args.index), "127.0.0.1", port, replicas=1)
+    _deploy_floor()
     served(port, "text", texts, 100, 4, args.k)  # warm the proxy and the replica
     rows: dict = {}
     for r in range(args.rounds):
         a = in_process(searcher, texts, images, min(args.requests, 500), args.k)
+        rows.setdefault(("text", "floor"), []).append(served(port, "text", texts, args.requests, 1, args.k, "/floor"))
         for kind in ("text", "image"):
             rows.setdefault((kind, "in-process"), []).append(a[kind])
             for c in levels:
@@ -145,6 +162,9 @@ def main() -> None:
     print(f"\n{args.index}: {searcher.sizes['images']} images, {searcher.sizes['captions']} captions, "
           f"k={args.k}, {args.requests} requests a level, median of {args.rounds} rounds\n")
     print("| query | client | p50 ms | p99 ms | QPS | errors |\n|---|---|---:|---:|---:|---:|")
+    f = med[("text", "floor")]
+    print(f"| text | served, a deployment that only answers `{{}}`, concurrency 1 | {f['p50_ms']:.2f} | "
+          f"{f['p99_ms']:.2f} | {f['qps']:.0f} | {f['errors']:.0f} |")
     for kind in ("text", "image"):
         a = med[(kind, "in-process")]
         print(f"| {kind} | in process, one at a time | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} | "
