@@ -151,6 +151,15 @@ def load(rerank_dir: str, ckpt: str):
     return scorer.eval(), meta
 
 
+def run_head(path: str) -> str | None:
+    """The newest checkpoint under `path` (or `path` itself) when its run trained a re-ranker beside the towers
+    (rerank.enabled), else None: `pipeline serve` over such a run offers re-ranking without being told."""
+    from pipeline import checkpoint
+
+    found = checkpoint.find_latest(path) if storage.exists(path) else None
+    return found if found and storage.exists(storage.join(found, checkpoint.HEAD)) else None
+
+
 def _from_checkpoint(path: str) -> tuple[dict, dict]:
     """The head a run with rerank.enabled trained beside its towers, from its newest checkpoint under `path`
     (or `path` itself). -> (meta as `train` writes it, state dict)"""

@@ -65,12 +65,12 @@ def open_searcher(a: ServeArgs):
     if a.index.startswith("s3://"):
         copy = storage.local_copy(a.index)
         index_dir = str(copy.__enter__())  # held for the replica's lifetime
-    reranker = None
-    if a.rerank:
-        from pipeline.index.sharded import index_checkpoint
-        from pipeline.rerank.job import load
+    from pipeline.index.sharded import index_checkpoint
+    from pipeline.rerank.job import load, run_head
 
-        reranker = load(a.rerank, a.checkpoint or index_checkpoint(index_dir, read_meta(index_dir)))
+    ckpt = a.checkpoint or index_checkpoint(index_dir, read_meta(index_dir))
+    rerank = a.rerank or run_head(ckpt)
+    reranker = load(rerank, ckpt) if rerank else None
     searcher = Searcher.open(index_dir, checkpoint=a.checkpoint, reranker=reranker, rerank_k=a.rerank_k)
     searcher.side("images"), searcher.side("captions"), searcher.gallery_images()
     return searcher

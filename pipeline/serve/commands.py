@@ -104,7 +104,11 @@ def serve(args) -> None:
     if args.rerank:
         _reranker(args.rerank, args.index, args.checkpoint)  # refused here, not inside a replica
     from pipeline import cluster
+    from pipeline.index.sharded import index_checkpoint
+    from pipeline.rerank.job import run_head
     from pipeline.serve.app import ServeArgs, serve_index
+
+    own_head = not args.rerank and run_head(args.checkpoint or index_checkpoint(args.index, meta))
 
     where = cluster.connect(args.address, "serve")
     # `kill` or a job's stop ends it as Ctrl-C does, Serve shut down even mid-deploy (set after ray.init, which
@@ -122,7 +126,10 @@ def serve(args) -> None:
               f"{args.replicas} replica(s) on the {where} Ray, up in {time.perf_counter() - started:.1f} s\n"
               f"  search page: http://{host}:{args.port}/\n"
               f"  API:         POST http://{host}:{args.port}/search  {{\"text\": \"...\", \"k\": 10}}\n"
-              "Ctrl-C stops it", flush=True)
+              + (f"  re-ranker:   {args.rerank}\n" if args.rerank else
+                 "  re-ranker:   the run's own, trained with the towers (requests ask for it with \"rerank\": true)\n"
+                 if own_head else "")
+              + "Ctrl-C stops it", flush=True)
         while True:
             time.sleep(3600)
     finally:

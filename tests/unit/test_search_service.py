@@ -239,3 +239,20 @@ def test_serve_refuses_bad_flags_in_one_line_before_ray(indexes, tmp_path, extra
     out = _cli(["serve", "--index", dirs["flat"], *extra], tmp_path)
     assert out.returncode == 2 and out.stdout.strip() == "NO_RAY", out.stdout + out.stderr
     assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_a_run_that_trained_a_reranker_offers_it(indexes, tmp_path):
+    """`pipeline serve` over a run with rerank.enabled takes its head without --rerank: the checkpoint holds it."""
+    import shutil
+
+    from pipeline import checkpoint
+    from pipeline.index.searcher import read_meta
+    from pipeline.index.sharded import index_checkpoint
+    from pipeline.rerank.job import run_head
+
+    dirs, _ = indexes
+    ckpt = index_checkpoint(dirs["flat"], read_meta(dirs["flat"]))
+    assert run_head(ckpt) is None and run_head(str(tmp_path / "nothing")) is None
+    shutil.copytree(ckpt, tmp_path / "with_head")
+    (tmp_path / "with_head" / checkpoint.HEAD).write_bytes(b"weights")
+    assert run_head(str(tmp_path / "with_head")) == str(tmp_path / "with_head")
