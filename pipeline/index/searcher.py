@@ -1,6 +1,6 @@
 """Queries against a built index directory: the query encoder, the FAISS indexes and the hits' keys, captions
 and paths, loaded once and searched in batches. `pipeline search` asks it one query; `pipeline serve` keeps one
-per replica and hands it every query a batch window gathered.
+per replica and hands it the queries that queued together, as one batch.
 
     searcher = Searcher.open("runs/demo/index")
     searcher.text(["a red square"], k=5)   # -> [[{rank, score, key, caption, path?}, ...]]
@@ -52,7 +52,8 @@ class Searcher:
     reranker: object | None = None  # (fusion head, meta) from `rerank.job.load`
     rerank_k: int = 20
     distributed: bool = False
-    _sides: dict = field(default_factory=dict)
+    _sides: dict[str, _Side] = field(default_factory=dict)
+    _lookup: ImageLookup | None = None
 
     @classmethod
     def open(cls, index_dir: str | Path, encoder: Encoder | None = None, checkpoint: str | None = None,
@@ -86,14 +87,14 @@ class Searcher:
 
     def gallery_images(self) -> ImageLookup:
         """Where each gallery image is stored (its file, else its shard), read from images.parquet once."""
-        if "lookup" not in self._sides:
+        if self._lookup is None:
             directory = storage.join(self.index_dir, IMAGES)
             has_path = "path" in parquet_columns(directory)
             table = read_columns(directory, ["key", "shard"] + (["path"] if has_path else []))
             paths = table.column("path").to_pylist() if has_path else [""] * table.num_rows
-            self._sides["lookup"] = ImageLookup(dict(zip(table.column("key").to_pylist(), zip(
-                table.column("shard").to_pylist(), [p or "" for p in paths]))))
-        return self._sides["lookup"]
+            self._lookup = ImageLookup(dict(zip(table.column("key").to_pylist(),
+                                                zip(table.column("shard").to_pylist(), [p or "" for p in paths]))))
+        return self._lookup
 
     def side(self, name: str) -> _Side:
         """The index and hit rows of `name` (images | captions), loaded on first use."""
@@ -110,9 +111,11 @@ class Searcher:
             cols = ["key"] + (["path"] if "path" in parquet_columns(storage.join(self.index_dir, IMAGES)) else [])
             table = read_columns(storage.join(self.index_dir, IMAGES), cols + want)
             first = _first_captions(self.index_dir)
-            rows = [{"key": r["key"], "caption": first.get(r["key"], ""), **({"path": r["path"]} if r.get("path")
-                                                                              else {})}
-                    for r in table.select(cols).to_pylist()]
+            rows = []
+            for r in table.select(cols).to_pylist():
+                rows.append({"key": r["key"], "caption": first.get(r["key"], "")})
+                if r.get("path"):  # the image's own file or URL (an index written before it was kept has none)
+                    rows[-1]["path"] = r["path"]
         else:
             table = read_columns(storage.join(self.index_dir, CAPTIONS), ["key", "caption"] + want)
             rows = [{"key": r["key"], "caption": r["caption"], "image": r["key"]}

@@ -4,7 +4,7 @@ gallery's keys and captions (a `Searcher`), and answers
     POST /search        {"text": "...", "k": 10, "rerank": false} or an image (multipart, or base64 in JSON)
                         -> {"results": [{"rank", "key", "score", "caption", ...}, ...]} best first
     GET  /image/<key>   the gallery image (a JPEG thumbnail, at most 256 px a side)
-    GET  /healthz       {"status": "ok", "images": n, "captions": n}
+    GET  /healthz       {"status": "ok", "images": n, "captions": n, "rerank": whether requests may ask for it}
     GET  /              the search page
 
 Concurrent queries of one kind are gathered by `serve.batch` into one forward pass and one FAISS search.
@@ -56,18 +56,18 @@ class ServeArgs:
 
 def open_searcher(a: ServeArgs):
     """The Searcher a replica holds: the index (an s3:// one copied here first), its model or `a.checkpoint`,
-    and the re-ranker when one is given; both sides loaded now, so the first query is as fast as the next."""
+    and the re-ranker given, else the one its run trained with the towers; both sides loaded now, so the first
+    query is as fast as the next."""
     from pipeline import storage
     from pipeline.index.searcher import Searcher, read_meta
+    from pipeline.index.sharded import index_checkpoint
+    from pipeline.rerank.job import load, run_head
 
     storage.configure(a.endpoint_url)
     index_dir = a.index
     if a.index.startswith("s3://"):
         copy = storage.local_copy(a.index)
         index_dir = str(copy.__enter__())  # held for the replica's lifetime
-    from pipeline.index.sharded import index_checkpoint
-    from pipeline.rerank.job import load, run_head
-
     ckpt = a.checkpoint or index_checkpoint(index_dir, read_meta(index_dir))
     rerank = a.rerank or run_head(ckpt)
     reranker = load(rerank, ckpt) if rerank else None
@@ -139,7 +139,8 @@ def build_app(args: dict):
 def serve_index(a: ServeArgs, host: str, port: int, replicas: int):
     """Start Serve's HTTP proxy on host:port and the search application with `replicas` replicas (on the Ray
     this process is connected to). -> the application's handle."""
-    # Serve's per-request access log lines (to its log files) cost about 1 ms a request on 2 cores: off.
+    # Serve's per-request access log lines (to its log files): off, 8.7 -> 7.9 ms a request at concurrency 1 on
+    # 2 cores (one try each, docs/benchmarks.md "Serving").
     quiet = {"enable_access_log": False, "log_level": "WARNING"}
     serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
     app = SearchService.options(num_replicas=replicas).bind(dataclasses.asdict(a))
