@@ -1,5 +1,6 @@
 """A small OpenCLIP ViT initialised at random (seeded), saved and imported as a project checkpoint: nothing is
-downloaded, and the OpenCLIP model itself stays at hand as the reference."""
+downloaded, and the OpenCLIP model itself stays at hand as the reference; and an index built with it in
+process."""
 from __future__ import annotations
 
 import json
@@ -24,3 +25,16 @@ def tiny_open_clip(tmp: Path, seed: int = 0):
     torch.save(ref.state_dict(), tmp / "w.pt")
     import_model(str(tmp / "ckpt"), source=f"open_clip:{tmp / f'{NAME}.json'}", weights=str(tmp / "w.pt"))
     return ref, str(tmp / "ckpt")
+
+
+def index_in_process(ckpt: str, shards: list[str], out: str, kind: str = "flat") -> str:
+    """An index directory over `shards` with the model at `ckpt`, embedded and built in this process (no Ray),
+    as `pipeline index` writes one. -> `out`"""
+    from pipeline.index.embedding_passes import embed_to_parquet
+    from pipeline.index.faiss_indexes import IndexSpec
+    from pipeline.index.sharded import build_gallery_indexes, write_index
+
+    emb = embed_to_parquet(ckpt, shards, 32, out, in_driver_images=1000, captionless=True)
+    spec = IndexSpec(type=kind)
+    write_index(out, build_gallery_indexes(out, spec), ckpt, spec, emb.n_images, emb.n_captions, emb.dim)
+    return out

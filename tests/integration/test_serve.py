@@ -41,11 +41,8 @@ REPLICA = "ServeReplica:search:SearchService"
 def gallery(tmp_path_factory):
     """An index over the photos and the HTML-captioned sample, built in this process. -> (index dir, Searcher)."""
     from pipeline.data.formats.photos import write_photo_shards
-    from pipeline.index.embedding_passes import embed_to_parquet
-    from pipeline.index.faiss_indexes import IndexSpec
     from pipeline.index.searcher import Searcher
-    from pipeline.index.sharded import build_gallery_indexes, write_index
-    from tests.models import tiny_open_clip
+    from tests.models import index_in_process, tiny_open_clip
 
     tmp = tmp_path_factory.mktemp("serve")
     (tmp / "model").mkdir()
@@ -53,10 +50,7 @@ def gallery(tmp_path_factory):
     shards = write_photo_shards(str(tmp / "photos"))["shards"]
     odd = faults.write_tar(tmp / "photos" / "val" / "00001.tar", [
         ("html.jpg", faults.encode(faults.good_image(3, size=64))), ("html.txt", HTML_CAPTION.encode())])
-    index = str(tmp / "index")
-    emb = embed_to_parquet(ckpt, [*shards, str(odd)], 32, index, in_driver_images=1000, captionless=True)
-    spec = IndexSpec(type="flat")
-    write_index(index, build_gallery_indexes(index, spec), ckpt, spec, emb.n_images, emb.n_captions, emb.dim)
+    index = index_in_process(ckpt, [*shards, str(odd)], str(tmp / "index"))
     return index, Searcher.open(index)
 
 

@@ -96,22 +96,13 @@ def test_good_requests_read_as_their_queries():
 def indexes(tmp_path_factory):
     """A flat and an HNSW index over the photo set as one tar shard, embedded in this process."""
     from pipeline.data.formats.photos import write_photo_shards
-    from pipeline.index.embedding_passes import embed_to_parquet
-    from pipeline.index.faiss_indexes import IndexSpec
-    from pipeline.index.sharded import build_gallery_indexes, write_index
-    from tests.models import tiny_open_clip
+    from tests.models import index_in_process, tiny_open_clip
 
     tmp = tmp_path_factory.mktemp("search")
     (tmp / "model").mkdir()
     _, ckpt = tiny_open_clip(tmp / "model")
     shards = write_photo_shards(str(tmp / "photos"))["shards"]
-    out = {}
-    for kind in ("flat", "hnsw"):
-        d = str(tmp / kind)
-        emb = embed_to_parquet(ckpt, shards, 32, d, in_driver_images=1000, captionless=True)
-        spec = IndexSpec(type=kind)
-        write_index(d, build_gallery_indexes(d, spec), ckpt, spec, emb.n_images, emb.n_captions, emb.dim)
-        out[kind] = d
+    out = {kind: index_in_process(ckpt, shards, str(tmp / kind), kind) for kind in ("flat", "hnsw")}
     return out, shards
 
 
