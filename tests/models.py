@@ -38,3 +38,12 @@ def index_in_process(ckpt: str, shards: list[str], out: str, kind: str = "flat")
     spec = IndexSpec(type=kind)
     write_index(out, build_gallery_indexes(out, spec), ckpt, spec, emb.n_images, emb.n_captions, emb.dim)
     return out
+
+
+def photo_gallery(tmp: Path) -> tuple[str, list[str]]:
+    """The tiny model's checkpoint and scikit-image's photo set as one tar shard, under `tmp`. -> (ckpt, shards)"""
+    from pipeline.data.formats.photos import write_photo_shards
+
+    (tmp / "model").mkdir()
+    _, ckpt = tiny_open_clip(tmp / "model")
+    return ckpt, write_photo_shards(str(tmp / "photos"))["shards"]

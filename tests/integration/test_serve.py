@@ -40,14 +40,11 @@ REPLICA = "ServeReplica:search:SearchService"
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory):
     """An index over the photos and the HTML-captioned sample, built in this process. -> (index dir, Searcher)."""
-    from pipeline.data.formats.photos import write_photo_shards
     from pipeline.index.searcher import Searcher
-    from tests.models import index_in_process, tiny_open_clip
+    from tests.models import index_in_process, photo_gallery
 
     tmp = tmp_path_factory.mktemp("serve")
-    (tmp / "model").mkdir()
-    _, ckpt = tiny_open_clip(tmp / "model")
-    shards = write_photo_shards(str(tmp / "photos"))["shards"]
+    ckpt, shards = photo_gallery(tmp)
     odd = faults.write_tar(tmp / "photos" / "val" / "00001.tar", [
         ("html.jpg", faults.encode(faults.good_image(3, size=64))), ("html.txt", HTML_CAPTION.encode())])
     index = index_in_process(ckpt, [*shards, str(odd)], str(tmp / "index"))

@@ -95,13 +95,10 @@ def test_good_requests_read_as_their_queries():
 @pytest.fixture(scope="module")
 def indexes(tmp_path_factory):
     """A flat and an HNSW index over the photo set as one tar shard, embedded in this process."""
-    from pipeline.data.formats.photos import write_photo_shards
-    from tests.models import index_in_process, tiny_open_clip
+    from tests.models import index_in_process, photo_gallery
 
     tmp = tmp_path_factory.mktemp("search")
-    (tmp / "model").mkdir()
-    _, ckpt = tiny_open_clip(tmp / "model")
-    shards = write_photo_shards(str(tmp / "photos"))["shards"]
+    ckpt, shards = photo_gallery(tmp)
     out = {kind: index_in_process(ckpt, shards, str(tmp / kind), kind) for kind in ("flat", "hnsw")}
     return out, shards
 
