@@ -54,7 +54,7 @@ def _answer(searcher, args, image) -> None:
             head = f"  (re-ranked {h['rerank_score']:.3f})" if "rerank_score" in h else ""
             where = h.get("path") or h["key"]
             print(f"{h['rank']:>3}  {h['score']:.3f}{head}  {h['caption'] or '(no caption)'}  [{where}]")
-    if args.out:
+    if args.out and not args.json:  # --json: stdout stays one JSON document (hits.json has the files)
         print(f"hit images: {args.out} ({written} of {len(hits)} written; hits.json lists them)")
 
 
