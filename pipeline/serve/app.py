@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from pipeline.report_html import thumbnail_jpeg
-from pipeline.serve.requests import ApiError, SearchQuery, parse_search
+from pipeline.serve.requests import MAX_BODY_BYTES, ApiError, SearchQuery, parse_search
 
 PAGE = Path(__file__).with_name("page.html")
 THUMBNAIL_PX = 256
@@ -112,6 +112,9 @@ class SearchService:
 
     @api.post("/search")
     async def search(self, request: Request):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:  # refused before the body is read
+            return _error(413, f"the request is {declared} bytes; send at most {MAX_BODY_BYTES} (resize the image)")
         body = await request.body()
         try:
             query = parse_search(body, request.headers.get("content-type", ""), self.searcher.reranker is not None)
