@@ -76,6 +76,17 @@ def open_searcher(a: ServeArgs):
     return searcher
 
 
+async def _bounded_body(request: Request):
+    """The body, or None when it is over MAX_BODY_BYTES: read to its end (a client cut off mid-upload sees a
+    reset, not the 413) but not kept past the limit. -> (body or None, its size)"""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= MAX_BODY_BYTES:
+            chunks.append(chunk)
+    return (b"".join(chunks) if size <= MAX_BODY_BYTES else None), size
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -112,10 +123,9 @@ class SearchService:
 
     @api.post("/search")
     async def search(self, request: Request):
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:  # refused before the body is read
-            return _error(413, f"the request is {declared} bytes; send at most {MAX_BODY_BYTES} (resize the image)")
-        body = await request.body()
+        body, size = await _bounded_body(request)
+        if body is None:
+            return _error(413, f"the request is {size} bytes; send at most {MAX_BODY_BYTES} (resize the image)")
         try:
             query = parse_search(body, request.headers.get("content-type", ""), self.searcher.reranker is not None)
         except ApiError as e:

@@ -146,6 +146,7 @@ BAD = [
     (b'{"text": "a", "rerank": true}', "application/json", 422),
     (_multipart(b"%PDF-1.4 not an image", 3)[0], None, 422),
     (_multipart(faults.bomb_png(), 3)[0], None, 413),
+    (b'{"text": "' + b"x" * (17 << 20) + b'"}', "application/json", 413),  # not kept past 16 MiB
 ]
 
 
