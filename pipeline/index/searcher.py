@@ -54,6 +54,7 @@ class Searcher:
     distributed: bool = False
     _sides: dict[str, _Side] = field(default_factory=dict)
     _lookup: ImageLookup | None = None
+    _captions: tuple[list[str], list[str]] | None = None
 
     @classmethod
     def open(cls, index_dir: str | Path, encoder: Encoder | None = None, checkpoint: str | None = None,
@@ -110,17 +111,25 @@ class Searcher:
         if name == "images":
             cols = ["key"] + (["path"] if "path" in parquet_columns(storage.join(self.index_dir, IMAGES)) else [])
             table = read_columns(storage.join(self.index_dir, IMAGES), cols + want)
-            first = _first_captions(self.index_dir)
+            first: dict[str, str] = {}  # image key -> its first caption (an image's captions are together, in order)
+            for key, caption in zip(*self._caption_rows()):
+                first.setdefault(key, caption)
             rows = []
             for r in table.select(cols).to_pylist():
                 rows.append({"key": r["key"], "caption": first.get(r["key"], "")})
                 if r.get("path"):  # the image's own file or URL (an index written before it was kept has none)
                     rows[-1]["path"] = r["path"]
         else:
-            table = read_columns(storage.join(self.index_dir, CAPTIONS), ["key", "caption"] + want)
-            rows = [{"key": r["key"], "caption": r["caption"], "image": r["key"]}
-                    for r in table.select(["key", "caption"]).to_pylist()]
+            rows = [{"key": key, "caption": caption, "image": key} for key, caption in zip(*self._caption_rows())]
+            table = read_columns(storage.join(self.index_dir, CAPTIONS), want) if want else None
         return _Side(index, rows, vectors_of(table) if want else None)
+
+    def _caption_rows(self) -> tuple[list[str], list[str]]:
+        """(image key, caption) of every caption in id order, read once: both sides show captions."""
+        if self._captions is None:
+            table = read_columns(storage.join(self.index_dir, CAPTIONS), ["key", "caption"])
+            self._captions = (table.column("key").to_pylist(), table.column("caption").to_pylist())
+        return self._captions
 
     def _search(self, name: str, q: np.ndarray, k, rerank) -> list[list[dict]]:
         """Queries sharing a candidate count share one FAISS search: a batch answers each query as it alone
@@ -151,15 +160,6 @@ class Searcher:
         with torch.no_grad():
             head = self.reranker[0](qv, c) if name == "captions" else self.reranker[0](c, qv)  # (n,) image first
         return [{**hits[i], "rerank_score": float(head[i])} for i in head.argsort(descending=True, stable=True)]
-
-
-def _first_captions(index_dir: str) -> dict[str, str]:
-    """image key -> its first caption in the gallery (captions.parquet is in id order, an image's together)."""
-    first: dict[str, str] = {}
-    table = read_columns(storage.join(index_dir, CAPTIONS), ["key", "caption"])
-    for key, caption in zip(table.column("key").to_pylist(), table.column("caption").to_pylist()):
-        first.setdefault(key, caption)
-    return first
 
 
 def search(index_dir: str | Path, text: str | None = None, image=None, k: int = 10, **kw) -> list[dict]:

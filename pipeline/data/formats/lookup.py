@@ -74,8 +74,10 @@ def _parquet_image(shard: str, inner: str) -> bytes:
         col = "jpg" if "jpg" in names else "image"
         if "key" in names:
             table = pq.read_table(f, columns=[col], filters=[("key", "==", inner)])
-        else:
+        elif inner.isdigit():
             table = _row_at(pf, int(inner), col)
+        else:
+            raise OSError(f"{shard} has no key column, and {inner!r} is not a row number")
     if table.num_rows == 0:
         raise OSError(f"{shard} holds no row {inner}")
     cell = table.column(col)[0].as_py()
