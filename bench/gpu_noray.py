@@ -17,6 +17,8 @@ where $OUT is set) as it goes, so a call cut short still leaves what it measured
     (`bench/photo_crops.py`, where scikit-image is installed; otherwise smooth random textures, said so); and
     data.decode=gpu's worker side (`pipeline.data.epoch.device_decode`: batched decode, crops, brightness) at 64 and
     224 px on the device.
+(3) Memory: the ViT-B/32-sized pair's step at --memory-batches with activation checkpointing and patch dropout
+    off and on: peak memory (torch.cuda.max_memory_allocated) and samples/s.
 Stage 2, the Ray Data -> GPU path, is `bench/gpu.py` (it needs Ray); `bench/gpu.sh` runs both.
 """
 from __future__ import annotations
@@ -198,6 +200,39 @@ def train_steps(name: str, pair: dict, args, device: torch.device, compile_: boo
     return out
 
 
+# ---------------------------------------------------------------------------------------------- (3) memory
+
+MEMORY_OPTIONS = {"none": {}, "grad_checkpointing": {"model.image.grad_checkpointing": True,
+                                                     "model.text.grad_checkpointing": True},
+                  "patch_dropout 0.5": {"model.image.patch_dropout": 0.5},
+                  "both": {"model.image.grad_checkpointing": True, "model.text.grad_checkpointing": True,
+                           "model.image.patch_dropout": 0.5}}
+
+
+def memory_rows(spec: dict, batches: list[int], args, device: torch.device) -> list[dict]:
+    """(3) the project's step on the ViT-B/32-sized pair per batch and memory option: peak memory
+    (torch.cuda.max_memory_allocated) and samples/s. FSDP needs two GPUs: bench/memory.py measures it on CPUs."""
+    rows = []
+    for batch in batches:
+        for option, keys in MEMORY_OPTIONS.items():
+            if args.smoke and option not in ("none", "both"):
+                continue
+            cfg = make_config({**spec, **keys}, batch, args.precision, not args.no_channels_last)
+            data = in_memory_batch(cfg, device)
+            reset_peak(device)
+            try:
+                step = project_step(cfg, device, 3 * (args.steps + args.warmup))
+                rate = timed(step, data, args.steps, args.warmup, device)
+                row = {"batch": batch, "option": option, "samples_per_s": rate, "peak_gib": peak_gib(device)}
+                del step
+            except torch.OutOfMemoryError:
+                row = {"batch": batch, "option": option, "samples_per_s": None, "peak_gib": "out of memory"}
+            print(f"(3) vit_b32 batch {batch} {option}: {row['samples_per_s'] or 0:.0f} samples/s, peak memory "
+                  f"{row['peak_gib']} GiB", flush=True)
+            rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- (2) decode
 
 
@@ -323,6 +358,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", help="train.precision: auto (bf16 on GPU) | fp32 | bf16")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--decode-images", type=int, default=2048, help="JPEGs for (2); 0 skips it")
+    ap.add_argument("--memory-batches", default="64,128,256",
+                    help="(3): batches of the ViT-B/32-sized pair to measure memory at; empty skips it")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: a check that the script runs")
     ap.add_argument("--json", default="", help="where the figures go (default $OUT/gpu_noray.json)")
     args = ap.parse_args()
@@ -352,6 +389,13 @@ def main() -> None:
         for compile_ in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
             result["steps"].append(train_steps(pair, spec, args, device, compile_, name))
             save()
+    if args.memory_batches:
+        spec = dict(PAIRS["vit_b32"])
+        if args.smoke:  # timm's tiny test ViT (160 px) for a check of the script
+            spec |= {"model.image.arch": "timm:test_vit", "data.image_size": 160, "model.text.layers": 2}
+        batches = [4] if args.smoke else [int(b) for b in args.memory_batches.split(",")]
+        result["memory"] = memory_rows(spec, batches, args, device)
+        save()
     if args.decode_images:
         result["decode"] = decode_rates(args, device)
         save()

@@ -65,19 +65,23 @@ def _sha256(data_or_path: bytes | Path) -> str:
 
 
 def write_checkpoint(path: Path, *, model, loss, optimizer, scheduler, tokenizer: Tokenizer, config: dict,
-                     state: dict, head=None) -> None:
+                     state: dict, head=None, model_state: dict | None = None,
+                     optimizer_state: dict | None = None) -> None:
     """Write the checkpoint at `path` atomically: the files go into a hidden sibling folder (fsynced, the
     manifest state.json last), then one rename puts the folder in place. A crash leaves only the hidden
-    folder, which no reader looks at. `path` may be an empty folder (replaced) or an older checkpoint."""
+    folder, which no reader looks at. `path` may be an empty folder (replaced) or an older checkpoint.
+    `model_state`, `optimizer_state`: the whole states of a sharded model and its optimiser, gathered by the
+    caller, in place of `model.state_dict()` and `optimizer.state_dict()`."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    blobs = {"model.pt": model.state_dict(), "loss.pt": loss.state_dict()}
+    blobs = {"model.pt": model.state_dict() if model_state is None else model_state, "loss.pt": loss.state_dict()}
     if head is not None:  # rerank.enabled: the fusion head trained with the towers (rerank.job.load reads it)
         blobs[HEAD] = head.state_dict()
     if optimizer is not None:  # an imported model has no optimiser state; it cannot be resumed, only started from
-        blobs["optimizer.pt"] = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        blobs["optimizer.pt"] = {"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                                 "scheduler": scheduler.state_dict()}
     for name, obj in blobs.items():
         _write_synced(tmp / name, lambda f, obj=obj: torch.save(obj, f))
     texts = {"tokenizer.json": json.dumps(tokenizer.to_dict()), "config.json": json.dumps(config, indent=2),
@@ -229,6 +233,9 @@ def load_head(path: str | Path) -> dict:
 SHAPING = ("model.", "loss.", "data.image_size", "data.max_tokens", "data.vocab_min_count", "data.vocab_max_size",
            "data.tokenizer", "train.batch_size", "rerank.enabled", "rerank.fusion", "rerank.dim", "rerank.hidden",
            "rerank.rank", "rerank.sketch_dim")
+# model. keys that change how a step runs, not the model it trains: a resume may turn them on or off (say, to fit
+# memory) with no allow_config_change.
+NOT_SHAPING = ("model.image.grad_checkpointing", "model.text.grad_checkpointing", "model.image.patch_dropout")
 
 
 def config_changes(saved: dict, new: dict) -> list[str]:
@@ -238,7 +245,7 @@ def config_changes(saved: dict, new: dict) -> list[str]:
 
     old, cur = flatten(saved), flatten(new)
     return [f"{k}: {json.dumps(old[k])} -> {json.dumps(cur[k])}" for k in sorted(set(old) & set(cur))
-            if k.startswith(SHAPING) and old[k] != cur[k]]
+            if k.startswith(SHAPING) and k not in NOT_SHAPING and old[k] != cur[k]]
 
 
 def load_model(ckpt: str | Path):

@@ -1,4 +1,5 @@
-"""The only place the training loop touches ray.train and torch.distributed.
+"""The only place the training loop touches ray.train and torch.distributed (FSDP's sharding aside:
+`training.sharding`).
 
 `WorkerContext` wraps the Ray Train worker API (rank, device, dataset shards, report/checkpoint);
 `all_gather_with_grad` gathers embeddings so that gradients flow back to the worker that produced them.
@@ -90,12 +91,15 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
 
 
 def average_gradients(module: nn.Module) -> None:
-    """What DDP does after backward, done by hand where its forward hook was bypassed."""
+    """What DDP does after backward, done by hand where its forward hook was bypassed, or beside FSDP for the
+    parameters it does not shard (FSDP has reduced the sharded ones' gradients already)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
+    from torch.distributed.tensor import DTensor
+
     world = dist.get_world_size()
     for p in module.parameters():
-        if p.grad is not None:
+        if p.grad is not None and not isinstance(p.grad, DTensor):
             dist.all_reduce(p.grad)
             p.grad /= world
 

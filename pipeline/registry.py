@@ -9,6 +9,7 @@ PAD, UNK = "[PAD]", "[UNK]"
 N_SPECIAL = 2
 
 IMAGE_ARCHS = ("small_cnn", "resnet18", "resnet50", "vit_b_16", "convnext_tiny")
+PATCH_TOWERS = ("vit_b_16",)  # of IMAGE_ARCHS, those made of patch tokens (model.image.patch_dropout applies)
 # Towers from other libraries are named by a prefix and the library's own name for the model.
 TIMM, HF, OPEN_CLIP = "timm:", "hf:", "open_clip:"
 TOKENIZERS = ("word", "char", "bpe", "pretrained")

@@ -4,6 +4,10 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+# A raylet starts one idle Python worker per logical CPU when its first driver connects; the tests give Ray more
+# logical CPUs than the machine has cores, and most of those workers are never leased before they are killed
+# as idle. Without them: 5 s and 5 core-s less per cluster start (docs/benchmarks.md, 2026-12-07).
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 # Tests only ever talk to the moto S3 server they start; fixed fake credentials keep real ones out of reach
 # and give the "never logged or written" checks a string to look for.

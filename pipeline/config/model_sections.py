@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config.loading import ConfigError, _check, _f
-from pipeline.registry import (HF, HF_POOLINGS, IMAGE_ARCHS, OPEN_CLIP, TEXT_ARCHS, TEXT_POOLINGS, TIMM, is_image_arch, is_text_arch)
+from pipeline.registry import (HF, HF_POOLINGS, IMAGE_ARCHS, OPEN_CLIP, PATCH_TOWERS, TEXT_ARCHS, TEXT_POOLINGS, TIMM,
+                               is_image_arch, is_text_arch)
 
 
 
@@ -22,11 +23,19 @@ class ImageTowerConfig:
                              "BatchNorm statistics stay as initialised (use with model.image.weights)")
     lr_mult: float = _f(1.0, "learning-rate multiplier of the image tower's own weights (its projection keeps "
                              "train.lr), e.g. 0.1 to fine-tune a pretrained tower gently")
+    grad_checkpointing: bool = _f(False, "recompute each block's activations in backward instead of keeping them "
+                                         "(OpenCLIP's --grad-checkpointing): less memory for one more forward of each block; "
+                                         "gradients unchanged")
+    patch_dropout: float = _f(0.0, "ViT towers (vit_b_16, timm ViTs, open_clip ViTs): fraction of patch tokens "
+                                   "dropped at random while training, the class token kept (FLIP, OpenCLIP's "
+                                   "--force-patch-dropout); validation, evaluation, indexing and serving see every "
+                                   "patch")
 
     def __post_init__(self) -> None:
         _check(is_image_arch(self.arch), f"model.image.arch={self.arch!r}; choose one of {sorted(IMAGE_ARCHS)} or "
                                          f"{TIMM}<timm model name>")
         _check(self.lr_mult >= 0, "model.image.lr_mult must be >= 0")
+        _check(0.0 <= self.patch_dropout < 1.0, f"model.image.patch_dropout={self.patch_dropout} must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,9 @@ class TextTowerConfig:
                              "mode (its projection still learns)")
     lr_mult: float = _f(1.0, "learning-rate multiplier of the text tower's own weights (its projection keeps "
                              "train.lr)")
+    grad_checkpointing: bool = _f(False, "transformer, hf:, open_clip: recompute each layer's activations in "
+                                         "backward instead of keeping them: less memory, more compute; gradients "
+                                         "unchanged")
 
     def __post_init__(self) -> None:
         _check(is_text_arch(self.arch), f"model.text.arch={self.arch!r}; choose one of {sorted(TEXT_ARCHS)} or "
@@ -99,6 +111,16 @@ class ModelConfig:
                f"model.arch={self.arch!r}; leave it empty (two towers) or give {OPEN_CLIP}<model name>")
         _check(not self.weights or self.arch, "model.weights is the weights of model.arch=open_clip:...; for "
                                               "separate towers use model.image.weights")
+        if self.arch:  # OpenCLIP's towers: its own checkpointing and patch dropout (checked when it is built)
+            return
+        text = self.text.arch
+        _check(not self.text.grad_checkpointing or text == "transformer" or text.startswith(HF),
+               f"model.text.grad_checkpointing=true: model.text.arch={text} has no layers to checkpoint (it applies "
+               "to transformer and hf: towers, and to open_clip models); set it to false")
+        image = self.image.arch
+        _check(not self.image.patch_dropout or image in PATCH_TOWERS or image.startswith(TIMM),
+               f"model.image.patch_dropout={self.image.patch_dropout}: model.image.arch={image} has no patch tokens "
+               "(it applies to vit_b_16, timm ViTs and open_clip ViTs); set it to 0")
 
     @property
     def open_clip(self) -> str:

@@ -197,6 +197,10 @@ class ScalingConfig:
     cpus_per_worker: float = _f(1.0, "logical CPUs reserved per training worker (the rest feed Ray Data)")
     ddp_bucket_cap_mb: int = _f(25, "DDP gradient bucket size in MiB (torch's default 25): larger buckets mean "
                                     "fewer, bigger all-reduces overlapped with the backward pass")
+    strategy: str = _f("ddp", "how the workers hold the towers: ddp (a whole copy each, gradients all-reduced) | "
+                              "fsdp (torch's FSDP2: parameters, gradients and optimizer state sharded across the "
+                              "workers, each block gathered just before it runs); checkpoints are written whole "
+                              "either way, and resume under the other")
     resource_wait_s: float = _f(0.0, "seconds to wait for the cluster to hold the training workers before failing "
                                      "(0: fail at once; on an autoscaling cluster give it time to add nodes)")
 
@@ -204,6 +208,7 @@ class ScalingConfig:
         _check(self.num_workers >= 1, "scaling.num_workers must be at least 1")
         _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker must be positive")
         _check(self.ddp_bucket_cap_mb >= 1, "scaling.ddp_bucket_cap_mb must be at least 1")
+        _check(self.strategy in ("ddp", "fsdp"), f"scaling.strategy={self.strategy!r}; choose ddp or fsdp")
         _check(self.resource_wait_s >= 0, "scaling.resource_wait_s must be >= 0")
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipeline import registry
+from pipeline.models.memory import run_checkpointed
 
 
 class SmallCNN(nn.Module):
@@ -27,9 +28,16 @@ class SmallCNN(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(4)  # any input size -> 4x4 grid
         self.out_dim = chans[-1] * 16
+        self.grad_checkpointing = False  # model.image.grad_checkpointing: each stage's activations recomputed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,3,H,W) -> (B, C*16)
-        return self.pool(self.stages(x)).flatten(1)
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            layers = list(self.stages)
+            for i in range(0, len(layers), 6):  # a stage: conv, norm, relu, conv, norm, relu
+                x = run_checkpointed(layers[i:i + 6], x)
+        else:
+            x = self.stages(x)
+        return self.pool(x).flatten(1)
 
 
 def _load_weights(net: nn.Module, weights: str, image_size: int) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from pipeline import registry
 
+from pipeline.models.memory import run_checkpointed
 from pipeline.models.word_vectors import load_word_vectors
 
 
@@ -99,6 +100,7 @@ class TextTransformer(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
         self.out_dim = width
+        self.grad_checkpointing = False  # model.text.grad_checkpointing: each layer's activations recomputed
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B,L) -> (B,width)
         if tokens.shape[1] > self.max_tokens:
@@ -110,7 +112,13 @@ class TextTransformer(nn.Module):
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B,1+L,W)
             mask = torch.cat([mask.new_ones(x.shape[0], 1), mask], dim=1)
-        x = self.norm(self.encoder(x + self.pos[:, :x.shape[1]], src_key_padding_mask=~mask))  # (B,·,W)
+        x = x + self.pos[:, :x.shape[1]]
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            for layer in self.encoder.layers:  # what nn.TransformerEncoder does, a checkpoint around each layer
+                x = run_checkpointed([layer], x, src_key_padding_mask=~mask)
+        else:
+            x = self.encoder(x, src_key_padding_mask=~mask)
+        x = self.norm(x)  # (B,·,W)
         return x[:, 0] if self.cls is not None else masked_mean(x, mask)
 
 

@@ -123,6 +123,7 @@ def build_model(cfg, vocab_size: int, *, vocab: list[str] | None = None, image_s
         image, parts["image"] = _image_tower(cfg.image, image_size, load_files, spec.get("image"))
         text, parts["text"] = _text_tower(cfg.text, vocab_size, max_tokens, vocab, load_files, spec.get("text"))
         pre = parts["image"].get("preprocess", {})
+    _memory_options(image, text, cfg, bool(name))
     parts = {k: v for k, v in parts.items() if v}
     parts["preprocess"] = {"mean": list(pre.get("mean", MEAN)), "std": list(pre.get("std", STD)),
                            **{k: pre[k] for k in ("interpolation", "resize_mode", "image_size", "crop_pct")
@@ -130,6 +131,23 @@ def build_model(cfg, vocab_size: int, *, vocab: list[str] | None = None, image_s
     return TwoTower(image, text, cfg.embed_dim, freeze_image=cfg.image.freeze,
                     freeze_text=getattr(cfg.text, "freeze", False), mean=parts["preprocess"]["mean"],
                     std=parts["preprocess"]["std"], spec=parts)
+
+
+def _memory_options(image: nn.Module, text: nn.Module, cfg, open_clip: bool) -> None:
+    """model.image/text.grad_checkpointing and model.image.patch_dropout, each as the tower's library does it.
+    Both act in train mode only: the same weights embed alike with them or without."""
+    from pipeline.models import memory
+
+    def kind(arch: str) -> str:
+        return "open_clip" if open_clip else arch.split(":")[0] if ":" in arch else arch
+
+    ikind, tkind = kind(cfg.image.arch), kind(cfg.text.arch)
+    if getattr(cfg.image, "grad_checkpointing", False):
+        memory.enable_grad_checkpointing(image, ikind, "model.image.grad_checkpointing")
+    if getattr(cfg.text, "grad_checkpointing", False):
+        memory.enable_grad_checkpointing(text, tkind, "model.text.grad_checkpointing")
+    if getattr(cfg.image, "patch_dropout", 0.0):
+        memory.set_patch_dropout(image, ikind, cfg.image.patch_dropout)
 
 
 def _image_tower(cfg, image_size: int, load_files: bool, spec: dict | None) -> tuple[nn.Module, dict]:

@@ -19,6 +19,7 @@ from pipeline.distributed import WorkerContext, all_reduce_mean, all_reduce_min,
 from pipeline.metrics import flat_metrics
 from pipeline.training.objective import unwrap
 from pipeline.training.optimisation import check_finite, logit_scale_record, peak_memory_mb, train_step
+from pipeline.training import sharding
 from pipeline.training.phases import PhaseClock, describe_phases, phase_metrics
 from pipeline.training.plan import TrainState, WorkerPlan
 from pipeline.training.validation import ValidationSet
@@ -110,6 +111,7 @@ class WorkerParts:
     sched: torch.optim.lr_scheduler.LRScheduler
     tokenizer: object
     coverage: dict | None  # the word-vector file's vocabulary coverage, where there is one
+    whole: sharding.ValidationCopy | None = None  # scaling.strategy=fsdp: the whole model validation embeds with
 
 
 class TrainLoop:
@@ -173,9 +175,21 @@ class TrainLoop:
     def validates(self) -> bool:
         return self.ctx.is_main or self.val_set.split  # in memory, every rank embeds its slice
 
-    def validate(self, where: str) -> dict:
+    def val_model(self) -> torch.nn.Module:
+        """The model validation embeds with: the training one, or under FSDP its whole copy, refreshed.
+        Collective under FSDP: every rank calls it before a validation, whether it validates or not."""
         p = self.parts
-        val = self.val_set.run(p.model, p.tokenizer, self.ctx.device, loss=p.loss)
+        return p.model if p.whole is None else p.whole.refresh(p.model, self.ctx.device)
+
+    def run_validation(self, model, loss=None) -> dict | None:
+        try:
+            return self.val_set.run(model, self.parts.tokenizer, self.ctx.device, loss=loss)
+        finally:
+            if self.parts.whole is not None:
+                self.parts.whole.park()
+
+    def validate(self, where: str, model) -> dict:
+        val = self.run_validation(model, self.parts.loss)
         if val is None:
             return {}
         say(f"[train] {where} val rsum {val['rsum']:.1f} i2t R@1 {val['i2t']['R@1']:.1f} "
@@ -183,9 +197,13 @@ class TrainLoop:
         return flat_metrics(val, "val")
 
     def validate_untrained(self) -> None:
-        if not (self.state.epoch == 0 and self.cfg.eval.untrained and self.validates() and not self.state.history):
+        if not (self.state.epoch == 0 and self.cfg.eval.untrained and not self.state.history):
             return
-        untrained = self.val_set.run(self.parts.model, self.parts.tokenizer, self.ctx.device)
+        model = self.val_model()
+        if not self.validates():
+            mark_start("untrained", self.started)
+            return
+        untrained = self.run_validation(model)
         if untrained is not None:
             self.state = replace(self.state, history=[{"epoch": 0, **flat_metrics(untrained, "val")}])
             self.track(self.state.history[0], 0)
@@ -218,9 +236,10 @@ class TrainLoop:
             metrics["data/dropped_remainder"] = samples - skips.skipped_samples() - n * cfg.train.batch_size
         if self.parts.coverage:
             metrics["model/word_coverage"] = self.parts.coverage["fraction"]
-        if self.validates():
-            with self.clock("validation"):
-                metrics |= self.validate(f"epoch {epoch}: loss {mean_loss:.4f}")
+        with self.clock("validation"):
+            model = self.val_model()
+            if self.validates():
+                metrics |= self.validate(f"epoch {epoch}: loss {mean_loss:.4f}", model)
         if self.ctx.is_main:
             metrics |= phase_metrics(self.clock.breakdown())
             say(f"[train] epoch {epoch} took {describe_phases(metrics)}")
@@ -239,9 +258,11 @@ class TrainLoop:
         mean = loss_sum() / n
         progress = n / self.steps_per_epoch
         mid = {"epoch": epoch - 1, "step": step, "train/loss": mean, "epoch_progress": round(progress, 4)}
-        if val and self.validates():
+        if val:
             with clock("validation"):
-                mid |= self.validate(f"epoch {epoch} step {step}:")
+                model = self.val_model()
+                if self.validates():
+                    mid |= self.validate(f"epoch {epoch} step {step}:", model)
         history = self.state.history + ([{**mid, "epoch": round(epoch - 1 + progress, 4)}]
                                         if val and ctx.is_main else [])
         self.state = replace(self.state, step=step, history=history, steps=self._take_steps())
@@ -286,11 +307,14 @@ class TrainLoop:
             self.trackers.flush_now()
 
     def saver(self, state: TrainState):
-        """Ray Train's checkpoint writer for `state`: the weights as they are now, when it is called."""
+        """Ray Train's checkpoint writer for `state`: the weights as they are now, when it is called. Under
+        FSDP they are gathered whole here, on every rank (a collective), for rank 0 to write."""
         p = self.parts
+        whole = {} if p.whole is None else {"model_state": sharding.full_model_state(p.model),
+                                            "optimizer_state": sharding.full_optimizer_state(p.opt)}
         return lambda path: checkpoint.write_checkpoint(
             path, model=p.model, loss=p.loss, optimizer=p.opt, scheduler=p.sched, tokenizer=p.tokenizer,
-            config=self.plan.config, state=state.to_dict(), head=p.head)
+            config=self.plan.config, state=state.to_dict(), head=p.head, **whole)
 
 
 def _validation_set(plan: WorkerPlan, ctx: WorkerContext) -> ValidationSet:

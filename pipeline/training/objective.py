@@ -106,4 +106,6 @@ def backward_step(objective: nn.Module, images: torch.Tensor, tokens: torch.Tens
         return grad_cached_backward(unwrap(objective), images, tokens, rank, micro_batch)
     loss = objective(images, tokens, rank)
     loss.backward()
+    if getattr(objective, "sharded", False):  # FSDP: the loss's and the head's gradients are not sharded
+        average_gradients(objective)
     return loss.detach()

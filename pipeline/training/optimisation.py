@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.distributed import all_reduce_max
+from pipeline.training import sharding
 from pipeline.training.objective import ContrastiveObjective, backward_step, unwrap
 
 
@@ -79,8 +80,12 @@ def train_step(objective, opt, sched, batch: dict, rank: int, cfg, clock=None, t
     with phase("optimizer", timed):
         # The gradients' global norm (DDP has all-reduced them): clipping measures it anyway; otherwise it is
         # measured on logging steps only (train/grad_norm), off the hot path.
+        sharded = getattr(bare, "sharded", False)
         if cfg.grad_clip > 0:
-            bare.grad_norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+            bare.grad_norm = sharding.clip_grad_norm(list(objective.parameters()), cfg.grad_clip) if sharded else \
+                nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        elif measure_norm and sharded:
+            bare.grad_norm = sharding.grad_norm(list(objective.parameters()))
         elif measure_norm:
             grads = [p.grad.detach() for p in objective.parameters() if p.grad is not None]
             bare.grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \

@@ -14,9 +14,9 @@ from pipeline.console import mark_start, prefix_lines, say
 from pipeline.data.text.subword import tokenizer_from_dict
 from pipeline.distributed import WorkerContext
 from pipeline.losses import build_loss
-from pipeline.models import build_model
+from pipeline.models import build_model, memory
 from pipeline.rerank.fusion import FusionScorer
-from pipeline.training import warm_start
+from pipeline.training import sharding, warm_start
 from pipeline.training.attempts import record_attempt, resume_point
 from pipeline.training.loop import TrainLoop, WorkerParts, epoch_steps
 from pipeline.training.objective import ContrastiveObjective
@@ -37,7 +37,7 @@ def train_loop_per_worker(config: dict) -> None:
     state, in_epoch, resumed_from = resume(plan, ctx, parts)
     if ctx.is_main:
         record_attempt(plan, state.epoch, resumed_from)
-    parts.objective = ctx.prepare_model(parts.objective, cfg.scaling.ddp_bucket_cap_mb)
+    parts = prepare(parts, plan, cfg, ctx)
     mark_start("model", started)
     TrainLoop(plan, cfg, ctx, parts, state, in_epoch, resumed_from, started).run()
 
@@ -59,9 +59,30 @@ def build_parts(plan: WorkerPlan, cfg: TrainJobConfig, ctx: WorkerContext) -> Wo
     objective = speed_up(ContrastiveObjective(model, loss, head=head, head_weight=cfg.rerank.weight,
                                               head_negatives=cfg.rerank.negatives), cfg.train, ctx.device)
     opt = make_optimizer(objective, cfg.train, cfg.model)
-    sched = make_scheduler(opt, cfg.train.warmup_steps,
-                           epoch_steps(plan.n_train, cfg.train.batch_size) * cfg.train.epochs)
-    return WorkerParts(model, loss, head, objective, opt, sched, tokenizer, coverage)
+    return WorkerParts(model, loss, head, objective, opt, schedule_for(opt, plan, cfg), tokenizer, coverage)
+
+
+def schedule_for(opt, plan: WorkerPlan, cfg: TrainJobConfig):
+    return make_scheduler(opt, cfg.train.warmup_steps, epoch_steps(plan.n_train, cfg.train.batch_size) * cfg.train.epochs)
+
+
+def prepare(parts: WorkerParts, plan: WorkerPlan, cfg: TrainJobConfig, ctx: WorkerContext) -> WorkerParts:
+    """DDP over the objective; or, with scaling.strategy=fsdp and more than one worker, the towers sharded
+    (`sharding`) and the optimiser and schedule rebuilt over the shards, with the state they had."""
+    if cfg.scaling.strategy != "fsdp" or ctx.world_size == 1:
+        return replace(parts, objective=ctx.prepare_model(parts.objective, cfg.scaling.ddp_bucket_cap_mb))
+    split = plan.val_blocks is not None  # every rank validates its slice of a set kept in memory
+    whole = sharding.ValidationCopy(parts.model, keep=ctx.is_main or split, everyone=split)
+    objective = sharding.shard_objective(parts.objective, ctx.device)
+    opt = make_optimizer(objective, cfg.train, cfg.model)
+    sched = schedule_for(opt, plan, cfg)
+    sharding.move_optimizer(parts.opt, opt)
+    sched.load_state_dict(parts.sched.state_dict())
+    if ctx.is_main:
+        units = sum(len(memory.shard_units(t)) for t in (parts.model.image_tower, parts.model.text_tower))
+        say(f"[train] FSDP: the towers sharded across {ctx.world_size} workers ({units} blocks gathered one at a "
+            "time); checkpoints are written whole")
+    return replace(parts, objective=objective, opt=opt, sched=sched, whole=whole)
 
 
 def resume(plan: WorkerPlan, ctx: WorkerContext, parts: WorkerParts

@@ -1,6 +1,7 @@
 """A run stopped mid-epoch, by a killed driver or a killed worker, resumes from its last step checkpoint and
 trains every usable sample of each epoch exactly once (none lost, none twice), ending at the step count of an
-uninterrupted run. Every worker records the keys of each step it trained (run.record_keys). The killed driver's
+uninterrupted run (the killed driver's rerun under scaling.strategy=fsdp with activation checkpointing: a DDP checkpoint
+resumed sharded). Every worker records the keys of each step it trained (run.record_keys). The killed driver's
 rerun is also a user's console (no Ray chatter), and resumes past a deleted (damaged) newest checkpoint that Ray
 Train's own list still names."""
 import json
@@ -168,15 +169,20 @@ def test_a_killed_driver_resumes_mid_epoch_exactly_past_a_deleted_checkpoint(ray
     assert expected and Path(expected).name == listed[-2]
 
     # Run again with the same name, as a user's own driver (no --verbose): it resumes, and its console shows the
-    # project's lines only, none of Ray's chatter; the workers' output went to the kept log file.
+    # project's lines only, none of Ray's chatter; the workers' output went to the kept log file. It resumes
+    # the DDP run's checkpoint as a user short of memory would: under FSDP, with the image tower's activations
+    # checkpointed (neither is a shaping key). The towers are sharded, validated with a whole copy and gathered
+    # whole into each checkpoint; every check below holds as for a plain resume.
     resumed = tmp_path / "resumed.log"
-    again = drivers.train(args, ray_cluster, resumed, verbose=False)
+    again = drivers.train([*args, "--set", "scaling.strategy=fsdp", "--set", "model.image.grad_checkpointing=true"],
+                          ray_cluster, resumed, verbose=False)
     assert again.wait(timeout=400) == 0, resumed.read_text()[-3000:]
     printed = resumed.read_text()
     noise = [line for line in printed.splitlines() if RAY_CHATTER.search(line)]
     assert not noise and f"resuming driver from {expected} (inside epoch 1" in printed \
         and "[train] epoch 1:" in printed, noise[:10] or printed[-2000:]
     assert f"was damaged (it names {listed[-1]}, which is not there)" in printed, printed[-2000:]
+    assert "[train] FSDP: the towers sharded across 2 workers" in printed, printed[-2000:]
     assert "checkpoint" in printed and f"epoch_{EPOCHS:04d}" in printed
     kept = list((Path(tempfile.gettempdir()) / "pipeline-logs").glob(f"train-*-{again.pid}.log"))
     assert kept and "(RayTrainWorker)" in kept[0].read_text()

@@ -110,6 +110,15 @@ def test_config_changes_lists_shaping_keys_only():
     new = {"data": {"image_size": 96, "train": "b", "shuffle_block": 4}, "model": {"embed_dim": 8},
            "train": {"epochs": 6, "batch_size": 32}, "run": {"name": "x"}}
     assert checkpoint.config_changes(old, new) == ["data.image_size: 64 -> 96", "train.batch_size: 16 -> 32"]
+    # How a step runs (memory options, the sharding) is not the model it trains: a resume may change it.
+    old["model"] |= {"image": {"grad_checkpointing": False, "patch_dropout": 0.0, "arch": "vit_b_16"},
+                     "text": {"grad_checkpointing": False}}
+    new["model"] |= {"image": {"grad_checkpointing": True, "patch_dropout": 0.5, "arch": "vit_b_16"},
+                     "text": {"grad_checkpointing": True}}
+    old["scaling"], new["scaling"] = {"strategy": "ddp"}, {"strategy": "fsdp"}
+    assert checkpoint.config_changes(old, new) == ["data.image_size: 64 -> 96", "train.batch_size: 16 -> 32"]
+    new["model"]["image"]["arch"] = "resnet18"
+    assert "model.image.arch: \"vit_b_16\" -> \"resnet18\"" in checkpoint.config_changes(old, new)
 
 
 def test_a_resume_with_a_changed_model_stops_unless_allowed(tmp_path):
