@@ -84,13 +84,19 @@ def _step(tower: nn.Module, x: torch.Tensor) -> tuple[dict, dict, int]:
     return grads, {n: b.clone() for n, b in tower.named_buffers()}, kept[0]
 
 
-@pytest.mark.parametrize("name", list(TOWERS))
-def test_checkpointed_gradients_equal_the_plain_ones_and_less_is_kept(name):
+def _pair(name: str, train: bool):
+    """-> (the tower in float64, the same weights with checkpointing on, its input)"""
     make, kind, x = TOWERS[name]
     torch.manual_seed(0)
-    plain = make().double().train()
+    plain = make().double().train(train)
     checked = copy.deepcopy(plain)
     memory.enable_grad_checkpointing(checked, kind, "model.image.grad_checkpointing")
+    return plain, checked, x
+
+
+@pytest.mark.parametrize("name", list(TOWERS))
+def test_checkpointed_gradients_equal_the_plain_ones_and_less_is_kept(name):
+    plain, checked, x = _pair(name, train=True)
     g0, b0, kept0 = _step(plain, x)
     g1, b1, kept1 = _step(checked, x)
     assert g0.keys() == g1.keys() and g0
@@ -106,11 +112,7 @@ def test_checkpointed_gradients_equal_the_plain_ones_and_less_is_kept(name):
 @pytest.mark.parametrize("name", ["torchvision vit", "small_cnn", "transformer"])
 def test_checkpointing_is_off_in_eval_mode(name):
     """Validation and evaluation (eval mode, gradients or not) keep what the tower without checkpointing keeps."""
-    make, kind, x = TOWERS[name]
-    torch.manual_seed(0)
-    plain = make().double().eval()
-    checked = copy.deepcopy(plain)
-    memory.enable_grad_checkpointing(checked, kind, "k")
+    plain, checked, x = _pair(name, train=False)
     (_, _, kept0), (_, _, kept1) = _step(plain, x), _step(checked, x)
     assert kept1 == kept0 > 0
 
