@@ -199,9 +199,8 @@ class TrainLoop:
     def validate_untrained(self) -> None:
         if not (self.state.epoch == 0 and self.cfg.eval.untrained and not self.state.history):
             return
-        model = self.val_model()
+        model = self.val_model()  # every rank: under FSDP a collective
         if not self.validates():
-            mark_start("untrained", self.started)
             return
         untrained = self.run_validation(model)
         if untrained is not None:
