@@ -24,8 +24,8 @@ class ImageTowerConfig:
     lr_mult: float = _f(1.0, "learning-rate multiplier of the image tower's own weights (its projection keeps "
                              "train.lr), e.g. 0.1 to fine-tune a pretrained tower gently")
     grad_checkpointing: bool = _f(False, "recompute each block's activations in backward instead of keeping them "
-                                         "(OpenCLIP's --grad-checkpointing): less memory for one more forward of each block; "
-                                         "gradients unchanged")
+                                         "(OpenCLIP's --grad-checkpointing): less memory for one more forward of "
+                                         "each block; gradients unchanged")
     patch_dropout: float = _f(0.0, "ViT towers (vit_b_16, timm ViTs, open_clip ViTs): fraction of patch tokens "
                                    "dropped at random while training, the class token kept (FLIP, OpenCLIP's "
                                    "--force-patch-dropout); validation, evaluation, indexing and serving see every "

@@ -63,7 +63,9 @@ def build_parts(plan: WorkerPlan, cfg: TrainJobConfig, ctx: WorkerContext) -> Wo
 
 
 def schedule_for(opt, plan: WorkerPlan, cfg: TrainJobConfig):
-    return make_scheduler(opt, cfg.train.warmup_steps, epoch_steps(plan.n_train, cfg.train.batch_size) * cfg.train.epochs)
+    """The warmup + cosine schedule over the run's steps, for `opt`."""
+    total = epoch_steps(plan.n_train, cfg.train.batch_size) * cfg.train.epochs
+    return make_scheduler(opt, cfg.train.warmup_steps, total)
 
 
 def prepare(parts: WorkerParts, plan: WorkerPlan, cfg: TrainJobConfig, ctx: WorkerContext) -> WorkerParts:

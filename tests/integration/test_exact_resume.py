@@ -1,9 +1,9 @@
 """A run stopped mid-epoch, by a killed driver or a killed worker, resumes from its last step checkpoint and
 trains every usable sample of each epoch exactly once (none lost, none twice), ending at the step count of an
-uninterrupted run (the killed driver's rerun under scaling.strategy=fsdp with activation checkpointing: a DDP checkpoint
-resumed sharded). Every worker records the keys of each step it trained (run.record_keys). The killed driver's
-rerun is also a user's console (no Ray chatter), and resumes past a deleted (damaged) newest checkpoint that Ray
-Train's own list still names."""
+uninterrupted run (the killed driver's rerun under scaling.strategy=fsdp with activation checkpointing: a DDP
+checkpoint resumed sharded). Every worker records the keys of each step it trained (run.record_keys). The
+killed driver's rerun is also a user's console (no Ray chatter), and resumes past a deleted (damaged) newest
+checkpoint that Ray Train's own list still names."""
 import json
 import os
 import shutil

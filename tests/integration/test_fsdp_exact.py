@@ -1,9 +1,9 @@
-"""scaling.strategy=fsdp against DDP on 2 gloo processes (3 for one step), through the worker's own code (`worker.prepare`,
-`train_step`, the loop's checkpoint gather): the same loss at every step and the same weights after them (f32,
-<= 1e-6), a ResNet and a text transformer sharded block by block; a clipped step and a gradient-cached step
-alike; a checkpoint written whole, that
-`pipeline.load` reads as a DDP one; and a run resumed across strategies (DDP's checkpoint under FSDP, FSDP's
-under DDP) landing where the uninterrupted run lands. (No Ray: torch.distributed is what differs.)"""
+"""scaling.strategy=fsdp against DDP on 2 gloo processes (3 for one step), through the worker's own code
+(`worker.prepare`, `train_step`, the loop's checkpoint gather): the same loss at every step and the same
+weights after them (f32, <= 1e-6), a ResNet and a text transformer sharded block by block; a clipped step and
+a gradient-cached step alike; a checkpoint written whole, that `pipeline.load` reads as a DDP one; and a run
+resumed across strategies (DDP's checkpoint under FSDP, FSDP's under DDP) landing where the uninterrupted run
+lands. (No Ray: torch.distributed is what differs.)"""
 import os
 from types import SimpleNamespace
 

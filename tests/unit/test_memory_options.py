@@ -120,7 +120,8 @@ def test_checkpointing_is_off_in_eval_mode(name):
 @pytest.mark.parametrize("section,needle", [
     ({"text": {"arch": "gru", "grad_checkpointing": True}}, "model.text.grad_checkpointing=true: model.text.arch=gru"),
     ({"text": {"arch": "bow", "grad_checkpointing": True}}, "model.text.grad_checkpointing=true: model.text.arch=bow"),
-    ({"image": {"arch": "small_cnn", "patch_dropout": 0.5}}, "model.image.patch_dropout=0.5: model.image.arch=small_cnn"),
+    ({"image": {"arch": "small_cnn", "patch_dropout": 0.5}},
+     "model.image.patch_dropout=0.5: model.image.arch=small_cnn"),
     ({"image": {"arch": "resnet18", "patch_dropout": 0.3}}, "model.image.arch=resnet18 has no patch tokens"),
     ({"image": {"arch": "vit_b_16", "patch_dropout": 1.0}}, "model.image.patch_dropout=1.0 must be in [0, 1)"),
 ])
