@@ -113,8 +113,8 @@ def enable_grad_checkpointing(tower: nn.Module, kind: str, key: str) -> None:
             enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     elif hasattr(tower, "grad_checkpointing"):
         tower.grad_checkpointing = True
-    elif _torchvision_block_lists(tower):
-        for seq in _torchvision_block_lists(tower):
+    elif lists := _torchvision_block_lists(tower):
+        for seq in lists:
             checkpoint_sequential(seq)
     else:
         raise ValueError(f"{key}=true: the {kind} tower has no blocks to checkpoint (it applies to transformer, "

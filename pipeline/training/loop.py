@@ -309,8 +309,7 @@ class TrainLoop:
         """Ray Train's checkpoint writer for `state`: the weights as they are now, when it is called. Under
         FSDP they are gathered whole here, on every rank (a collective), for rank 0 to write."""
         p = self.parts
-        whole = {} if p.whole is None else {"model_state": sharding.full_model_state(p.model),
-                                            "optimizer_state": sharding.full_optimizer_state(p.opt)}
+        whole = {} if p.whole is None else sharding.whole_states(p.model, p.opt)
         return lambda path: checkpoint.write_checkpoint(
             path, model=p.model, loss=p.loss, optimizer=p.opt, scheduler=p.sched, tokenizer=p.tokenizer,
             config=self.plan.config, state=state.to_dict(), head=p.head, **whole)

@@ -65,11 +65,12 @@ def move_optimizer(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> No
     new.load_state_dict({"state": state, "param_groups": full["param_groups"]})
 
 
-def full_model_state(model: nn.Module) -> dict:
-    """The whole state dict of a sharded model, on the CPU, on rank 0 (empty elsewhere). Collective."""
+def full_model_state(model: nn.Module, everyone: bool = False) -> dict:
+    """The whole state dict of a sharded model: on the CPU on rank 0 (empty elsewhere), or with `everyone` on
+    every rank, on its device. Collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everyone))
 
 
 def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
@@ -79,6 +80,12 @@ def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
     state = {i: {k: (v.full_tensor() if is_sharded(v) else v).cpu() if torch.is_tensor(v) else v
                  for k, v in s.items()} for i, s in sd["state"].items()}
     return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def whole_states(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """`write_checkpoint`'s `model_state` and `optimizer_state` for a sharded model, gathered whole (every rank
+    calls it; rank 0 writes)."""
+    return {"model_state": full_model_state(model), "optimizer_state": full_optimizer_state(opt)}
 
 
 class ValidationCopy:
@@ -94,11 +101,7 @@ class ValidationCopy:
             m._compiled_call_impl = None
 
     def refresh(self, sharded: nn.Module, device: torch.device) -> nn.Module | None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        # cpu_offload: the whole weights reach rank 0 only, on the CPU
-        state = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True,
-                                                                       cpu_offload=not self.everyone))
+        state = full_model_state(sharded, everyone=self.everyone)
         if self.copy is None:
             return None
         self.copy.load_state_dict(state)

@@ -58,11 +58,9 @@ def _batch(step: int, rank: int, world: int, tok) -> dict:
     return {"image": images[s], "tokens": tokens[s]}
 
 
-def _whole(parts: WorkerParts) -> tuple[dict, dict]:
-    """(model state, optimizer state) whole, as the loop's checkpoint writer gathers them (on rank 0)."""
-    if parts.whole is None:
-        return parts.model.state_dict(), parts.opt.state_dict()
-    return sharding.full_model_state(parts.model), sharding.full_optimizer_state(parts.opt)
+def _whole(parts: WorkerParts) -> dict:
+    """What the loop's checkpoint writer hands `write_checkpoint`: under FSDP the states gathered whole."""
+    return {} if parts.whole is None else sharding.whole_states(parts.model, parts.opt)
 
 
 def _run(strategy: str, cfg, tok, plan, ctx, start: str | None, save_after: int | None, out: str | None,
@@ -86,16 +84,16 @@ def _run(strategy: str, cfg, tok, plan, ctx, start: str | None, save_after: int 
         losses.append(float(all_reduce_mean(loss)))
         norms.append(float(parts.objective.module.grad_norm if strategy == "ddp" else parts.objective.grad_norm))
         if save_after == step + 1:
-            model_state, opt_state = _whole(parts)
+            whole = _whole(parts)
             if ctx.rank == 0:
                 checkpoint.write_checkpoint(out, model=parts.model, loss=parts.loss, optimizer=parts.opt,
                                             scheduler=parts.sched, tokenizer=tok, config=CONFIG,
-                                            state={"epoch": 0, "step": step + 1}, model_state=model_state,
-                                            optimizer_state=opt_state)
+                                            state={"epoch": 0, "step": step + 1}, **whole)
             dist.barrier()
     grads = {n.removeprefix("module."): (p.grad.full_tensor() if sharding.is_sharded(p.grad) else p.grad).clone()
              for n, p in parts.objective.named_parameters() if p.grad is not None}  # the last step's
-    weights = {**_whole(parts)[0], **{f"loss.{k}": v for k, v in parts.loss.state_dict().items()}}
+    model = _whole(parts).get("model_state") or parts.model.state_dict()
+    weights = {**model, **{f"loss.{k}": v for k, v in parts.loss.state_dict().items()}}
     return losses, weights, norms, grads
 
 
