@@ -70,14 +70,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def service(args: list[str], url: str, log: Path, timeout: float = 60):
-    """A server process (MLflow's, TensorBoard's) on 127.0.0.1, up once `url` answers; stopped after."""
+def service(args: list[str], url: str, log: Path, timeout: float = 60, env: dict | None = None):
+    """A server process (MLflow's, TensorBoard's) on 127.0.0.1, up once `url` answers; stopped after. `env`:
+    variables set for it on top of this process's."""
     import subprocess
     import time
     import urllib.request
 
     with open(log, "w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
     try:
         deadline = time.time() + timeout
         while True:
@@ -99,13 +101,16 @@ def service(args: list[str], url: str, log: Path, timeout: float = 60):
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 (SQLite behind it, artifacts served through it). -> its URI."""
+    """A real MLflow tracking server on 127.0.0.1 (SQLite behind it, artifacts served through it). -> its URI.
+    Without MLflow's job runner (huey consumers polling a queue the tests never use: about 30 core-s of a test
+    session, docs/benchmarks.md)."""
     folder = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     with service([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                   "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                  "--artifacts-destination", str(folder / "artifacts")], f"{uri}/health", folder / "server.log"):
+                  "--artifacts-destination", str(folder / "artifacts")], f"{uri}/health", folder / "server.log",
+                 env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}):
         yield uri
 
 

@@ -24,6 +24,7 @@ from pipeline.training.loop import WorkerParts
 from pipeline.training.objective import ContrastiveObjective
 from pipeline.training.optimisation import make_optimizer, train_step
 from pipeline.training.worker import schedule_for, prepare
+from tests.gloo import process_group
 
 STEPS, PER_RANK, SIZE = 3, 4, 32  # steps of the 2-worker runs
 CONFIG = {"data": {"train": "x", "val": "x", "image_size": SIZE},
@@ -98,7 +99,15 @@ def _run(strategy: str, cfg, tok, plan, ctx, start: str | None, save_after: int 
 
 
 def _worker(rank, world, init_file, out_dir, steps):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    with process_group(init_file, rank, world):
+        results = _strategies(rank, world, out_dir, steps)
+        if rank == 0:
+            torch.save(results, os.path.join(out_dir, "results.pt"))
+
+
+def _strategies(rank, world, out_dir, steps) -> dict:
+    """Every run this worker makes: DDP and FSDP from scratch; with all the steps, each resumed under the
+    other strategy, and one clipped and one gradient-cached step under each."""
     torch.set_num_threads(1)
     cfg = build(TrainJobConfig, CONFIG)
     tok = Tokenizer.from_counts(count_words(WORDS + [f"{i}" for i in range(9)]), max_tokens=8)
@@ -108,8 +117,7 @@ def _worker(rank, world, init_file, out_dir, steps):
     results = {"ddp": _run("ddp", cfg, tok, plan, ctx, None, 2, d("ddp_2"), steps),
                "fsdp": _run("fsdp", cfg, tok, plan, ctx, None, 2, d("fsdp_2"), steps)}
     if steps < STEPS:
-        torch.save(results, d("results.pt")) if rank == 0 else None
-        return dist.destroy_process_group()
+        return results
     results["ddp then fsdp"] = _run("fsdp", cfg, tok, plan, ctx, d("ddp_2"), None, None)
     results["fsdp then ddp"] = _run("ddp", cfg, tok, plan, ctx, d("fsdp_2"), None, None)
     clipped = build(TrainJobConfig, {**CONFIG, "train": {**CONFIG["train"], "grad_clip": 0.5}})
@@ -117,9 +125,7 @@ def _worker(rank, world, init_file, out_dir, steps):
     for strategy in ("ddp", "fsdp"):
         results[f"clipped {strategy}"] = _run(strategy, clipped, tok, plan, ctx, None, None, None, steps=1)
         results[f"cached {strategy}"] = _run(strategy, cached, tok, plan, ctx, None, None, None, steps=1)
-    if rank == 0:
-        torch.save(results, d("results.pt"))
-    dist.destroy_process_group()
+    return results
 
 
 def _close(a: dict, b: dict, tag: str, tol: float = 1e-6, relative: bool = False) -> None:

@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +15,7 @@ from pipeline.distributed import all_reduce_mean
 from pipeline.losses import build_loss
 from pipeline.training.objective import ContrastiveObjective, backward_step
 from pipeline.rerank.fusion import FusionScorer
+from tests.gloo import process_group
 
 B, D_IN, D = 12, 7, 5
 LOSSES = [("infonce", {"temperature": 0.1}), ("infonce", {"temperature": 0.2, "label_smoothing": 0.1}),
@@ -59,21 +59,20 @@ def _grads(module):
 
 
 def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    b = B // world
-    results = []
-    for name, params in LOSSES:
-        objective, x, y = _setup(name, params)
-        ddp = DistributedDataParallel(objective)
-        xl = x[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-        yl = y[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-        loss = backward_step(ddp, xl, yl, rank)
-        plain = {"loss": all_reduce_mean(loss), "x_grad": xl.grad, "y_grad": yl.grad, "params": _grads(objective)}
-        objective.zero_grad(set_to_none=True)
-        cached_loss = backward_step(ddp, x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b], rank, MICRO)
-        results.append({**plain, "cached_loss": all_reduce_mean(cached_loss), "cached": _grads(objective)})
-    torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
-    dist.destroy_process_group()
+    with process_group(init_file, rank, world):
+        b = B // world
+        results = []
+        for name, params in LOSSES:
+            objective, x, y = _setup(name, params)
+            ddp = DistributedDataParallel(objective)
+            xl = x[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+            yl = y[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+            loss = backward_step(ddp, xl, yl, rank)
+            plain = {"loss": all_reduce_mean(loss), "x_grad": xl.grad, "y_grad": yl.grad, "params": _grads(objective)}
+            objective.zero_grad(set_to_none=True)
+            cached_loss = backward_step(ddp, x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b], rank, MICRO)
+            results.append({**plain, "cached_loss": all_reduce_mean(cached_loss), "cached": _grads(objective)})
+        torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
 
 
 @pytest.mark.parametrize("world", [2, 3])

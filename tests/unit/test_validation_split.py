@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
 from pipeline.data.text.tokenizer import Tokenizer
+from tests.gloo import process_group
 
 WORDS = [f"w{i}" for i in range(30)]
 
@@ -52,19 +52,18 @@ def _blocks(rows, order):
 def _worker(rank, init_file, out):
     from pipeline.training.validation import ValidationSet
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    model, rows = Towers(), _val_set()
-    with torch.no_grad():  # rank 1's running statistics drift, as they do after a step on its own batch
-        model.image[2].running_mean += rank * 3.0
-        model.image[2].running_var *= 1 + rank
-    model.eval()
-    tok = Tokenizer.from_counts({w: 1 for w in WORDS}, 6)
-    order = [0, 1, 2, 3] if rank == 0 else [3, 1, 0, 2]
-    val = ValidationSet(rank, 2, blocks=lambda: _blocks(rows, order), eval_batch=5)
-    got = [val.run(model, tok, torch.device("cpu")) for _ in range(2)]  # the second from memory
-    if rank == 0:
-        torch.save(got, os.path.join(out, "split.pt"))
-    dist.destroy_process_group()
+    with process_group(init_file, rank, 2):
+        model, rows = Towers(), _val_set()
+        with torch.no_grad():  # rank 1's running statistics drift, as they do after a step on its own batch
+            model.image[2].running_mean += rank * 3.0
+            model.image[2].running_var *= 1 + rank
+        model.eval()
+        tok = Tokenizer.from_counts({w: 1 for w in WORDS}, 6)
+        order = [0, 1, 2, 3] if rank == 0 else [3, 1, 0, 2]
+        val = ValidationSet(rank, 2, blocks=lambda: _blocks(rows, order), eval_batch=5)
+        got = [val.run(model, tok, torch.device("cpu")) for _ in range(2)]  # the second from memory
+        if rank == 0:
+            torch.save(got, os.path.join(out, "split.pt"))
 
 
 def test_split_validation_scores_the_whole_set_as_rank_0_would(tmp_path):

@@ -10,6 +10,7 @@ import torch
 
 from pipeline.words.cooccurrence import cosine, count_cooccurrences
 from pipeline.words.glove_sgns import GloVe, SkipGramNS, build, entry_loss, noise_distribution
+from tests.gloo import process_group
 
 
 def _entries(seed=0, vocab=9, n=40):
@@ -86,27 +87,25 @@ def _sharded_grad(rank, world, init_file, out):
     """One gloo worker: DDP over its share of the entries (every world-th, as word_embeddings deals them),
     divided by the step's global normaliser; rank 0 saves, per method, the gradient DDP applied (and the one a
     worker's own normaliser would have applied)."""
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from pipeline.distributed import all_reduce_mean
     from pipeline.words.glove_sgns import normaliser
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    rows, cols, counts, noise = _skewed_entries()
-    grads = {}
-    for method in ("sgns", "glove"):
-        for norm_kind in ("global", "local"):
-            model = _fresh(method)
-            ddp = DDP(model)
-            mine = torch.arange(len(rows))[rank::world]
-            norm = all_reduce_mean(normaliser(model, counts[mine])) if norm_kind == "global" else None
-            args = (rows[mine], cols[mine], counts[mine]) + ((noise[mine],) if method == "sgns" else ())
-            ddp(*args, norm).backward()
-            grads[method, norm_kind] = [p.grad.clone() for p in model.parameters()]
-    if rank == 0:
-        torch.save(grads, f"{out}/grads.pt")
-    dist.destroy_process_group()
+    with process_group(init_file, rank, world):
+        rows, cols, counts, noise = _skewed_entries()
+        grads = {}
+        for method in ("sgns", "glove"):
+            for norm_kind in ("global", "local"):
+                model = _fresh(method)
+                ddp = DDP(model)
+                mine = torch.arange(len(rows))[rank::world]
+                norm = all_reduce_mean(normaliser(model, counts[mine])) if norm_kind == "global" else None
+                args = (rows[mine], cols[mine], counts[mine]) + ((noise[mine],) if method == "sgns" else ())
+                ddp(*args, norm).backward()
+                grads[method, norm_kind] = [p.grad.clone() for p in model.parameters()]
+        if rank == 0:
+            torch.save(grads, f"{out}/grads.pt")
 
 
 def _skewed_entries():
