@@ -109,8 +109,8 @@ def mlflow_server(tmp_path_factory):
     uri = f"http://127.0.0.1:{port}"
     with service([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                   "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                  "--artifacts-destination", str(folder / "artifacts")], f"{uri}/health", folder / "server.log",
-                 env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}):
+                  "--artifacts-destination", str(folder / "artifacts")],
+                 f"{uri}/health", folder / "server.log", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}):
         yield uri
 
 

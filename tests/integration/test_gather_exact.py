@@ -65,13 +65,15 @@ def _worker(rank, world, init_file, out_dir):
         for name, params in LOSSES:
             objective, x, y = _setup(name, params)
             ddp = DistributedDataParallel(objective)
-            xl = x[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-            yl = y[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+            mine = slice(rank * b, (rank + 1) * b)
+            xl, yl = x[mine].clone().requires_grad_(True), y[mine].clone().requires_grad_(True)
             loss = backward_step(ddp, xl, yl, rank)
-            plain = {"loss": all_reduce_mean(loss), "x_grad": xl.grad, "y_grad": yl.grad, "params": _grads(objective)}
+            plain = {"loss": all_reduce_mean(loss), "x_grad": xl.grad, "y_grad": yl.grad,
+                     "params": _grads(objective)}
             objective.zero_grad(set_to_none=True)
-            cached_loss = backward_step(ddp, x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b], rank, MICRO)
-            results.append({**plain, "cached_loss": all_reduce_mean(cached_loss), "cached": _grads(objective)})
+            cached_loss = backward_step(ddp, x[mine], y[mine], rank, MICRO)
+            results.append({**plain, "cached_loss": all_reduce_mean(cached_loss),
+                            "cached": _grads(objective)})
         torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
 
 
