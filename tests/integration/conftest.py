@@ -2,7 +2,9 @@
 import contextlib
 import os
 import re
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,16 +22,42 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
 
 
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # the GCS, host:port: what --address and ray.init take
+    dashboard: str  # http://host:port: what `ray job submit` and the state API take
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_head():
+    """One local Ray for the session, started as a user starts a cluster's head (`ray start --head` on
+    127.0.0.1, with its dashboard); this process joins it as a driver. Its processes, and the `python` of a job
+    submitted to it, come from this virtualenv, as on a node whose image has the project installed."""
     import ray
 
     from pipeline.cluster import local_cpus
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=local_cpus(), log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = free_port(), free_port()
+    ray_cli = lambda *args: subprocess.run([str(BIN / "ray"), *args], env=env, cwd=ROOT,  # noqa: E731
+                                           capture_output=True, text=True, timeout=120)
+    started = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                      "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                      f"--num-cpus={local_cpus()}", "--disable-usage-stats")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+        yield RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}")
+    finally:
+        ray.shutdown()
+        ray_cli("stop", "--force")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head) -> str:
+    """The session's Ray (`ray_head`): its address, for --address."""
+    return ray_head.address
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +101,6 @@ def free_port() -> int:
 def service(args: list[str], url: str, log: Path, timeout: float = 60, env: dict | None = None):
     """A server process (MLflow's, TensorBoard's) on 127.0.0.1, up once `url` answers; stopped after. `env`:
     variables set for it on top of this process's."""
-    import subprocess
     import time
     import urllib.request
 
