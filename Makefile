@@ -58,17 +58,14 @@ browser:
 # The three installs are independent: made side by side (-j3), they take about the time of the largest.
 # The tests that use Ray (marked `ray` by tests/conftest.py: the shared local Ray, or a cluster of their own) run
 # in one process, one Ray at a time; the others (unit tests, the gloo gather test, the browser test) run beside
-# them at the lowest priority, in the CPU time the Ray tests leave idle while Ray starts actors and passes
-# reports. Their output follows the Ray tests'. Where the kernel groups processes by session for scheduling
-# (autogroup, as on Linux desktops and these machines), `nice` counts only within a session, and Ray's processes
-# run in sessions of their own: the others get a session whose group is at the lowest priority instead
-# (docs/benchmarks.md, "Nice within a session").
-LOWEST = setsid -w bash -c 'echo 19 >/proc/self/autogroup 2>/dev/null || true; exec nice -n 19 "$$@"' lowest
+# them at nice 19, in the CPU time the Ray tests leave idle while Ray starts actors and passes reports. Their
+# output follows the Ray tests'. (Where the kernel groups processes by session, nice counts only within make's
+# session; a session of their own at the lowest priority starved them: docs/benchmarks.md, "Nice within a session".)
 test:
 	$(MAKE) --no-print-directory -j3 $(STAMP) $(I2D)/.installed browser
 	$(MAKE) --no-print-directory weights/.ready
 	@log=$$(mktemp); rc=0; urc=0; \
-	$(LOWEST) $(BIN)/python -m pytest tests -m "not ray" -q -p no:cacheprovider >$$log 2>&1 & rest=$$!; \
+	nice -n 19 $(BIN)/python -m pytest tests -m "not ray" -q -p no:cacheprovider >$$log 2>&1 & rest=$$!; \
 	trap 'kill $$rest 2>/dev/null || true; rm -f $$log' EXIT; \
 	$(BIN)/python -m pytest tests/integration -m ray -q || rc=$$?; \
 	wait $$rest || urc=$$?; \
