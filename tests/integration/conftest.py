@@ -40,8 +40,11 @@ def ray_head():
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     port, dashboard = free_port(), free_port()
-    ray_cli = lambda *args: subprocess.run([str(BIN / "ray"), *args], env=env, cwd=ROOT,  # noqa: E731
-                                           capture_output=True, text=True, timeout=120)
+
+    def ray_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "ray"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+
     started = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                       "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                       f"--num-cpus={local_cpus()}", "--disable-usage-stats")

@@ -5,16 +5,14 @@ rather than starting a Ray of its own)."""
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 from pipeline import checkpoint
 
-from .conftest import ROOT, smoke_args
+from .conftest import BIN, ROOT, smoke_args
 
-RAY = str(Path(sys.executable).parent / "ray")
 RUNTIME_ENV = {"excludes": [".venv", "runs", "data", ".git", ".pytest_cache", "**/__pycache__"]}
 
 
@@ -36,9 +34,9 @@ def test_train_job_submitted_to_a_running_cluster(ray_head, smoke_data, tmp_path
     args = smoke_args(smoke_data, tmp_path, "submitted")
     args[1] = "configs/smoke.yaml"  # relative to the uploaded working dir, as a user would write it
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    submit = subprocess.run([RAY, "job", "submit", "--address", ray_head.dashboard, "--submission-id", job_id,
-                             "--no-wait", "--working-dir", ".", "--runtime-env-json", json.dumps(RUNTIME_ENV),
-                             "--", "python", "jobs/train.py", *args],
+    submit = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", ray_head.dashboard,
+                             "--submission-id", job_id, "--no-wait", "--working-dir", ".",
+                             "--runtime-env-json", json.dumps(RUNTIME_ENV), "--", "python", "jobs/train.py", *args],
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     client = JobSubmissionClient(ray_head.dashboard)
