@@ -61,26 +61,20 @@ browser:
 
 # The three installs are independent: made side by side (-j3), they take about the time of the largest.
 # The tests that use Ray (marked `ray` by tests/conftest.py: the shared local Ray, or a cluster of their own) run
-# in two processes, both drivers on one shared Ray (tests/integration/shared_ray.py): RAY_HALF, the files with the
-# longest runs, in one, the rest in the other, so that one process's Ray start-ups and waits overlap the other's
-# work. The tests without Ray (unit tests, the gloo gather test, the browser test) run beside them at nice 19.
-# Where the kernel groups processes by session, nice counts only within make's session (a session of their own at
-# the lowest priority starved them: docs/benchmarks.md, "Nice within a session"). The other two processes' output
-# follows the first one's.
-RAY_HALF := $(addprefix tests/integration/,test_node_loss.py test_exact_resume.py test_tune.py test_job_submit.py \
-	test_real_photos.py)
+# in one process, one Ray at a time; the others (unit tests, the gloo gather test, the browser test) run beside
+# them at nice 19, in the CPU time the Ray tests leave idle while Ray starts actors and passes reports. Their
+# output follows the Ray tests'. (Where the kernel groups processes by session, nice counts only within make's
+# session; a session of their own at the lowest priority starved them: docs/benchmarks.md, "Nice within a session".)
 test:
 	$(MAKE) --no-print-directory -j3 $(STAMP) $(I2D)/.installed browser
 	$(MAKE) --no-print-directory weights/.ready
-	@dir=$$(mktemp -d); rc=0; hrc=0; urc=0; export PIPELINE_TEST_RAY_DIR=$$dir/ray; \
-	nice -n 19 $(BIN)/python -m pytest tests -m "not ray" -q -p no:cacheprovider >$$dir/rest.log 2>&1 & rest=$$!; \
-	$(BIN)/python -m pytest $(RAY_HALF) -m ray -q -p no:cacheprovider >$$dir/half.log 2>&1 & half=$$!; \
-	trap 'kill $$rest $$half 2>/dev/null || true; rm -rf $$dir' EXIT; \
-	$(BIN)/python -m pytest tests/integration -m ray -q $(RAY_HALF:%=--ignore=%) || rc=$$?; \
-	wait $$half || hrc=$$?; wait $$rest || urc=$$?; \
-	echo "--- the other tests with Ray (run beside those above, on the same cluster):"; cat $$dir/half.log; \
-	echo "--- the tests without Ray (run beside those above):"; cat $$dir/rest.log; \
-	test $$rc -eq 0 && test $$hrc -eq 0 && test $$urc -eq 0
+	@log=$$(mktemp); rc=0; urc=0; \
+	nice -n 19 $(BIN)/python -m pytest tests -m "not ray" -q -p no:cacheprovider >$$log 2>&1 & rest=$$!; \
+	trap 'kill $$rest 2>/dev/null || true; rm -f $$log' EXIT; \
+	$(BIN)/python -m pytest tests/integration -m ray -q || rc=$$?; \
+	wait $$rest || urc=$$?; \
+	echo "--- the tests without Ray (run beside those above):"; cat $$log; \
+	test $$rc -eq 0 && test $$urc -eq 0
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q

@@ -1,10 +1,10 @@
-"""One local Ray for the test run, shared by every integration test and by the pytest processes beside this one
-(a start costs ~5 s; `shared_ray`)."""
+"""One local Ray per test session, shared by every integration test (a start costs ~10 s)."""
 import contextlib
 import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,53 +12,49 @@ import pytest
 from pipeline.data.formats.synthetic import write_dataset
 from tests import faults
 
-from . import shared_ray
-
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's commands (mlflow, tensorboard)
 
 
 def pytest_collection_modifyitems(items):
-    """Tests marked `own_cluster` start and stop a Ray cluster of their own and connect this process to it: they
-    run first, before this process joins the shared one (a process joins one cluster at a time)."""
+    """Tests marked `own_cluster` start and stop a Ray cluster of their own: they run first, before the shared
+    one below starts, because two Ray instances must not run on one machine at once."""
     items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
 
 
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # the GCS, host:port: what --address and ray.init take
+    dashboard: str  # http://host:port: what `ray job submit` and the state API take
+
+
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory):
-    """The session's local Ray, started as a user starts a cluster's head (`ray start --head` on 127.0.0.1, with
-    its dashboard) and shared with the other pytest processes `make test` runs beside this one
-    (`shared_ray`); this process joins it as a driver. Its processes, and the `python` of a job submitted to it,
-    come from this virtualenv, as on a node whose image has the project installed."""
+def ray_head():
+    """One local Ray for the session, started as a user starts a cluster's head (`ray start --head` on
+    127.0.0.1, with its dashboard); this process joins it as a driver. Its processes, and the `python` of a job
+    submitted to it, come from this virtualenv, as on a node whose image has the project installed."""
     import ray
 
     from pipeline.cluster import local_cpus
 
-    folder = Path(os.environ.get("PIPELINE_TEST_RAY_DIR") or tmp_path_factory.mktemp("shared_ray"))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = free_port(), free_port()
 
-    def start() -> shared_ray.RayHead:
-        port, dashboard = free_port(), free_port()
-        started = shared_ray.ray_cli(BIN, ROOT, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                                     "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                                     f"--dashboard-port={dashboard}", f"--num-cpus={local_cpus()}",
-                                     "--disable-usage-stats")
-        assert started.returncode == 0, started.stdout + started.stderr
-        ctx = ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
-        return shared_ray.RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}",
-                                  ctx.address_info["session_dir"])
+    def ray_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "ray"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
 
-    def stop(head: shared_ray.RayHead) -> None:
-        shared_ray.kill_session(head)
-        shared_ray.ray_cli(BIN, ROOT, "stop", "--force")  # nothing left alive: it resets the cluster's address
-
-    head = shared_ray.join(folder, start)
+    started = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                      "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                      f"--num-cpus={local_cpus()}", "--disable-usage-stats")
     try:
-        if not ray.is_initialized():
-            ray.init(address=head.address, log_to_driver=False)
-        yield head
+        assert started.returncode == 0, started.stdout + started.stderr
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+        yield RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}")
     finally:
         ray.shutdown()
-        shared_ray.leave(folder, head, stop)
+        ray_cli("stop", "--force")
 
 
 @pytest.fixture(scope="session")

@@ -17,24 +17,19 @@ def train(args: list[str], address: str, log, verbose: bool = True, command: str
                                 cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def train_workers(proc: subprocess.Popen) -> dict[int, str]:
-    """pid -> actor id of the live Ray Train workers of the driver process `proc`, from Ray's state API (other
-    pytest processes train on the same cluster meanwhile)."""
-    from ray.util.state import list_actors, list_jobs
+def train_workers() -> dict[int, str]:
+    """pid -> actor id of the live Ray Train workers, from Ray's state API."""
+    from ray.util.state import list_actors
 
-    jobs = [j.job_id for j in list_jobs() if j.driver_info and j.driver_info.pid == str(proc.pid)]
-    if not jobs:  # not connected yet
-        return {}
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"),
-                                  ("job_id", "=", jobs[0])])
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return {a.pid: a.actor_id for a in actors}
 
 
 def wait_for_workers(n: int, proc, log, timeout: float = 120) -> set[int]:
-    """Wait until `n` Ray Train workers of the driver `proc` are alive. -> their pids."""
+    """Wait until `n` Ray Train workers are alive (those of `proc`, the only run yet). -> their pids."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        pids = set(train_workers(proc))
+        pids = set(train_workers())
         if len(pids) >= n:
             return pids
         time.sleep(0.2)

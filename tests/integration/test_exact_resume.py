@@ -207,11 +207,11 @@ def test_a_killed_worker_resumes_mid_epoch_exactly_and_lands_on_an_uninterrupted
     proc = drivers.train(_args(data, tmp_path, "worker", "--set", "run.max_failures=1", *TRACKED), ray_cluster, log)
     run_dir, steady = tmp_path / "worker", None
     try:
-        workers = drivers.wait_for_workers(2, proc, log)
+        workers = drivers.wait_for_workers(2, proc, log)  # known to be this run's: the steady one starts after
         # Side by side on the shared cluster's 8 CPUs: about a launch's time less than one after the other.
         steady = drivers.train(_args(data, tmp_path, "steady"), ray_cluster, steady_log)
         _wait_for_step_checkpoint(run_dir, proc, log)
-        victim = next(pid for pid in drivers.train_workers(proc) if pid in workers)
+        victim = next(pid for pid in drivers.train_workers() if pid in workers)
         os.kill(victim, signal.SIGKILL)
         assert proc.wait(timeout=400) == 0, log.read_text()[-3000:]
         assert steady.wait(timeout=400) == 0, steady_log.read_text()[-3000:]
