@@ -14,11 +14,12 @@ PIP := pip install --quiet --disable-pip-version-check
 # Each venv gets uv (from PyPI, with pip), which installs the rest: it fetches and unpacks wheels in parallel
 # and links them from its cache, about 50 s for the main venv where pip took about 130 s on this machine.
 UV = $(1)/bin/uv pip install --python $(1)/bin/python --quiet
-# Python's bytecode cache, on for everything make runs. Where PYTHONDONTWRITEBYTECODE is set (as on this machine)
-# nothing compiled on import is kept, and every process would compile torch again. Compiling the whole venv at
-# install time (uv's --compile-bytecode, 26,000 files) cost about 60 core-s and 35 s before the first test could
-# start; compiled on first import, only what runs is compiled (about 5,000 files, some 12 core-s), once, and the
-# project's own modules are cached too. The install check below compiles the modules every process imports.
+# Python's bytecode cache, on for everything make runs. Where PYTHONDONTWRITEBYTECODE is set (as on this
+# machine) nothing compiled on import is kept, and every process would compile torch again. Compiling the
+# whole venv at install (uv's --compile-bytecode, 26,000 files) cost about 60 core-s and 35 s before the first
+# test could start; compiled on first import, only what runs is compiled (about 9,000 files, some 19 core-s),
+# once, and the project's own modules are cached too. The install check below compiles what every process
+# imports.
 export PYTHONDONTWRITEBYTECODE :=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
